@@ -1,2 +1,209 @@
-def main() -> int:
+"""The `distrec` command line: parse, then hand off to the package; heavy imports are lazy."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from distrec.config import ConfigError
+
+
+def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--config", required=required, help="run config YAML (see configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4")
+
+
+def _cmd_config_validate(args: argparse.Namespace) -> int:
+    from distrec.config import check_environment, load_config
+
+    cfg = load_config(args.file, args.overrides)
+    for note in check_environment(cfg):
+        print(f"note: {note}")
+    print(f"{args.file}: ok")
     return 0
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    from distrec.config import dump_config, load_config
+
+    print(dump_config(load_config(args.file, args.overrides)), end="")
+    return 0
+
+
+def _cmd_data_fetch(args: argparse.Namespace) -> int:
+    from distrec.data.fetch import fetch_movielens
+
+    out = fetch_movielens(args.out, force=args.force)
+    print(f"MovieLens ready in {out}")
+    return 0
+
+
+def _cmd_data_prepare(args: argparse.Namespace) -> int:
+    from distrec.config import check_environment, load_config
+    from distrec.data.prepare import prepare_domains
+
+    cfg = load_config(args.config, args.overrides)
+    check_environment(cfg)
+    for manifest in prepare_domains(cfg, overwrite=args.overwrite, only=args.domain):
+        print(f"prepared {manifest}")
+    return 0
+
+
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from distrec.data.synth import SynthSpec, synth_domain
+
+    spec = SynthSpec(
+        name=args.name,
+        users=args.users,
+        items=args.items,
+        mean_length=args.mean_length,
+        min_length=args.min_length,
+        zipf=args.zipf,
+        seed=args.seed,
+        users_per_shard=args.users_per_shard,
+    )
+    print(f"wrote {synth_domain(spec, args.out, overwrite=args.overwrite)}")
+    return 0
+
+
+def _cmd_data_inspect(args: argparse.Namespace) -> int:
+    from distrec.data.inspect import inspect_manifest
+
+    report, ok = inspect_manifest(args.manifest, verify=not args.no_verify)
+    print(report)
+    return 0 if ok else 1
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from distrec.train.entry import run_training
+
+    return run_training(args.config, args.overrides, resume=args.resume)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from distrec.eval.run import evaluate_run
+
+    print(evaluate_run(args.run, domain=args.domain, split=args.split))
+    return 0
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    from distrec.eval.recommend import recommend
+
+    print(recommend(args.run, args.domain, args.history, k=args.k))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from distrec.demo import run_demo
+
+    return run_demo(args.config, args.overrides, processes=args.processes)
+
+
+def _unavailable(what: str, issue: int) -> Callable[[argparse.Namespace], int]:
+    def run(_: argparse.Namespace) -> int:
+        print(f"distrec {what}: not available in this version yet (tracked as issue #{issue})",
+              file=sys.stderr)
+        return 2
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distrec",
+        description="Cross-domain recommendation by domain-adapting pretrained LMs, at cluster scale.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    cfg = sub.add_parser("config", help="validate or show a run config")
+    cfg_sub = cfg.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, fn, text in (
+        ("validate", _cmd_config_validate, "exit 0 if FILE is a runnable config, else explain"),
+        ("show", _cmd_config_show, "print the fully resolved config"),
+    ):
+        p = cfg_sub.add_parser(name, help=text)
+        p.add_argument("file")
+        p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4")
+        p.set_defaults(func=fn)
+
+    data = sub.add_parser("data", help="fetch, prepare, synthesise and inspect datasets")
+    data_sub = data.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = data_sub.add_parser("fetch", help="fetch an embedded dataset (movielens)")
+    p.add_argument("dataset", choices=["movielens"])
+    p.add_argument("--out", default="data/raw", help="directory for the raw files")
+    p.add_argument("--force", action="store_true", help="re-extract even if cached")
+    p.set_defaults(func=_cmd_data_fetch)
+    p = data_sub.add_parser("prepare", help="import logs and write WebDataset shards + manifest")
+    _add_config_args(p)
+    p.add_argument("--domain", action="append", help="only this domain (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace a different existing dataset")
+    p.set_defaults(func=_cmd_data_prepare)
+    p = data_sub.add_parser("synth", help="write a synthetic domain of any size")
+    p.add_argument("--name", default="synth")
+    p.add_argument("--out", required=True, help="prepared-data directory (domain folder goes inside)")
+    p.add_argument("--users", type=int, default=10_000)
+    p.add_argument("--items", type=int, default=5_000)
+    p.add_argument("--mean-length", type=float, default=30.0)
+    p.add_argument("--min-length", type=int, default=5)
+    p.add_argument("--zipf", type=float, default=1.1, help="popularity exponent")
+    p.add_argument("--users-per-shard", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_data_synth)
+    p = data_sub.add_parser("inspect", help="print counts and verify shard hashes")
+    p.add_argument("manifest")
+    p.add_argument("--no-verify", action="store_true", help="skip sha256 checks")
+    p.set_defaults(func=_cmd_data_inspect)
+
+    p = sub.add_parser("train", help="run the stages of a run config (also: accelerate launch -m distrec.train)")
+    _add_config_args(p)
+    p.add_argument("--resume", default=None, help="'auto' or a checkpoint directory")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="full-ranking evaluation of a finished run")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--domain", default=None, help="domain to evaluate (default: the target)")
+    p.add_argument("--split", default="test", choices=["valid", "test"])
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("recommend", help="top-k items for a history of item titles")
+    p.add_argument("--run", required=True)
+    p.add_argument("--domain", required=True)
+    p.add_argument("--history", nargs="+", required=True, help="item ids (titles), oldest first")
+    p.add_argument("-k", type=int, default=10)
+    p.set_defaults(func=_cmd_recommend)
+
+    p = sub.add_parser("tune", help="Ray Tune sweep over a run config's tune: section")
+    _add_config_args(p, required=False)
+    p.add_argument("--out", default=None)
+    p.add_argument("--resume", default=None)
+    p.set_defaults(func=_unavailable("tune", 6))
+
+    p = sub.add_parser("bench", help="throughput / MFU / memory benchmarks (perf/)")
+    p.add_argument("--suite", choices=["quick", "full"], default="quick")
+    p.add_argument("--out", default="perf/results")
+    p.set_defaults(func=_unavailable("bench", 7))
+
+    p = sub.add_parser("demo", help="fetch MovieLens, prepare, train ML-1M -> ML-100K, print the table")
+    p.add_argument("--config", default="configs/demo.yaml")
+    p.add_argument("--processes", type=int, default=2, help="CPU processes for accelerate launch")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

