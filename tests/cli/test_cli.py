@@ -1,0 +1,38 @@
+import subprocess
+
+import pytest
+
+from distrec.cli import build_parser, main
+from tests.conftest import ROOT, python
+
+COMMANDS = ["config", "data", "train", "evaluate", "recommend", "tune", "bench", "demo"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args([command, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: distrec" in capsys.readouterr().out
+
+
+def test_config_validate_exit_codes(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(["config", "validate", "configs/demo.yaml"]) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lrr: 0.1\n")
+    assert main(["config", "validate", str(bad)]) == 2
+    assert "train.lrr: unknown key" in capsys.readouterr().err
+
+
+def test_config_show_prints_resolved_config_with_overrides(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(["config", "show", "configs/demo.yaml", "train.lr=0.02"]) == 0
+    out = capsys.readouterr().out
+    assert "lr: 0.02" in out and "max_history:" in out
+
+
+def test_console_script_runs():
+    out = subprocess.run([python(), "-m", "distrec.cli", "--help"], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    assert "cross-domain" in out.stdout.lower()
