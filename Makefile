@@ -30,8 +30,14 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 demo: setup
 	$(VENV)/bin/distrec demo
 
+# pytest exits 5 when it collected nothing; that must fail, and it does (non-zero).
+# The collected-count guard also fails a suite that shrank to almost nothing.
 test: setup
-	$(PY) -m pytest tests -m "not gpu" -q
+	$(PY) -m pytest tests -m "not gpu" -q -p no:cacheprovider
+	@n=$$($(PY) -m pytest tests -m "not gpu" --collect-only -q -p no:cacheprovider | grep -c '::'); \
+	  if [ "$$n" -lt 50 ]; then echo "only $$n tests collected: the suite is missing" >&2; exit 1; fi; \
+	  echo "make test: $$n tests collected and run"
+	$(VENV)/bin/ruff check .
 
 test-fast: setup
 	$(PY) -m pytest tests -m "not gpu and not integration and not slow" -q
