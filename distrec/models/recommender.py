@@ -1,0 +1,73 @@
+"""The two-tower cross-domain recommender: one module, two execution modes.
+
+`forward(task=...)` is the only entry so that every wrapper (DDP, DeepSpeed,
+FSDP) sees the computation: `train` returns user vectors at every real position
+plus the candidate item vectors, `catalog` returns item vectors, `users` returns
+the user vector after each history's last item. Losses live in distrec.train.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from distrec.config.schema import ModelConfig
+from distrec.models.towers import ItemTower, UserTower
+
+
+class Recommender(nn.Module):
+    def __init__(self, cfg: ModelConfig, feature_dim: int, domain_items: dict[str, int],
+                 max_len: int, lm: nn.Module | None = None, use_text: bool = True,
+                 use_ids: bool | None = None, dropout: float | None = None) -> None:
+        super().__init__()
+        ut = cfg.user_tower
+        self.item_tower = ItemTower(feature_dim, cfg.dim, domain_items, use_text=use_text,
+                                    use_ids=cfg.item_id_embeddings if use_ids is None else use_ids,
+                                    lm=lm, pooling=cfg.pooling)
+        self.user_tower = UserTower(cfg.dim, ut.layers, ut.heads, ut.dropout if dropout is None else dropout,
+                                    max_len, sorted(domain_items), ut.domain_embedding)
+        self.rating_head = nn.Sequential(nn.Linear(2 * cfg.dim, cfg.dim), nn.GELU(),
+                                         nn.Linear(cfg.dim, 1)) if cfg.head == "rating" else None
+        # DeepSpeed derives its "auto" ZeRO-3 bucket sizes from model.config.hidden_size.
+        self.config = lm.config if lm is not None else SimpleNamespace(hidden_size=cfg.dim)
+
+    def forward(self, task: str, domain: str, **kw) -> dict[str, torch.Tensor]:
+        if task == "train":
+            return self._train(domain, **kw)
+        if task == "catalog":
+            return {"items": self.item_tower(domain, **kw)}
+        if task == "users":
+            return {"users": self._users(domain, **kw)}
+        raise ValueError(f"unknown task {task!r}")
+
+    def _train(self, domain: str, inputs: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
+               items: torch.Tensor, features: torch.Tensor | None = None,
+               input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
+               ) -> dict[str, torch.Tensor]:
+        """`items` are the candidate catalog indices (whole catalog, or a batch's unique items);
+        `inputs`/`targets` index into [pad] + items, i.e. 0 is padding."""
+        cand = self.item_tower(domain, items, features=features, input_ids=input_ids,
+                               attention_mask=attention_mask)
+        table = torch.cat([cand.new_zeros(1, cand.size(1)), cand])
+        users = self.user_tower(table[inputs], domain)
+        real = (targets > 0) & valid[:, None]
+        out = {"users": users[real], "targets": targets[real] - 1, "candidates": cand}
+        if self.rating_head is not None:
+            out["rating"] = self.rating(out["users"], cand[out["targets"]])
+        return out
+
+    def _users(self, domain: str, history: torch.Tensor, last: torch.Tensor,
+               table: torch.Tensor) -> torch.Tensor:
+        """User vectors after each history; `table` = catalog vectors with a pad row 0."""
+        states = self.user_tower(table[history], domain)
+        return states[torch.arange(history.size(0), device=history.device), last]
+
+    def rating(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.rating_head(torch.cat([users, items], -1)).squeeze(-1)
+
+
+def user_tower_targets(model: Recommender) -> list[str]:
+    """Linear names the per-domain adapter wraps in every mode (projection + user tower)."""
+    return ["item_tower.proj", "q", "k", "v", "o", "fc1", "fc2"]

@@ -1,0 +1,1 @@
+"""Training: stages (pretrain -> zero-shot -> adapt, baselines), the loop, outputs."""
