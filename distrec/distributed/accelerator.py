@@ -38,8 +38,11 @@ def build_accelerator(cfg: RunConfig, log_dir: str | None = None):
     if deepspeed and cfg.train.max_grad_norm is not None:
         # DeepSpeed's "auto" clipping reads this; the run config states it once.
         os.environ["ACCELERATE_GRADIENT_CLIPPING"] = str(cfg.train.max_grad_norm)
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     handlers = [
-        InitProcessGroupKwargs(backend=None if torch.cuda.is_available() else "gloo",
+        # Without CUDA, Accelerate picks no backend under DeepSpeed and every rank
+        # believes it is rank 0 of 1; naming gloo fixes that (only when launched).
+        InitProcessGroupKwargs(backend="gloo" if launched and not torch.cuda.is_available() else None,
                                timeout=timedelta(seconds=cfg.distributed.timeout_s)),
         # Domain ID tables not in the batch get no gradient.
         DistributedDataParallelKwargs(find_unused_parameters=True),

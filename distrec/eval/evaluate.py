@@ -48,15 +48,24 @@ def rank_cases(
     score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     max_history: int,
     batch_size: int = 256,
+    num_batches: int | None = None,
 ) -> torch.Tensor:
-    """Fractional ranks for `cases`; `score(history, last)` -> [B, N+1] scores."""
+    """Fractional ranks for `cases`; `score(history, last)` -> [B, N+1] scores.
+
+    `num_batches` forces that many score calls (extra ones on a dummy case, dropped):
+    sharded backends (ZeRO-3, FSDP) need every rank to run the same number of forwards.
+    """
+    total = num_batches if num_batches is not None else -(-len(cases) // batch_size)
     ranks = []
-    for i in range(0, len(cases), batch_size):
-        chunk = cases[i : i + batch_size]
+    for b in range(total):
+        chunk = cases[b * batch_size : (b + 1) * batch_size]
+        real = len(chunk)
+        chunk = chunk or [EvalCase(-1, [1], 1)]
         history, last = history_batch([c.history for c in chunk], max_history)
         scores = score(history, last)
         targets = torch.tensor([c.target for c in chunk])
-        ranks.append(ranks_from_scores(scores.cpu(), targets, history_mask(chunk, num_items)))
+        r = ranks_from_scores(scores.float().cpu(), targets, history_mask(chunk, num_items))
+        ranks.append(r[:real])
     return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.float64)
 
 
@@ -73,6 +82,8 @@ def evaluate_sharded(
 ) -> dict[str, float]:
     """Each rank ranks users rank::world; ranks are gathered so every rank gets the same
     metrics, identical to a single-process evaluation."""
-    mine = rank_cases(cases[rank::world], num_items, score, max_history, batch_size)
+    per_rank = -(-len(cases) // world)
+    mine = rank_cases(cases[rank::world], num_items, score, max_history, batch_size,
+                      num_batches=-(-per_rank // batch_size))
     everything = torch.cat(gather(mine)) if (world > 1 and gather) else mine
     return metrics_from_ranks(everything, ks)

@@ -8,16 +8,18 @@ the user vector after each history's last item. Losses live in distrec.train.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
+import torch.nn.functional as F
 from torch import nn
+from transformers import PretrainedConfig
 
 from distrec.config.schema import ModelConfig
 from distrec.models.towers import ItemTower, UserTower
 
 
 class Recommender(nn.Module):
+    """Scores are cosine similarities over a temperature: both towers' outputs are L2-normalised."""
+
     def __init__(self, cfg: ModelConfig, feature_dim: int, domain_items: dict[str, int],
                  max_len: int, lm: nn.Module | None = None, use_text: bool = True,
                  use_ids: bool | None = None, dropout: float | None = None) -> None:
@@ -31,13 +33,13 @@ class Recommender(nn.Module):
         self.rating_head = nn.Sequential(nn.Linear(2 * cfg.dim, cfg.dim), nn.GELU(),
                                          nn.Linear(cfg.dim, 1)) if cfg.head == "rating" else None
         # DeepSpeed derives its "auto" ZeRO-3 bucket sizes from model.config.hidden_size.
-        self.config = lm.config if lm is not None else SimpleNamespace(hidden_size=cfg.dim)
+        self.config = lm.config if lm is not None else PretrainedConfig(hidden_size=cfg.dim)
 
     def forward(self, task: str, domain: str, **kw) -> dict[str, torch.Tensor]:
         if task == "train":
             return self._train(domain, **kw)
         if task == "catalog":
-            return {"items": self.item_tower(domain, **kw)}
+            return {"items": F.normalize(self.item_tower(domain, **kw), dim=-1)}
         if task == "users":
             return {"users": self._users(domain, **kw)}
         raise ValueError(f"unknown task {task!r}")
@@ -48,10 +50,10 @@ class Recommender(nn.Module):
                ) -> dict[str, torch.Tensor]:
         """`items` are the candidate catalog indices (whole catalog, or a batch's unique items);
         `inputs`/`targets` index into [pad] + items, i.e. 0 is padding."""
-        cand = self.item_tower(domain, items, features=features, input_ids=input_ids,
-                               attention_mask=attention_mask)
+        cand = F.normalize(self.item_tower(domain, items, features=features, input_ids=input_ids,
+                                           attention_mask=attention_mask), dim=-1)
         table = torch.cat([cand.new_zeros(1, cand.size(1)), cand])
-        users = self.user_tower(table[inputs], domain)
+        users = F.normalize(self.user_tower(table[inputs], domain), dim=-1)
         real = (targets > 0) & valid[:, None]
         out = {"users": users[real], "targets": targets[real] - 1, "candidates": cand}
         if self.rating_head is not None:
@@ -61,7 +63,7 @@ class Recommender(nn.Module):
     def _users(self, domain: str, history: torch.Tensor, last: torch.Tensor,
                table: torch.Tensor) -> torch.Tensor:
         """User vectors after each history; `table` = catalog vectors with a pad row 0."""
-        states = self.user_tower(table[history], domain)
+        states = F.normalize(self.user_tower(table[history], domain), dim=-1)
         return states[torch.arange(history.size(0), device=history.device), last]
 
     def rating(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

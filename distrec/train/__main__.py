@@ -1,0 +1,5 @@
+import sys
+
+from distrec.train.entry import main
+
+sys.exit(main())

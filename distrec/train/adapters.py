@@ -1,0 +1,82 @@
+"""Per-domain PEFT adapters (LoRA / AdaLoRA) on the recommender, and their export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import save_model
+
+from distrec.config.schema import RunConfig
+from distrec.models.encoder import default_lm_targets
+from distrec.utils.hashing import sha256_file
+
+HEAD_TARGETS = r"item_tower\.proj|user_tower\.blocks\.\d+\.(q|k|v|o|fc1|fc2)"
+
+
+def target_regex(model: torch.nn.Module, cfg: RunConfig, include_lm: bool) -> str:
+    """Projection + user-tower linears always; the LM's attention/MLP linears in end-to-end mode."""
+    parts = [HEAD_TARGETS]
+    lm = getattr(model.item_tower, "lm", None)
+    if include_lm and lm is not None:
+        names = cfg.peft.lm_target_modules or default_lm_targets(lm)
+        parts.append(r"item_tower\.lm\..*\.(" + "|".join(map(str, names)) + ")")
+    return r".*(" + "|".join(parts) + r")$"
+
+
+def lm_only_regex(model: torch.nn.Module, cfg: RunConfig) -> str:
+    names = cfg.peft.lm_target_modules or default_lm_targets(model.item_tower.lm)
+    return r".*item_tower\.lm\..*\.(" + "|".join(names) + r")$"
+
+
+def peft_config(cfg: RunConfig, targets: str, total_steps: int, save: list[str] | None):
+    p = cfg.peft
+    if p.method == "adalora":
+        a = p.adalora
+        # 0 means "derive from the run length": warm up 10%, settle the final 20%.
+        tinit = a.tinit or int(0.1 * total_steps)
+        tfinal = a.tfinal or int(0.2 * total_steps)
+        return AdaLoraConfig(init_r=a.init_r, target_r=a.target_r, tinit=tinit, tfinal=tfinal,
+                             deltaT=a.delta_t, total_step=max(total_steps, tinit + tfinal + 1),
+                             lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=targets,
+                             modules_to_save=save)
+    return LoraConfig(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=targets,
+                      modules_to_save=save)
+
+
+def add_domain_adapter(model: torch.nn.Module, cfg: RunConfig, domain: str, total_steps: int,
+                       include_lm: bool) -> PeftModel:
+    """Freeze the base and add a new adapter named after `domain` (plus its ID rows)."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+    save = [f"ids.{domain}"] if model.item_tower.ids is not None else None
+    config = peft_config(cfg, target_regex(model, cfg, include_lm), total_steps, save)
+    return get_peft_model(model, config, adapter_name=domain)
+
+
+def adalora_step(peft_model: PeftModel):
+    """on_step callback that drives AdaLoRA's rank budget every optimizer step."""
+
+    def step(wrapped: torch.nn.Module, global_step: int) -> None:
+        base = peft_model.base_model
+        if hasattr(base, "update_and_allocate"):
+            base.update_and_allocate(global_step)
+
+    return step
+
+
+def export_adapter(peft_model: PeftModel, out: Path, domain: str, base_file: Path) -> Path:
+    """adapters/<domain>/ in PEFT format plus a note of the exact base it belongs to."""
+    peft_model.save_pretrained(str(out / "adapters"), selected_adapters=[domain])
+    folder = out / "adapters" / domain
+    (folder / "distrec.json").write_text(json.dumps({"domain": domain, "base": str(base_file),
+                                                     "base_sha256": sha256_file(base_file)}, indent=2))
+    return folder
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(path))
+    return path

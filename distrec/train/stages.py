@@ -1,0 +1,138 @@
+"""The stages of a run: pretrain -> zero_shot -> adapt, and baselines on the same split."""
+
+from __future__ import annotations
+
+from accelerate.utils import set_seed
+
+from distrec.distributed.accelerator import barrier, gather_tensors
+from distrec.eval.evaluate import eval_cases, evaluate_sharded
+from distrec.models.recommender import Recommender
+from distrec.train.adapters import (
+    adalora_step,
+    add_domain_adapter,
+    export_adapter,
+    lm_only_regex,
+    peft_config,
+    save_weights,
+)
+from distrec.train.context import Run
+from distrec.train.loop import FitResult, StagePlan, evaluate, fit, planned_steps
+from distrec.utils.progress import log
+
+
+def new_model(run: Run, use_text: bool = True, dropout: float | None = None) -> Recommender:
+    cfg = run.cfg
+    set_seed(cfg.seed)
+    lm = run.lm if (use_text and cfg.model.mode == "end_to_end") else None
+    if lm is not None:
+        for p in lm.parameters():
+            p.requires_grad_(False)
+    items = {n: d.num_items for n, d in run.domains.items()}
+    return Recommender(cfg.model, run.feature_dim if use_text else 1, items, cfg.data.max_history,
+                       lm=lm, use_text=use_text, use_ids=None if use_text else True, dropout=dropout)
+
+
+def stage_record(run: Run, model, plan: StagePlan, fit_result: FitResult | None) -> dict:
+    record = {
+        "domains": plan.eval_domains,
+        "valid": evaluate(run, model, plan.eval_domains, "valid", plan.uses_text),
+        "test": evaluate(run, model, plan.eval_domains, "test", plan.uses_text),
+    }
+    if fit_result is not None:
+        record.update(history=fit_result.history, best_epoch=fit_result.best_epoch,
+                      wall_s=fit_result.wall_s, steps=fit_result.steps,
+                      data_wait_fraction=fit_result.data_wait_fraction)
+    log(f"{plan.name}: test ndcg@10 {record['test']['ndcg@10']:.4f}  valid {record['valid']['ndcg@10']:.4f}")
+    return record
+
+
+def _train_text(run: Run, plan: StagePlan) -> tuple[object, FitResult]:
+    """A fresh text model trained on `plan`; in end-to-end mode with a LoRA on the LM that
+    is merged into the weights afterwards (the next stage starts from it)."""
+    cfg = run.cfg
+    model = new_model(run)
+    e2e = cfg.model.mode == "end_to_end" and cfg.peft.method != "none"
+    if e2e:
+        lora = peft_config(cfg.model_copy(update={"peft": cfg.peft.model_copy(update={"method": "lora"})}),
+                           lm_only_regex(model, cfg), planned_steps(run, plan), None)
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora, adapter_name=plan.name.replace("_", "-"))
+        for name, p in model.named_parameters():  # heads and towers train fully
+            if ".lm." not in name:
+                p.requires_grad_(True)
+    model, result = fit(run, model, plan)
+    if e2e:
+        model = model.merge_and_unload()
+    return model, result
+
+
+def run_stages(run: Run) -> dict[str, dict]:
+    cfg, st = run.cfg, run.cfg.stages
+    results: dict[str, dict] = {}
+    target = cfg.data.target
+    base = None
+    if st.pretrain.enabled:
+        plan = StagePlan("pretrain", {s: cfg.data.mixture.get(s, 1.0) for s in cfg.data.sources},
+                         cfg.data.sources, st.pretrain.epochs, st.pretrain.lr or cfg.train.lr)
+        base, fitted = _train_text(run, plan)
+        results["pretrain"] = stage_record(run, base, plan, fitted)
+        if run.is_main:
+            save_weights(base, run.out / "export" / "base" / "model.safetensors")
+        barrier()
+    if target is None:
+        return results
+    target_plan = StagePlan("zero_shot", {}, [target], 0, cfg.train.lr)
+    if st.zero_shot and base is not None:
+        results["zero_shot"] = stage_record(run, base, target_plan, None)
+    if st.adapt.enabled and base is not None:
+        results["adapt"] = adapt(run, base, target)
+    if "popularity" in st.baselines:
+        results["baseline_popularity"] = popularity(run, target)
+    if "id_target_only" in st.baselines:
+        plan = StagePlan("baseline_id_target_only", {target: 1.0}, [target], st.id_baseline_epochs,
+                         st.id_baseline_lr, uses_text=False)
+        model, fitted = fit(run, new_model(run, use_text=False, dropout=st.id_baseline_dropout), plan)
+        results[plan.name] = stage_record(run, model, plan, fitted)
+    if "text_target_only" in st.baselines:
+        plan = StagePlan("baseline_text_target_only", {target: 1.0}, [target], st.pretrain.epochs,
+                         st.pretrain.lr or cfg.train.lr)
+        model, fitted = _train_text(run, plan)
+        results[plan.name] = stage_record(run, model, plan, fitted)
+    return results
+
+
+def adapt(run: Run, base, target: str) -> dict:
+    cfg, st = run.cfg, run.cfg.stages
+    plan = StagePlan("adapt", {target: 1.0}, [target], st.adapt.epochs, st.adapt.lr or cfg.train.lr,
+                     train_fraction=st.adapt.train_fraction)
+    peft_model = add_domain_adapter(base, cfg, target, planned_steps(run, plan),
+                                    include_lm=cfg.model.mode == "end_to_end")
+    on_step = adalora_step(peft_model) if cfg.peft.method == "adalora" else None
+    trained, fitted = fit(run, peft_model, plan, on_step=on_step)
+    record = stage_record(run, trained, plan, fitted)
+    if run.is_main:
+        export_adapter(trained, run.out, target, run.out / "export" / "base" / "model.safetensors")
+        merged = trained.merge_and_unload()
+        save_weights(merged, run.out / "export" / target / "model.safetensors")
+    barrier()
+    return record
+
+
+def popularity(run: Run, target: str) -> dict:
+    """Training-count popularity, ranked under the same protocol (history masked, half ties)."""
+    d = run.domains[target]
+    counts = d.train_counts
+
+    def score(history, last):
+        return counts.expand(history.shape[0], -1)
+
+    rank, world = run.rank_world
+    out = {"domains": [target]}
+    for split in ("valid", "test"):
+        cases = eval_cases(d.sequences(), split, run.cfg.eval.max_users)
+        out[split] = evaluate_sharded(cases, d.num_items, score, run.cfg.eval.ks, run.cfg.data.max_history,
+                                      rank, world, gather_tensors, run.cfg.eval.batch_size)
+    log(f"baseline_popularity: test ndcg@10 {out['test']['ndcg@10']:.4f}")
+    return out
+
