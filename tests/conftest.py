@@ -37,7 +37,28 @@ def synth_dir() -> Path:
     out = CACHE / "synth"
     synth_domain(SynthSpec(name="tiny", users=300, items=80, mean_length=12, min_length=3,
                            users_per_shard=20, seed=3), out)
+    synth_domain(SynthSpec(name="tiny-b", users=160, items=60, mean_length=10, min_length=3,
+                           users_per_shard=20, seed=4), out)
     return out
+
+
+def tiny_run_config(synth_dir: Path, out: Path, **sections) -> dict:
+    """A run config over the two tiny synthetic domains with the real MiniLM encoder."""
+    cfg = {
+        "seed": 0,
+        "cache_dir": str(CACHE / "features"),
+        "data": {"prepared_dir": str(synth_dir),
+                 "domains": [{"name": "tiny", "format": "prepared"}, {"name": "tiny-b", "format": "prepared"}],
+                 "sources": ["tiny"], "target": "tiny-b", "max_history": 12, "num_workers": 0},
+        "model": {"dim": 32, "user_tower": {"layers": 1, "heads": 2}},
+        "stages": {"pretrain": {"epochs": 2}, "adapt": {"epochs": 2}, "id_baseline_epochs": 2},
+        "train": {"batch_size": 32, "precision": "fp32"},
+        "eval": {"batch_size": 64},
+        "output": {"dir": str(out), "tensorboard": True},
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value}
+    return cfg
 
 
 def python() -> str:

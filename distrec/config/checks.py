@@ -45,6 +45,8 @@ def _check_domains(cfg: RunConfig) -> None:
         raise ValueError(f"data.domains: domain names {dupes} appear twice; give each domain one entry")
     for i, d in enumerate(cfg.data.domains):
         key = f"data.domains.{i}"
+        if d.format == "prepared":
+            continue
         if d.embedded is None and d.interactions is None:
             raise ValueError(
                 f"{key} ({d.name!r}): neither `embedded` nor `interactions` is set; "

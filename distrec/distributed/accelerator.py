@@ -14,7 +14,8 @@ from distrec.config.schema import RunConfig
 
 def cpu_supports_fast_bf16() -> bool:
     try:
-        flags = open("/proc/cpuinfo").read()
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
@@ -57,6 +58,11 @@ def build_accelerator(cfg: RunConfig, log_dir: str | None = None):
         log_with="tensorboard" if log_dir else None,
         project_dir=log_dir,
     )
+    if deepspeed:
+        # We stream our own batches instead of handing Accelerate a DataLoader, so
+        # the micro batch behind DeepSpeed's "auto" values is stated here.
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = cfg.train.batch_size
     check_strategy(cfg, accelerator)
     return accelerator, precision
 

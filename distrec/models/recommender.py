@@ -69,7 +69,3 @@ class Recommender(nn.Module):
     def rating(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.rating_head(torch.cat([users, items], -1)).squeeze(-1)
 
-
-def user_tower_targets(model: Recommender) -> list[str]:
-    """Linear names the per-domain adapter wraps in every mode (projection + user tower)."""
-    return ["item_tower.proj", "q", "k", "v", "o", "fc1", "fc2"]

@@ -20,11 +20,14 @@ class ItemTower(nn.Module):
 
     def __init__(self, feature_dim: int, dim: int, domain_items: dict[str, int],
                  use_text: bool = True, use_ids: bool = True, lm: nn.Module | None = None,
-                 pooling: str = "mean") -> None:
+                 pooling: str = "mean", hidden: int = 512) -> None:
         super().__init__()
         self.use_text, self.use_ids, self.pooling = use_text, use_ids, pooling
         self.lm = lm
-        self.proj = nn.Linear(feature_dim, dim) if use_text else None
+        # An MLP, not a single Linear: it must be able to tell apart (and remember)
+        # items whose frozen LM features are close, which is what transfers.
+        self.proj = nn.Sequential(nn.Linear(feature_dim, hidden), nn.GELU(), nn.Linear(hidden, dim)) \
+            if use_text else None
         self.ids = nn.ModuleDict({
             d: nn.Embedding(n + 1, dim, padding_idx=0) for d, n in domain_items.items()
         }) if use_ids else None
@@ -40,7 +43,7 @@ class ItemTower(nn.Module):
         if self.use_text:
             if features is None:
                 features = encode_tokens(self.lm, input_ids, attention_mask, self.pooling)
-            out = self.proj(features.to(self.proj.weight.dtype))
+            out = self.proj(features.to(self.proj[0].weight.dtype))
         if self.use_ids:
             ids = self.ids[domain](items)
             out = ids if out is None else out + ids

@@ -13,7 +13,7 @@ from distrec.config.schema import RunConfig
 from distrec.models.encoder import default_lm_targets
 from distrec.utils.hashing import sha256_file
 
-HEAD_TARGETS = r"item_tower\.proj|user_tower\.blocks\.\d+\.(q|k|v|o|fc1|fc2)"
+HEAD_TARGETS = r"item_tower\.proj\.\d+|user_tower\.blocks\.\d+\.(q|k|v|o|fc1|fc2)"
 
 
 def target_regex(model: torch.nn.Module, cfg: RunConfig, include_lm: bool) -> str:

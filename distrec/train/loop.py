@@ -188,7 +188,8 @@ def catalog_table(run: Run, model, d: DomainData, uses_text: bool) -> torch.Tens
     rank, world = run.rank_world
     mine = list(range(1 + rank, d.num_items + 1, world))
     bs = cfg.eval.batch_size
-    chunks = -(-(-(-d.num_items // world)) // bs)
+    per_rank = math.ceil(d.num_items / world)
+    chunks = math.ceil(per_rank / bs)
     outs = []
     for c in range(chunks):  # equal forward counts on every rank (ZeRO-3/FSDP)
         idx = torch.tensor(mine[c * bs : (c + 1) * bs] or [1])

@@ -1,0 +1,68 @@
+"""A whole run on two tiny synthetic domains: stages, outputs, adapters, determinism."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distrec.train.entry import run_training
+from tests.conftest import tiny_run_config
+
+STAGES = {"pretrain", "zero_shot", "adapt", "baseline_popularity", "baseline_id_target_only",
+          "baseline_text_target_only"}
+
+
+def run(tmp_path: Path, synth_dir: Path, name: str, **sections) -> dict:
+    out = tmp_path / name
+    cfg_file = tmp_path / f"{name}.yaml"
+    cfg_file.write_text(yaml.safe_dump(tiny_run_config(synth_dir, out, **sections)))
+    assert run_training(str(cfg_file)) == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, synth_dir):
+    tmp = tmp_path_factory.mktemp("run")
+    return tmp, run(tmp, synth_dir, "a")
+
+
+def test_every_stage_reports_valid_and_test_metrics(finished):
+    _, metrics = finished
+    assert set(metrics["stages"]) == STAGES
+    for stage in STAGES:
+        test = metrics["stages"][stage]["test"]
+        assert {"ndcg@10", "recall@10", "ndcg@20", "recall@50", "mrr@10"} <= set(test)
+        assert 0.0 <= test["ndcg@10"] <= 1.0
+    assert metrics["versions"]["torch"].startswith("2.13")
+
+
+def test_run_folder_holds_reports_events_and_peft_adapter(finished):
+    tmp, _ = finished
+    out = tmp / "a"
+    assert (out / "report.md").read_text().count("|") > 20
+    assert (out / "report.png").stat().st_size > 10_000
+    assert any((out / "events").rglob("events.out.tfevents.*"))
+    assert (out / "export" / "base" / "model.safetensors").exists()
+    assert (out / "export" / "tiny-b" / "model.safetensors").exists()
+    cfg = json.loads((out / "adapters" / "tiny-b" / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA"
+
+
+def test_same_seed_same_numbers(finished, tmp_path, synth_dir):
+    _, first = finished
+    second = run(tmp_path, synth_dir, "b")
+    for stage in STAGES:
+        assert second["stages"][stage]["test"] == first["stages"][stage]["test"], stage
+
+
+def test_a_finished_run_is_not_overwritten(finished, synth_dir):
+    from distrec.config import ConfigError
+
+    tmp, _ = finished
+    cfg_file = tmp / "again.yaml"
+    cfg_file.write_text(yaml.safe_dump(tiny_run_config(synth_dir, tmp / "a")))
+    before = (tmp / "a" / "metrics.json").read_text()
+    with pytest.raises(ConfigError, match="already holds a finished run"):
+        run_training(str(cfg_file))
+    assert (tmp / "a" / "metrics.json").read_text() == before
