@@ -82,14 +82,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from distrec.eval.run import evaluate_run
+    from distrec.train.inference import evaluate_run
 
     print(evaluate_run(args.run, domain=args.domain, split=args.split))
     return 0
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
-    from distrec.eval.recommend import recommend
+    from distrec.train.inference import recommend
 
     print(recommend(args.run, args.domain, args.history, k=args.k))
     return 0

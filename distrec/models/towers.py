@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +27,9 @@ class ItemTower(nn.Module):
         self.lm = lm
         # An MLP, not a single Linear: it must be able to tell apart (and remember)
         # items whose frozen LM features are close, which is what transfers.
-        self.proj = nn.Sequential(nn.Linear(feature_dim, hidden), nn.GELU(), nn.Linear(hidden, dim)) \
-            if use_text else None
+        self.proj = nn.Sequential(OrderedDict(
+            fc_in=nn.Linear(feature_dim, hidden), act=nn.GELU(), fc_out=nn.Linear(hidden, dim),
+        )) if use_text else None
         self.ids = nn.ModuleDict({
             d: nn.Embedding(n + 1, dim, padding_idx=0) for d, n in domain_items.items()
         }) if use_ids else None
@@ -43,7 +45,7 @@ class ItemTower(nn.Module):
         if self.use_text:
             if features is None:
                 features = encode_tokens(self.lm, input_ids, attention_mask, self.pooling)
-            out = self.proj(features.to(self.proj[0].weight.dtype))
+            out = self.proj(features.to(self.proj.fc_in.weight.dtype))
         if self.use_ids:
             ids = self.ids[domain](items)
             out = ids if out is None else out + ids

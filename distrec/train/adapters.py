@@ -13,7 +13,10 @@ from distrec.config.schema import RunConfig
 from distrec.models.encoder import default_lm_targets
 from distrec.utils.hashing import sha256_file
 
-HEAD_TARGETS = r"item_tower\.proj\.\d+|user_tower\.blocks\.\d+\.(q|k|v|o|fc1|fc2)"
+# The pooler's output is never used (we pool ourselves): adapting it would leave
+# parameters without gradients, which AdaLoRA's importance scores cannot take.
+LM_PREFIX = r"item_tower\.lm\.(?!pooler)"
+HEAD_TARGETS = r"item_tower\.proj\.(fc_in|fc_out)|user_tower\.blocks\.\d+\.(q|k|v|o|fc1|fc2)"
 
 
 def target_regex(model: torch.nn.Module, cfg: RunConfig, include_lm: bool) -> str:
@@ -22,13 +25,13 @@ def target_regex(model: torch.nn.Module, cfg: RunConfig, include_lm: bool) -> st
     lm = getattr(model.item_tower, "lm", None)
     if include_lm and lm is not None:
         names = cfg.peft.lm_target_modules or default_lm_targets(lm)
-        parts.append(r"item_tower\.lm\..*\.(" + "|".join(map(str, names)) + ")")
+        parts.append(LM_PREFIX + r".*\.(" + "|".join(map(str, names)) + ")")
     return r".*(" + "|".join(parts) + r")$"
 
 
 def lm_only_regex(model: torch.nn.Module, cfg: RunConfig) -> str:
     names = cfg.peft.lm_target_modules or default_lm_targets(model.item_tower.lm)
-    return r".*item_tower\.lm\..*\.(" + "|".join(names) + r")$"
+    return r".*" + LM_PREFIX + r".*\.(" + "|".join(names) + r")$"
 
 
 def peft_config(cfg: RunConfig, targets: str, total_steps: int, save: list[str] | None):

@@ -119,7 +119,7 @@ def fit(run: Run, model: torch.nn.Module, plan: StagePlan, on_step=None) -> tupl
                                "valid": valid, "data_wait_fraction": wait})
         acc.log({f"{plan.name}/loss": loss, f"{plan.name}/valid_ndcg@10": score}, step=epoch + 1)
         log(f"{plan.name} epoch {epoch + 1}/{plan.epochs}: loss {loss:.4f}  valid ndcg@10 {score:.4f}  "
-            f"data wait {wait:.1%}")
+            f"data wait {wait:.1%}  ({time.perf_counter() - start:.0f}s)")
         if score > result.best_valid:
             result.best_valid, result.best_epoch, bad_epochs = score, epoch + 1, 0
             acc.save_state(str(best_dir))

@@ -5,7 +5,13 @@ import torch
 from transformers import LlamaConfig, LlamaModel, Qwen2Config, Qwen2Model
 
 from distrec.config import ConfigError
-from distrec.models.encoder import default_lm_targets, encode_tokens, load_encoder, pool, resolve_model_path
+from distrec.models.encoder import (
+    default_lm_targets,
+    encode_tokens,
+    load_encoder,
+    pool,
+    resolve_model_path,
+)
 
 
 def test_pooling_rules():

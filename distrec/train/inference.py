@@ -1,0 +1,103 @@
+"""Use a finished run: re-evaluate it, or recommend for a history of item titles.
+
+The model is rebuilt from the run folder alone: `config.yaml`, the base weights
+in `export/base/` and, for a domain with one, its PEFT adapter in `adapters/`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model
+
+from distrec.config import ConfigError, load_config
+from distrec.data.collate import history_batch
+from distrec.train.context import Run, load_domains
+from distrec.utils.hashing import sha256_file
+
+
+def load_run(run_dir: str | Path, domain: str | None):
+    """(run, model, domain) with the domain's adapter active when it has one."""
+    from peft import PeftModel
+
+    from distrec.distributed.accelerator import build_accelerator
+    from distrec.train.stages import new_model
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise ConfigError(f"--run {str(run_dir)!r}: not a distrec run folder (no config.yaml)")
+    cfg = load_config(run_dir / "config.yaml", [f"output.dir={run_dir}"])
+    names = [*cfg.data.sources, *([cfg.data.target] if cfg.data.target else [])]
+    domain = domain or cfg.data.target or names[0]
+    if domain not in names:
+        raise ConfigError(f"--domain {domain!r}: this run knows {names}")
+    base_file = run_dir / "export" / "base" / "model.safetensors"
+    if not base_file.exists():
+        raise ConfigError(f"{base_file}: missing; the run did not finish pretraining")
+    accelerator, precision = build_accelerator(cfg)
+    run = Run(cfg, accelerator, precision, run_dir)
+    load_domains(run, names)
+    model = new_model(run)
+    load_model(model, str(base_file))
+    adapter = run_dir / "adapters" / domain
+    if adapter.exists():
+        check_adapter_base(adapter, base_file)
+        model = PeftModel.from_pretrained(model, str(adapter), adapter_name=domain)
+    model.eval()
+    return run, model, domain
+
+
+def check_adapter_base(adapter: Path, base_file: Path) -> None:
+    """Refuse an adapter trained on other base weights, naming both."""
+    note = json.loads((adapter / "distrec.json").read_text())
+    actual = sha256_file(base_file)
+    if note["base_sha256"] != actual:
+        raise ConfigError(
+            f"adapter {adapter} was trained on base weights {note['base']} (sha256 "
+            f"{note['base_sha256'][:12]}), but this run's base {base_file} has sha256 {actual[:12]}; "
+            f"use the run folder the adapter came from"
+        )
+
+
+def evaluate_run(run_dir: str, domain: str | None = None, split: str = "test") -> str:
+    from distrec.train.loop import evaluate_domain
+
+    run, model, domain = load_run(run_dir, domain)
+    metrics = evaluate_domain(run, model, run.domains[domain], split)
+    rows = [f"{domain} ({split}, {int(metrics['users'])} users, full ranking)"]
+    rows += [f"  {k:10s} {v:.4f}" for k, v in metrics.items() if k != "users"]
+    return "\n".join(rows)
+
+
+@torch.no_grad()
+def recommend(run_dir: str, domain: str, titles: list[str], k: int = 10) -> str:
+    from distrec.train.loop import catalog_table
+
+    run, model, domain = load_run(run_dir, domain)
+    d = run.domains[domain]
+    index = dict(zip(d.catalog["item_id"], d.catalog["item_index"], strict=True))
+    unknown = [t for t in titles if t not in index]
+    history = [int(index[t]) for t in titles if t in index]
+    lines = []
+    if unknown:
+        lines.append(f"unknown items (not in the {domain} catalog, ignored): {unknown}")
+    if not history:
+        raise ConfigError(f"--history: none of {titles} is in the {domain} catalog; use exact item ids "
+                          f"(titles such as 'Toy Story (1995)')")
+    limit = run.cfg.data.max_history
+    if len(history) > limit:
+        lines.append(f"history has {len(history)} items; the model reads the last {limit} (oldest dropped)")
+        history = history[-limit:]
+    table = catalog_table(run, model, d, True)
+    hist, last = history_batch([history], limit)
+    user = model(task="users", domain=domain, history=hist, last=last, table=table)["users"]
+    scores = (user.float() @ table.float().T)[0]
+    scores[0] = float("-inf")
+    scores[history] = float("-inf")
+    top = torch.topk(scores, min(k, d.num_items - len(set(history))))
+    names = d.catalog.set_index("item_index")["item_id"]
+    lines.append(f"top {len(top.indices)} for {domain}:")
+    lines += [f"{r + 1:3d}. {names[int(i)]}  ({float(s):.4f})" for r, (s, i) in enumerate(zip(top.values, top.indices, strict=True))]
+    return "\n".join(lines)
