@@ -84,6 +84,9 @@ class ModelConfig(Section):
     mode: Literal["cached", "end_to_end"] = "cached"
     head: Literal["retrieval", "ctr", "rating"] = "retrieval"
     item_id_embeddings: bool = True
+    # Training-time probability of hiding an item's ID row so its text alone must
+    # carry it: keeps the text path strong enough to transfer zero-shot.
+    id_dropout: float = Field(default=0.5, ge=0.0, lt=1.0)
     temperature: float = Field(default=0.05, gt=0.0)
     logq_correction: bool = True
     trust_remote_code: bool = False
@@ -126,6 +129,9 @@ class StagesConfig(Section):
     id_baseline_lr: float = Field(default=1e-3, gt=0.0)
     id_baseline_dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
     id_baseline_epochs: int = Field(default=30, ge=1)
+    # The target-only text model also trains to convergence (early stopping), not
+    # for the pretraining budget.
+    text_baseline_epochs: int = Field(default=30, ge=1)
 
 
 class TrainConfig(Section):

@@ -27,7 +27,7 @@ class Recommender(nn.Module):
         ut = cfg.user_tower
         self.item_tower = ItemTower(feature_dim, cfg.dim, domain_items, use_text=use_text,
                                     use_ids=cfg.item_id_embeddings if use_ids is None else use_ids,
-                                    lm=lm, pooling=cfg.pooling)
+                                    lm=lm, pooling=cfg.pooling, id_dropout=cfg.id_dropout)
         self.user_tower = UserTower(cfg.dim, ut.layers, ut.heads, ut.dropout if dropout is None else dropout,
                                     max_len, sorted(domain_items), ut.domain_embedding)
         self.rating_head = nn.Sequential(nn.Linear(2 * cfg.dim, cfg.dim), nn.GELU(),

@@ -12,6 +12,12 @@ from torch import nn
 from distrec.models.encoder import encode_tokens
 
 
+def id_table_key(domain: str) -> str:
+    """Module key of a domain's ID table. Prefixed because PEFT strips `.<adapter name>`
+    from saved keys, and adapters are named after domains."""
+    return f"d_{domain}"
+
+
 class ItemTower(nn.Module):
     """Item vector = projection(LM pooled text) [+ per-domain ID embedding].
 
@@ -21,9 +27,10 @@ class ItemTower(nn.Module):
 
     def __init__(self, feature_dim: int, dim: int, domain_items: dict[str, int],
                  use_text: bool = True, use_ids: bool = True, lm: nn.Module | None = None,
-                 pooling: str = "mean", hidden: int = 512) -> None:
+                 pooling: str = "mean", hidden: int = 512, id_dropout: float = 0.0) -> None:
         super().__init__()
         self.use_text, self.use_ids, self.pooling = use_text, use_ids, pooling
+        self.id_dropout = id_dropout if use_text else 0.0
         self.lm = lm
         # An MLP, not a single Linear: it must be able to tell apart (and remember)
         # items whose frozen LM features are close, which is what transfers.
@@ -31,7 +38,7 @@ class ItemTower(nn.Module):
             fc_in=nn.Linear(feature_dim, hidden), act=nn.GELU(), fc_out=nn.Linear(hidden, dim),
         )) if use_text else None
         self.ids = nn.ModuleDict({
-            d: nn.Embedding(n + 1, dim, padding_idx=0) for d, n in domain_items.items()
+            id_table_key(d): nn.Embedding(n + 1, dim, padding_idx=0) for d, n in domain_items.items()
         }) if use_ids else None
         if self.ids is not None:
             for emb in self.ids.values():
@@ -47,7 +54,10 @@ class ItemTower(nn.Module):
                 features = encode_tokens(self.lm, input_ids, attention_mask, self.pooling)
             out = self.proj(features.to(self.proj.fc_in.weight.dtype))
         if self.use_ids:
-            ids = self.ids[domain](items)
+            ids = self.ids[id_table_key(domain)](items)
+            if self.training and self.id_dropout > 0:
+                keep = torch.rand(ids.shape[0], 1, device=ids.device) >= self.id_dropout
+                ids = ids * keep
             out = ids if out is None else out + ids
         return out
 

@@ -9,8 +9,10 @@ import torch
 from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import save_model
 
+from distrec.config.checks import ConfigError
 from distrec.config.schema import RunConfig
 from distrec.models.encoder import default_lm_targets
+from distrec.models.towers import id_table_key
 from distrec.utils.hashing import sha256_file
 
 # The pooler's output is never used (we pool ourselves): adapting it would leave
@@ -52,11 +54,24 @@ def peft_config(cfg: RunConfig, targets: str, total_steps: int, save: list[str] 
 def add_domain_adapter(model: torch.nn.Module, cfg: RunConfig, domain: str, total_steps: int,
                        include_lm: bool) -> PeftModel:
     """Freeze the base and add a new adapter named after `domain` (plus its ID rows)."""
+    check_adapter_name(model, domain)
     for param in model.parameters():
         param.requires_grad_(False)
-    save = [f"ids.{domain}"] if model.item_tower.ids is not None else None
+    save = [f"ids.{id_table_key(domain)}"] if model.item_tower.ids is not None else None
     config = peft_config(cfg, target_regex(model, cfg, include_lm), total_steps, save)
     return get_peft_model(model, config, adapter_name=domain)
+
+
+def check_adapter_name(model: torch.nn.Module, domain: str) -> None:
+    """PEFT removes `.<adapter name>` from saved keys by substring: a domain name that
+    starts a module name (e.g. `fc`, `q`) would corrupt the adapter file."""
+    segments = {seg for name, _ in model.named_modules() for seg in name.split(".")}
+    clash = sorted(seg for seg in segments if seg.startswith(domain))
+    if clash:
+        raise ConfigError(
+            f"domain name {domain!r} cannot name a PEFT adapter: it starts module names {clash[:5]} "
+            f"of the model; rename the domain (e.g. {domain + '-domain'!r})"
+        )
 
 
 def adalora_step(peft_model: PeftModel):

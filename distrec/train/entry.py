@@ -36,10 +36,12 @@ def run_training(config: str, overrides: list[str] | None = None, resume: str | 
         log(f"training with {run.rank_world[1]} process(es), strategy {live_strategy(accelerator)}, "
             f"precision {precision}")
         stages = run_stages(run)
-        waits = [s["data_wait_fraction"] for s in stages.values() if "data_wait_fraction" in s]
+        wait_s = sum(s.get("data_wait_s", 0.0) for s in stages.values())
+        train_s = sum(s.get("train_s", 0.0) for s in stages.values())
         extra = {"precision": precision, "world_size": run.rank_world[1], "strategy": live_strategy(accelerator),
                  "wall_s": time.perf_counter() - start,
-                 "data_wait_fraction": sum(waits) / len(waits) if waits else 0.0}
+                 # time-weighted over every training stage: the share of step time spent waiting
+                 "data_wait_fraction": wait_s / train_s if train_s else 0.0}
         if run.is_main:
             write_metrics(out, cfg, stages, extra)
             write_report(out, cfg, stages, extra)

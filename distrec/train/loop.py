@@ -42,6 +42,8 @@ class FitResult:
     best_valid: float = -1.0
     wall_s: float = 0.0
     data_wait_fraction: float = 0.0
+    data_wait_s: float = 0.0
+    train_s: float = 0.0
     steps: int = 0
 
 
@@ -110,9 +112,12 @@ def fit(run: Run, model: torch.nn.Module, plan: StagePlan, on_step=None) -> tupl
     start, bad_epochs = time.perf_counter(), 0
     gen = torch.Generator().manual_seed(cfg.seed)
     for epoch in range(plan.epochs):
-        loss, wait, steps = train_epoch(run, model, optimizer, scheduler, loader, plan, gen, on_step,
-                                        result.steps, total)
+        loss, wait_s, train_s, steps = train_epoch(run, model, optimizer, scheduler, loader, plan, gen,
+                                                   on_step, result.steps, total)
+        wait = wait_s / max(train_s, 1e-9)
         result.steps += steps
+        result.data_wait_s += wait_s
+        result.train_s += train_s
         valid = evaluate(run, model, plan.eval_domains, "valid", plan.uses_text)
         score = valid["ndcg@10"]
         result.history.append({"epoch": epoch + 1, "loss": loss, "valid_ndcg@10": score,
@@ -136,14 +141,15 @@ def fit(run: Run, model: torch.nn.Module, plan: StagePlan, on_step=None) -> tupl
     if run.is_main:
         shutil.rmtree(best_dir, ignore_errors=True)
     result.wall_s = time.perf_counter() - start
-    result.data_wait_fraction = sum(h["data_wait_fraction"] for h in result.history) / max(1, len(result.history))
+    result.data_wait_fraction = result.data_wait_s / max(result.train_s, 1e-9)
     model = acc.unwrap_model(model)
     acc.free_memory()
     return model, result
 
 
 def train_epoch(run, model, optimizer, scheduler, loader, plan, gen, on_step, step0: int,
-                total: int) -> tuple[float, float, int]:
+                total: int) -> tuple[float, float, float, int]:
+    """One pass over the loader: (mean loss, seconds waiting for data, seconds in total, steps)."""
     acc, cfg = run.accelerator, run.cfg
     model.train()
     total_loss, batches, steps, wait = 0.0, 0, 0, 0.0
@@ -173,7 +179,7 @@ def train_epoch(run, model, optimizer, scheduler, loader, plan, gen, on_step, st
             break
     del it
     elapsed = time.perf_counter() - epoch_start
-    return total_loss / max(1, batches), wait / max(elapsed, 1e-9), steps
+    return total_loss / max(1, batches), wait, elapsed, steps
 
 
 @torch.no_grad()

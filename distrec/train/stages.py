@@ -41,7 +41,8 @@ def stage_record(run: Run, model, plan: StagePlan, fit_result: FitResult | None)
     if fit_result is not None:
         record.update(history=fit_result.history, best_epoch=fit_result.best_epoch,
                       wall_s=fit_result.wall_s, steps=fit_result.steps,
-                      data_wait_fraction=fit_result.data_wait_fraction)
+                      data_wait_fraction=fit_result.data_wait_fraction,
+                      data_wait_s=fit_result.data_wait_s, train_s=fit_result.train_s)
     log(f"{plan.name}: test ndcg@10 {record['test']['ndcg@10']:.4f}  valid {record['valid']['ndcg@10']:.4f}")
     return record
 
@@ -95,7 +96,7 @@ def run_stages(run: Run) -> dict[str, dict]:
         model, fitted = fit(run, new_model(run, use_text=False, dropout=st.id_baseline_dropout), plan)
         results[plan.name] = stage_record(run, model, plan, fitted)
     if "text_target_only" in st.baselines:
-        plan = StagePlan("baseline_text_target_only", {target: 1.0}, [target], st.pretrain.epochs,
+        plan = StagePlan("baseline_text_target_only", {target: 1.0}, [target], st.text_baseline_epochs,
                          st.pretrain.lr or cfg.train.lr)
         model, fitted = _train_text(run, plan)
         results[plan.name] = stage_record(run, model, plan, fitted)

@@ -66,3 +66,37 @@ def test_a_finished_run_is_not_overwritten(finished, synth_dir):
     with pytest.raises(ConfigError, match="already holds a finished run"):
         run_training(str(cfg_file))
     assert (tmp / "a" / "metrics.json").read_text() == before
+
+
+def test_evaluate_rebuilds_the_adapted_model_from_the_run_folder(finished):
+    from distrec.train.inference import evaluate_run
+
+    tmp, metrics = finished
+    text = evaluate_run(str(tmp / "a"), "tiny-b", "test")
+    expected = metrics["stages"]["adapt"]["test"]["ndcg@10"]
+    assert f"ndcg@10    {expected:.4f}" in text
+
+
+def test_recommend_reports_unknown_items_and_excludes_history(finished):
+    from distrec.train.inference import recommend
+
+    tmp, _ = finished
+    text = recommend(str(tmp / "a"), "tiny-b", ["item-3", "no such film", "item-7"], k=5)
+    assert "unknown items" in text and "'no such film'" in text
+    listed = [line.split(". ", 1)[1].split("  (")[0] for line in text.splitlines() if line[:4].strip().endswith(".")]
+    assert len(listed) == 5 and "item-3" not in listed and "item-7" not in listed
+
+
+def test_adapter_from_another_base_is_refused(finished, tmp_path):
+    import shutil
+
+    from distrec.config import ConfigError
+    from distrec.train.inference import evaluate_run
+
+    tmp, _ = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp / "a", copy)
+    base = copy / "export" / "base" / "model.safetensors"
+    shutil.copy(tmp / "a" / "export" / "tiny-b" / "model.safetensors", base)  # other weights
+    with pytest.raises(ConfigError, match="was trained on base weights .* but this run's base"):
+        evaluate_run(str(copy), "tiny-b")

@@ -1,0 +1,104 @@
+"""Loader-only throughput: sequences/s and tokens/s with 0/1/2 workers.
+
+Measured on the prepared ML-1M shards and on a synthetic domain ten times the
+demo's data (ML-1M + ML-100K), written by `distrec data synth` through the same
+writer. Writes JSON (and a PNG beside it).
+
+    python perf/bench_data.py --out perf/results/bench_data.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from common import write_result
+
+from distrec.config import load_config
+from distrec.data.loader import StreamLoader
+from distrec.data.manifest import load_manifest
+from distrec.data.prepare import prepare_domains
+from distrec.data.stream import StreamSpec
+from distrec.data.synth import SynthSpec, synth_domain
+from distrec.data.tokens import AttachTokens, TokenTable
+from distrec.models.encoder import load_encoder
+
+
+def measure(manifest, workers: int, batch: int, max_batches: int, transform=None) -> dict:
+    spec = StreamSpec(batch_size=batch, max_history=50, num_workers=workers, shuffle_shards=4)
+    loader = StreamLoader(manifest, spec, transform=transform)
+    it = iter(loader)
+    next(it)  # warm-up: worker start and first window
+    seqs = positions = tokens = 0
+    start = time.perf_counter()
+    for n, b in enumerate(it):
+        seqs += int(b["valid"].sum())
+        positions += int((b["targets"] > 0).sum())
+        if "attention_mask" in b:
+            tokens += int(b["attention_mask"].sum())
+        if n + 1 >= max_batches:
+            break
+    elapsed = time.perf_counter() - start
+    return {"workers": workers, "batches": n + 1, "seconds": elapsed, "sequences_per_s": seqs / elapsed,
+            "positions_per_s": positions / elapsed, "tokens_per_s": tokens / elapsed if tokens else None}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default="perf/results/bench_data.json")
+    p.add_argument("--config", default="configs/demo.yaml")
+    p.add_argument("--batches", type=int, default=150)
+    p.add_argument("--batch-size", type=int, default=64)
+    args = p.parse_args()
+    cfg = load_config(args.config)
+    prepare_domains(cfg)
+    demo = [load_manifest(Path(cfg.data.prepared_dir) / n) for n in ("ml-1m", "ml-100k")]
+    users = sum(m.counts["users"] for m in demo)
+    interactions = sum(m.counts["interactions"] for m in demo)
+    synth = SynthSpec(name="synth-10x", users=10 * users, items=5000, mean_length=interactions / users,
+                      min_length=5, users_per_shard=1000, seed=0)
+    big = load_manifest(synth_domain(synth, cfg.data.prepared_dir))
+
+    lm, tok = load_encoder(cfg.model.item_encoder)
+    del lm
+    rows = []
+    for name, manifest in (("ml-1m", demo[0]), ("synth-10x", big)):
+        catalog = __import__("pandas").read_parquet(manifest.catalog_path)
+        table = TokenTable.build(tok, catalog["text"].tolist(), cfg.model.max_text_tokens, cfg.cache_dir,
+                                 cfg.model.item_encoder, manifest.data["catalog"]["sha256"])
+        for workers in (0, 1, 2):
+            for mode, transform in (("cached", None), ("end_to_end", AttachTokens(table, tok.pad_token_id))):
+                r = measure(manifest, workers, args.batch_size, args.batches, transform)
+                rows.append({"dataset": name, "mode": mode, **r})
+                print(f"{name:10s} {mode:10s} workers={workers}: {r['sequences_per_s']:8.0f} seq/s  "
+                      f"{(r['tokens_per_s'] or 0):10.0f} tok/s")
+    result = {"benchmark": "data_loader", "config": {"batch_size": args.batch_size, "batches": args.batches,
+              "max_history": 50, "synth": synth.__dict__, "demo_users": users,
+              "demo_interactions": interactions}, "results": rows}
+    out = write_result(args.out, result)
+    plot(out.with_suffix(".png"), rows)
+    print(f"wrote {out}")
+
+
+def plot(path: Path, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in sorted({r["dataset"] for r in rows}):
+        for mode in ("cached", "end_to_end"):
+            sel = [r for r in rows if r["dataset"] == name and r["mode"] == mode]
+            ax.plot([r["workers"] for r in sel], [r["sequences_per_s"] for r in sel], marker="o",
+                    label=f"{name} ({mode})")
+    ax.set(xlabel="DataLoader workers", ylabel="sequences / s", title="loader throughput", xticks=[0, 1, 2])
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
