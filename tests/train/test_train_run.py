@@ -98,5 +98,5 @@ def test_adapter_from_another_base_is_refused(finished, tmp_path):
     shutil.copytree(tmp / "a", copy)
     base = copy / "export" / "base" / "model.safetensors"
     shutil.copy(tmp / "a" / "export" / "tiny-b" / "model.safetensors", base)  # other weights
-    with pytest.raises(ConfigError, match="was trained on base weights .* but this run's base"):
+    with pytest.raises(ConfigError, match=r"was trained on base weights .* but this run.s base"):
         evaluate_run(str(copy), "tiny-b")
