@@ -89,6 +89,9 @@ class ModelConfig(Section):
     id_dropout: float = Field(default=0.5, ge=0.0, lt=1.0)
     temperature: float = Field(default=0.05, gt=0.0)
     logq_correction: bool = True
+    # Score offset = learned weight x standardised log training popularity of the item
+    # in its own domain; learned on sources, it transfers with the target's counts.
+    popularity_prior: bool = True
     trust_remote_code: bool = False
     user_tower: UserTowerConfig = UserTowerConfig()
 

@@ -32,6 +32,7 @@ class Recommender(nn.Module):
                                     max_len, sorted(domain_items), ut.domain_embedding)
         self.rating_head = nn.Sequential(nn.Linear(2 * cfg.dim, cfg.dim), nn.GELU(),
                                          nn.Linear(cfg.dim, 1)) if cfg.head == "rating" else None
+        self.pop_weight = nn.Parameter(torch.zeros(())) if cfg.popularity_prior else None
         # DeepSpeed derives its "auto" ZeRO-3 bucket sizes from model.config.hidden_size.
         self.config = lm.config if lm is not None else PretrainedConfig(hidden_size=cfg.dim)
 
@@ -39,15 +40,17 @@ class Recommender(nn.Module):
         if task == "train":
             return self._train(domain, **kw)
         if task == "catalog":
-            return {"items": F.normalize(self.item_tower(domain, **kw), dim=-1)}
+            popularity = kw.pop("popularity", None)
+            items = F.normalize(self.item_tower(domain, **kw), dim=-1)
+            return {"items": items, "bias": self._bias(popularity, items)}
         if task == "users":
             return {"users": self._users(domain, **kw)}
         raise ValueError(f"unknown task {task!r}")
 
     def _train(self, domain: str, inputs: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
                items: torch.Tensor, features: torch.Tensor | None = None,
-               input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
-               ) -> dict[str, torch.Tensor]:
+               input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+               popularity: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """`items` are the candidate catalog indices (whole catalog, or a batch's unique items);
         `inputs`/`targets` index into [pad] + items, i.e. 0 is padding."""
         cand = F.normalize(self.item_tower(domain, items, features=features, input_ids=input_ids,
@@ -55,7 +58,8 @@ class Recommender(nn.Module):
         table = torch.cat([cand.new_zeros(1, cand.size(1)), cand])
         users = F.normalize(self.user_tower(table[inputs], domain), dim=-1)
         real = (targets > 0) & valid[:, None]
-        out = {"users": users[real], "targets": targets[real] - 1, "candidates": cand}
+        out = {"users": users[real], "targets": targets[real] - 1, "candidates": cand,
+               "bias": self._bias(popularity, cand)}
         if self.rating_head is not None:
             out["rating"] = self.rating(out["users"], cand[out["targets"]])
         return out
@@ -65,6 +69,12 @@ class Recommender(nn.Module):
         """User vectors after each history; `table` = catalog vectors with a pad row 0."""
         states = F.normalize(self.user_tower(table[history], domain), dim=-1)
         return states[torch.arange(history.size(0), device=history.device), last]
+
+    def _bias(self, popularity: torch.Tensor | None, items: torch.Tensor) -> torch.Tensor:
+        """Per-item score offset: learned weight x the item's standardised log popularity."""
+        if self.pop_weight is None or popularity is None:
+            return items.new_zeros(items.shape[0])
+        return self.pop_weight * popularity.to(items.dtype)
 
     def rating(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.rating_head(torch.cat([users, items], -1)).squeeze(-1)

@@ -49,6 +49,15 @@ class DomainData:
         c = self.train_counts + 1.0
         return torch.log(c / c[1:].sum())
 
+    @property
+    def popularity(self) -> torch.Tensor:
+        """[N+1] standardised log(1 + training count): a feature any logged catalog has,
+        so the weight learned on sources applies to a new domain's own counts."""
+        x = torch.log1p(self.train_counts)
+        z = (x - x[1:].mean()) / x[1:].std().clamp_min(1e-6)
+        z[0] = 0.0
+        return z
+
     def sequences(self) -> list[dict]:
         if self._sequences is None:
             self._sequences = read_sequences(self.manifest.shard_urls())

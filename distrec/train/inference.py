@@ -90,10 +90,10 @@ def recommend(run_dir: str, domain: str, titles: list[str], k: int = 10) -> str:
     if len(history) > limit:
         lines.append(f"history has {len(history)} items; the model reads the last {limit} (oldest dropped)")
         history = history[-limit:]
-    table = catalog_table(run, model, d, True)
+    catalog = catalog_table(run, model, d, True)
     hist, last = history_batch([history], limit)
-    user = model(task="users", domain=domain, history=hist, last=last, table=table)["users"]
-    scores = (user.float() @ table.float().T)[0]
+    user = model(task="users", domain=domain, history=hist, last=last, table=catalog.vectors)["users"]
+    scores = catalog.scores(user, run.cfg.model.temperature)[0]
     scores[0] = float("-inf")
     scores[history] = float("-inf")
     top = torch.topk(scores, min(k, d.num_items - len(set(history))))

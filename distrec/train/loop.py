@@ -69,10 +69,12 @@ def model_inputs(run: Run, batch: dict, d: DomainData, uses_text: bool) -> dict:
     if "items" in batch:  # end-to-end: the batch's unique items, tokenized in the worker
         return {"inputs": batch["inputs_local"].to(dev), "targets": batch["targets_local"].to(dev),
                 "valid": batch["valid"].to(dev), "items": batch["items"].to(dev),
-                "input_ids": batch["input_ids"].to(dev), "attention_mask": batch["attention_mask"].to(dev)}
+                "input_ids": batch["input_ids"].to(dev), "attention_mask": batch["attention_mask"].to(dev),
+                "popularity": d.popularity[batch["items"]].to(dev)}
     return {"inputs": batch["inputs"].to(dev), "targets": batch["targets"].to(dev),
             "valid": batch["valid"].to(dev), "items": torch.arange(1, d.num_items + 1, device=dev),
-            "features": d.features[1:].to(dev) if uses_text else None}
+            "features": d.features[1:].to(dev) if uses_text else None,
+            "popularity": d.popularity[1:].to(dev)}
 
 
 def compute_loss(run: Run, out: dict, batch: dict, d: DomainData, gen: torch.Generator) -> torch.Tensor:
@@ -182,36 +184,47 @@ def train_epoch(run, model, optimizer, scheduler, loader, plan, gen, on_step, st
     return total_loss / max(1, batches), wait, elapsed, steps
 
 
+@dataclass
+class CatalogVectors:
+    """Item vectors [N+1, d] (row 0 = padding) and each item's learned popularity bias [N+1]."""
+
+    vectors: torch.Tensor
+    bias: torch.Tensor
+
+    def scores(self, users: torch.Tensor, temperature: float) -> torch.Tensor:
+        return users.float() @ self.vectors.float().T / temperature + self.bias.float()
+
+
 @torch.no_grad()
-def catalog_table(run: Run, model, d: DomainData, uses_text: bool) -> torch.Tensor:
-    """[N+1, d] item vectors with a zero padding row, encoded in chunks sharded over ranks."""
+def catalog_table(run: Run, model, d: DomainData, uses_text: bool) -> CatalogVectors:
+    """The whole catalog encoded in chunks sharded over ranks, gathered on every rank."""
     dev, cfg = run.device, run.cfg
-    if d.tokens is None or not uses_text:
-        feats = d.features[1:].to(dev) if uses_text else None
-        vecs = model(task="catalog", domain=d.name, items=torch.arange(1, d.num_items + 1, device=dev),
-                     features=feats)["items"]
-        return torch.cat([vecs.new_zeros(1, vecs.shape[1]), vecs]).float()
     rank, world = run.rank_world
+    e2e = d.tokens is not None and uses_text
+    if not e2e:  # cheap (a projection of cached features): every rank does it all
+        rank, world = 0, 1
     mine = list(range(1 + rank, d.num_items + 1, world))
-    bs = cfg.eval.batch_size
-    per_rank = math.ceil(d.num_items / world)
-    chunks = math.ceil(per_rank / bs)
+    bs = cfg.eval.batch_size if e2e else max(1, len(mine))
+    chunks = math.ceil(math.ceil(d.num_items / world) / bs)
     outs = []
     for c in range(chunks):  # equal forward counts on every rank (ZeRO-3/FSDP)
         idx = torch.tensor(mine[c * bs : (c + 1) * bs] or [1])
-        width = max(1, int(d.tokens.lengths[idx].max()))
-        ids = d.tokens.input_ids[idx, :width].long()
-        mask = (torch.arange(width)[None, :] < d.tokens.lengths[idx, None]).long()
-        ids = ids.masked_fill(mask == 0, run.tokenizer.pad_token_id)
-        vec = model(task="catalog", domain=d.name, items=idx.to(dev), input_ids=ids.to(dev),
-                    attention_mask=mask.to(dev))["items"].float().cpu()
-        outs.append(vec[: len(mine[c * bs : (c + 1) * bs])])
+        kw = {"features": d.features[idx].to(dev)} if (uses_text and not e2e) else {}
+        if e2e:
+            width = max(1, int(d.tokens.lengths[idx].max()))
+            mask = (torch.arange(width)[None, :] < d.tokens.lengths[idx, None]).long()
+            ids = d.tokens.input_ids[idx, :width].long().masked_fill(mask == 0, run.tokenizer.pad_token_id)
+            kw = {"input_ids": ids.to(dev), "attention_mask": mask.to(dev)}
+        out = model(task="catalog", domain=d.name, items=idx.to(dev), popularity=d.popularity[idx].to(dev), **kw)
+        packed = torch.cat([out["items"].float(), out["bias"].float()[:, None]], 1).cpu()
+        outs.append(packed[: len(mine[c * bs : (c + 1) * bs])])
     local = torch.cat(outs)
-    parts = gather_tensors(local)
+    parts = gather_tensors(local) if e2e else [local]
     table = torch.zeros(d.num_items + 1, local.shape[1])
     for r, part in enumerate(parts):
         table[1 + r :: world][: part.shape[0]] = part
-    return table.to(dev)
+    table = table.to(dev)
+    return CatalogVectors(table[:, :-1], table[:, -1])
 
 
 @torch.no_grad()
@@ -228,12 +241,12 @@ def evaluate_domain(run: Run, model, d: DomainData, split: str, uses_text: bool 
     was_training = model.training
     model.eval()
     with acc.autocast():
-        table = catalog_table(run, model, d, uses_text)
+        catalog = catalog_table(run, model, d, uses_text)
 
         def score(history: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
             users = model(task="users", domain=d.name, history=history.to(run.device),
-                          last=last.to(run.device), table=table.to(run.device))["users"]
-            return users.float() @ table.float().T
+                          last=last.to(run.device), table=catalog.vectors)["users"]
+            return catalog.scores(users, cfg.model.temperature)
 
         rank, world = run.rank_world
         cases = eval_cases(d.sequences(), split, cfg.eval.max_users)

@@ -16,15 +16,16 @@ def retrieval_loss(out: dict, temperature: float, log_q: torch.Tensor | None = N
     the batch's unique items (optionally every rank's), with logQ correction so
     popular items are not over-penalised for appearing as negatives more often.
     """
-    users, targets, cand = out["users"], out["targets"], out["candidates"]
+    users, targets, cand, bias = out["users"], out["targets"], out["candidates"], out["bias"]
     offset = 0
     if cross_rank:
         cand, offset = gather_with_grad(cand)
+        bias, _ = gather_with_grad(bias)
         if log_q is not None:
             log_q, _ = gather_with_grad(log_q)
     if users.shape[0] == 0:  # an all-padding batch keeps ranks in step; it must not move weights
-        return cand.sum() * 0.0 + users.sum() * 0.0
-    logits = users @ cand.T / temperature
+        return cand.sum() * 0.0 + users.sum() * 0.0 + bias.sum() * 0.0
+    logits = users @ cand.T / temperature + bias[None, :]
     if log_q is not None:
         logits = logits - log_q[None, :].to(logits.dtype)
     return F.cross_entropy(logits.float(), targets + offset)
@@ -36,8 +37,9 @@ def ctr_loss(out: dict, temperature: float, generator: torch.Generator) -> torch
     if users.shape[0] == 0:
         return cand.sum() * 0.0 + users.sum() * 0.0
     negatives = torch.randint(0, cand.shape[0], targets.shape, generator=generator).to(targets.device)
-    pos = (users * cand[targets]).sum(-1) / temperature
-    neg = (users * cand[negatives]).sum(-1) / temperature
+    bias = out["bias"]
+    pos = (users * cand[targets]).sum(-1) / temperature + bias[targets]
+    neg = (users * cand[negatives]).sum(-1) / temperature + bias[negatives]
     logits = torch.cat([pos, neg]).float()
     labels = torch.cat([torch.ones_like(pos), torch.zeros_like(neg)]).float()
     return F.binary_cross_entropy_with_logits(logits, labels)
