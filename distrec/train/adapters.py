@@ -62,6 +62,19 @@ def add_domain_adapter(model: torch.nn.Module, cfg: RunConfig, domain: str, tota
     return get_peft_model(model, config, adapter_name=domain)
 
 
+def add_lm_lora(model: torch.nn.Module, cfg: RunConfig, name: str) -> PeftModel:
+    """Source training in end-to-end mode: a plain LoRA on the LM (merged afterwards) while
+    the projection, user tower and ID tables train fully."""
+    p = cfg.peft
+    config = LoraConfig(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout,
+                        target_modules=lm_only_regex(model, cfg))
+    peft_model = get_peft_model(model, config, adapter_name=name)
+    for param_name, param in peft_model.named_parameters():
+        if ".lm." not in param_name:
+            param.requires_grad_(True)
+    return peft_model
+
+
 def check_adapter_name(model: torch.nn.Module, domain: str) -> None:
     """PEFT removes `.<adapter name>` from saved keys by substring: a domain name that
     starts a module name (e.g. `fc`, `q`) would corrupt the adapter file."""

@@ -10,9 +10,8 @@ from distrec.models.recommender import Recommender
 from distrec.train.adapters import (
     adalora_step,
     add_domain_adapter,
+    add_lm_lora,
     export_adapter,
-    lm_only_regex,
-    peft_config,
     save_weights,
 )
 from distrec.train.context import Run
@@ -54,14 +53,7 @@ def _train_text(run: Run, plan: StagePlan) -> tuple[object, FitResult]:
     model = new_model(run)
     e2e = cfg.model.mode == "end_to_end" and cfg.peft.method != "none"
     if e2e:
-        lora = peft_config(cfg.model_copy(update={"peft": cfg.peft.model_copy(update={"method": "lora"})}),
-                           lm_only_regex(model, cfg), planned_steps(run, plan), None)
-        from peft import get_peft_model
-
-        model = get_peft_model(model, lora, adapter_name=plan.name.replace("_", "-"))
-        for name, p in model.named_parameters():  # heads and towers train fully
-            if ".lm." not in name:
-                p.requires_grad_(True)
+        model = add_lm_lora(model, cfg, plan.name.replace("_", "-"))
     model, result = fit(run, model, plan)
     if e2e:
         model = model.merge_and_unload()

@@ -66,3 +66,14 @@ def test_end_to_end_lora_and_adalora_train(synth_dir, tmp_path):
         assert any("user_tower" in k and "lora_A" in k for k in keys)
         assert not any("pooler" in k for k in keys)
         assert torch.isfinite(torch.tensor(metrics["stages"]["adapt"]["test"]["ndcg@10"]))
+
+
+def test_a_domain_name_that_would_corrupt_peft_keys_is_refused(synth_dir, tmp_path):
+    from distrec.config import ConfigError
+    from distrec.train.adapters import check_adapter_name
+
+    run = make_run(synth_dir, tmp_path, "cached")
+    model = new_model(run)
+    check_adapter_name(model, "tiny-b")
+    with pytest.raises(ConfigError, match=r"domain name 'fc' cannot name a PEFT adapter.*fc1"):
+        check_adapter_name(model, "fc")
