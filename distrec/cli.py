@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="run the stages of a run config (also: accelerate launch -m distrec.train)")
     _add_config_args(p)
-    p.add_argument("--resume", default=None, help="'auto' or a checkpoint directory")
+    p.add_argument("--resume", choices=["auto"], default=None,
+                   help="auto: skip finished stages, continue the current one from its newest checkpoint")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="full-ranking evaluation of a finished run")

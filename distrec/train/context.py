@@ -74,6 +74,7 @@ class Run:
     lm: torch.nn.Module | None = None
     tokenizer: object | None = None
     feature_dim: int = 0
+    resume: bool = False
 
     @property
     def rank_world(self) -> tuple[int, int]:

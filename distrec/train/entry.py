@@ -19,6 +19,7 @@ def run_training(config: str, overrides: list[str] | None = None, resume: str | 
     check_environment(cfg)
 
     from distrec.distributed.accelerator import build_accelerator, live_strategy
+    from distrec.train.checkpoint import Preempted, install_preemption_handler
     from distrec.train.context import Run, load_domains, prepare_output_dir
     from distrec.train.outputs import write_metrics, write_report
     from distrec.train.stages import run_stages
@@ -30,7 +31,8 @@ def run_training(config: str, overrides: list[str] | None = None, resume: str | 
         out = prepare_output_dir(cfg, resume is not None)
         if cfg.output.tensorboard:
             accelerator.init_trackers("events")
-        run = Run(cfg, accelerator, precision, out)
+        run = Run(cfg, accelerator, precision, out, resume=resume is not None)
+        install_preemption_handler()
         names = [*cfg.data.sources, *([cfg.data.target] if cfg.data.target else [])]
         load_domains(run, names)
         log(f"training with {run.rank_world[1]} process(es), strategy {live_strategy(accelerator)}, "
@@ -47,6 +49,9 @@ def run_training(config: str, overrides: list[str] | None = None, resume: str | 
             write_report(out, cfg, stages, extra)
             log(f"wrote {out / 'metrics.json'}, {out / 'report.md'}, {out / 'report.png'}")
         return 0
+    except Preempted as err:
+        log(str(err))
+        return 143
     finally:
         accelerator.end_training()
         _destroy_process_group()
@@ -66,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m distrec.train")
     p.add_argument("--config", required=True)
-    p.add_argument("--resume", default=None)
+    p.add_argument("--resume", choices=["auto"], default=None)
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     try:

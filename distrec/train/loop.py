@@ -19,6 +19,7 @@ from distrec.data.stream import StreamSpec
 from distrec.data.tokens import AttachTokens
 from distrec.distributed.accelerator import barrier, gather_tensors
 from distrec.eval.evaluate import eval_cases, evaluate_sharded
+from distrec.train.checkpoint import Preempted, StageCheckpoints, preemption_requested
 from distrec.train.context import DomainData, Run
 from distrec.train.losses import ctr_loss, rating_loss, retrieval_loss
 from distrec.utils.progress import log, progress
@@ -100,7 +101,8 @@ def planned_steps(run: Run, plan: StagePlan) -> int:
 
 def fit(run: Run, model: torch.nn.Module, plan: StagePlan, on_step=None) -> tuple[torch.nn.Module, FitResult]:
     """Train `model` for the plan's epochs with early stopping on valid NDCG@10; the
-    returned model holds the best epoch's weights."""
+    returned model holds the best epoch's weights. Resumes from the stage's newest
+    checkpoint when the run is resumed; a SIGTERM ends it with a final checkpoint."""
     cfg, acc = run.cfg, run.accelerator
     loader = build_loader(run, plan)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -110,38 +112,39 @@ def fit(run: Run, model: torch.nn.Module, plan: StagePlan, on_step=None) -> tupl
     # world_size times, assuming a loader that accelerate itself sharded.
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * total), total)
     model, optimizer = acc.prepare(model, optimizer)
-    result, best_dir = FitResult(), run.out / "checkpoints" / plan.name / "best"
-    start, bad_epochs = time.perf_counter(), 0
-    gen = torch.Generator().manual_seed(cfg.seed)
-    for epoch in range(plan.epochs):
-        loss, wait_s, train_s, steps = train_epoch(run, model, optimizer, scheduler, loader, plan, gen,
-                                                   on_step, result.steps, total)
-        wait = wait_s / max(train_s, 1e-9)
-        result.steps += steps
-        result.data_wait_s += wait_s
-        result.train_s += train_s
+    ckpt = StageCheckpoints(run.out, plan.name, cfg.output.keep_last)
+    best_dir = run.out / "checkpoints" / plan.name / "best"
+    state = EpochState(gen=torch.Generator().manual_seed(cfg.seed), scheduler=scheduler)
+    latest = ckpt.latest() if run.resume else None
+    if latest is not None:
+        state.restore(*ckpt.restore(acc, latest), loader)
+        log(f"{plan.name}: resumed from {latest.name} (epoch {state.epoch + 1}, "
+            f"{state.epoch_batches} batches into it)")
+    start = time.perf_counter() - state.result.wall_s
+    while state.epoch < plan.epochs:
+        if train_epoch(run, model, optimizer, scheduler, loader, plan, state, on_step, total):
+            ckpt.save(acc, f"step-{state.global_batches:08d}", state.to_json(start), loader.state_dict())
+            raise Preempted(f"{plan.name}: stopped by SIGTERM after {state.global_batches} batches; "
+                            f"checkpoint saved, continue with --resume auto")
         valid = evaluate(run, model, plan.eval_domains, "valid", plan.uses_text)
-        score = valid["ndcg@10"]
-        result.history.append({"epoch": epoch + 1, "loss": loss, "valid_ndcg@10": score,
-                               "valid": valid, "data_wait_fraction": wait})
-        acc.log({f"{plan.name}/loss": loss, f"{plan.name}/valid_ndcg@10": score}, step=epoch + 1)
-        log(f"{plan.name} epoch {epoch + 1}/{plan.epochs}: loss {loss:.4f}  valid ndcg@10 {score:.4f}  "
-            f"data wait {wait:.1%}  ({time.perf_counter() - start:.0f}s)")
-        if score > result.best_valid:
-            result.best_valid, result.best_epoch, bad_epochs = score, epoch + 1, 0
+        stop = state.end_epoch(valid, cfg.train.early_stopping_patience, total)
+        h = state.result.history[-1]
+        acc.log({f"{plan.name}/loss": h["loss"], f"{plan.name}/valid_ndcg@10": h["valid_ndcg@10"]},
+                step=state.epoch)
+        log(f"{plan.name} epoch {state.epoch}/{plan.epochs}: loss {h['loss']:.4f}  valid ndcg@10 "
+            f"{h['valid_ndcg@10']:.4f}  data wait {h['data_wait_fraction']:.1%}  "
+            f"({time.perf_counter() - start:.0f}s)")
+        if state.result.best_epoch == state.epoch:
             acc.save_state(str(best_dir))
-        else:
-            bad_epochs += 1
-            if bad_epochs >= cfg.train.early_stopping_patience:
-                log(f"{plan.name}: early stop after epoch {epoch + 1} (best {result.best_epoch})")
-                break
-        if result.steps >= total:
+        ckpt.save(acc, f"step-{state.global_batches:08d}", state.to_json(start), loader.state_dict())
+        if stop:
             break
-    if result.best_epoch >= 0:
+    if state.result.best_epoch >= 0:
         acc.load_state(str(best_dir))
     barrier()
     if run.is_main:
         shutil.rmtree(best_dir, ignore_errors=True)
+    result = state.result
     result.wall_s = time.perf_counter() - start
     result.data_wait_fraction = result.data_wait_s / max(result.train_s, 1e-9)
     model = acc.unwrap_model(model)
@@ -149,39 +152,97 @@ def fit(run: Run, model: torch.nn.Module, plan: StagePlan, on_step=None) -> tupl
     return model, result
 
 
-def train_epoch(run, model, optimizer, scheduler, loader, plan, gen, on_step, step0: int,
-                total: int) -> tuple[float, float, float, int]:
-    """One pass over the loader: (mean loss, seconds waiting for data, seconds in total, steps)."""
+@dataclass
+class EpochState:
+    """A stage's progress that a checkpoint carries besides tensors (those go through
+    accelerator.save_state: model, optimizer, RNG states)."""
+
+    gen: torch.Generator
+    scheduler: object = None
+    result: FitResult = field(default_factory=FitResult)
+    epoch: int = 0  # completed epochs
+    epoch_batches: int = 0  # batches done in the current epoch
+    epoch_loss: float = 0.0
+    epoch_wait_s: float = 0.0
+    epoch_train_s: float = 0.0
+    global_batches: int = 0
+    bad_epochs: int = 0
+
+    COUNTERS = ("epoch", "epoch_batches", "epoch_loss", "epoch_wait_s", "epoch_train_s",
+                "global_batches", "bad_epochs")
+
+    def end_epoch(self, valid: dict, patience: int, total_steps: int) -> bool:
+        """Record the finished epoch; True when training should stop (patience or step budget)."""
+        r, score = self.result, valid["ndcg@10"]
+        self.epoch += 1
+        r.data_wait_s += self.epoch_wait_s
+        r.train_s += self.epoch_train_s
+        r.history.append({"epoch": self.epoch, "loss": self.epoch_loss / max(1, self.epoch_batches),
+                          "valid_ndcg@10": score, "valid": valid,
+                          "data_wait_fraction": self.epoch_wait_s / max(self.epoch_train_s, 1e-9)})
+        self.epoch_batches, self.epoch_loss, self.epoch_wait_s, self.epoch_train_s = 0, 0.0, 0.0, 0.0
+        if score > r.best_valid:
+            r.best_valid, r.best_epoch, self.bad_epochs = score, self.epoch, 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs >= patience:
+                log(f"early stop after epoch {self.epoch} (best {r.best_epoch})")
+                return True
+        return r.steps >= total_steps
+
+    def to_json(self, start: float) -> dict:
+        r = self.result
+        return {**{k: getattr(self, k) for k in self.COUNTERS},
+                "gen": self.gen.get_state().tolist(), "scheduler": self.scheduler.state_dict(),
+                "result": {"history": r.history, "best_epoch": r.best_epoch, "best_valid": r.best_valid,
+                           "steps": r.steps, "data_wait_s": r.data_wait_s, "train_s": r.train_s,
+                           "wall_s": time.perf_counter() - start}}
+
+    def restore(self, saved: dict, data: dict, loader) -> None:
+        for key in self.COUNTERS:
+            setattr(self, key, saved[key])
+        self.gen.set_state(torch.tensor(saved["gen"], dtype=torch.uint8))
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.result = FitResult(**saved["result"])
+        loader.load_state_dict(data)
+
+
+def train_epoch(run, model, optimizer, scheduler, loader, plan, state: EpochState, on_step,
+                total: int) -> bool:
+    """The rest of the current epoch (all of it unless resumed mid-epoch), accumulated into
+    `state`. Returns True when a preemption was requested (checked after whole steps)."""
     acc, cfg = run.accelerator, run.cfg
     model.train()
-    total_loss, batches, steps, wait = 0.0, 0, 0, 0.0
     epoch_start = time.perf_counter()
     it = iter(loader)
-    for _ in progress(range(len(loader)), f"{plan.name}: train"):
+    preempted = False
+    for _ in progress(range(loader.batches_left()), f"{plan.name}: train"):
         t0 = time.perf_counter()
         batch = next(it)
-        wait += time.perf_counter() - t0
+        state.epoch_wait_s += time.perf_counter() - t0
         d = run.domains[batch["domain"]]
         with acc.accumulate(model), acc.autocast():
             out = model(task="train", domain=d.name, **model_inputs(run, batch, d, plan.uses_text))
-            loss = compute_loss(run, out, batch, d, gen)
+            loss = compute_loss(run, out, batch, d, state.gen)
             acc.backward(loss)
             if acc.sync_gradients and cfg.train.max_grad_norm:
                 acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
             optimizer.step()
             if acc.sync_gradients:
-                steps += 1
+                state.result.steps += 1
                 scheduler.step()
                 if on_step is not None:  # before zero_grad: AdaLoRA reads the gradients
-                    on_step(model, step0 + steps)
+                    on_step(model, state.result.steps)
             optimizer.zero_grad()
-        total_loss += loss.item()
-        batches += 1
-        if step0 + steps >= total:
+        state.epoch_loss += loss.item()
+        state.epoch_batches += 1
+        state.global_batches += 1
+        preempted = preemption_requested()
+        if preempted or state.result.steps >= total:
             break
+    state.epoch_train_s += time.perf_counter() - epoch_start
     del it
-    elapsed = time.perf_counter() - epoch_start
-    return total_loss / max(1, batches), wait, elapsed, steps
+    return preempted
 
 
 @dataclass

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from accelerate.utils import set_seed
+from safetensors.torch import load_model
 
 from distrec.distributed.accelerator import barrier, gather_tensors
 from distrec.eval.evaluate import eval_cases, evaluate_sharded
@@ -14,7 +18,7 @@ from distrec.train.adapters import (
     export_adapter,
     save_weights,
 )
-from distrec.train.context import Run
+from distrec.train.context import Run, write_json
 from distrec.train.loop import FitResult, StagePlan, evaluate, fit, planned_steps
 from distrec.utils.progress import log
 
@@ -61,38 +65,71 @@ def _train_text(run: Run, plan: StagePlan) -> tuple[object, FitResult]:
 
 
 def run_stages(run: Run) -> dict[str, dict]:
+    """Run every enabled stage in order; on resume, finished stages are read back from
+    `stages.json` (and the pretrained base from its export) instead of being re-run."""
     cfg, st = run.cfg, run.cfg.stages
-    results: dict[str, dict] = {}
+    results = StageResults(run)
     target = cfg.data.target
     base = None
-    if st.pretrain.enabled:
+    if st.pretrain.enabled and "pretrain" in results:
+        base = load_base(run)
+    elif st.pretrain.enabled:
         plan = StagePlan("pretrain", {s: cfg.data.mixture.get(s, 1.0) for s in cfg.data.sources},
                          cfg.data.sources, st.pretrain.epochs, st.pretrain.lr or cfg.train.lr)
         base, fitted = _train_text(run, plan)
-        results["pretrain"] = stage_record(run, base, plan, fitted)
         if run.is_main:
-            save_weights(base, run.out / "export" / "base" / "model.safetensors")
-        barrier()
+            save_weights(base, base_weights(run))
+        results["pretrain"] = stage_record(run, base, plan, fitted)
     if target is None:
-        return results
+        return results.stages
     target_plan = StagePlan("zero_shot", {}, [target], 0, cfg.train.lr)
-    if st.zero_shot and base is not None:
+    if st.zero_shot and base is not None and "zero_shot" not in results:
         results["zero_shot"] = stage_record(run, base, target_plan, None)
-    if st.adapt.enabled and base is not None:
+    if st.adapt.enabled and base is not None and "adapt" not in results:
         results["adapt"] = adapt(run, base, target)
-    if "popularity" in st.baselines:
+    if "popularity" in st.baselines and "baseline_popularity" not in results:
         results["baseline_popularity"] = popularity(run, target)
-    if "id_target_only" in st.baselines:
+    if "id_target_only" in st.baselines and "baseline_id_target_only" not in results:
         plan = StagePlan("baseline_id_target_only", {target: 1.0}, [target], st.id_baseline_epochs,
                          st.id_baseline_lr, uses_text=False)
         model, fitted = fit(run, new_model(run, use_text=False, dropout=st.id_baseline_dropout), plan)
         results[plan.name] = stage_record(run, model, plan, fitted)
-    if "text_target_only" in st.baselines:
+    if "text_target_only" in st.baselines and "baseline_text_target_only" not in results:
         plan = StagePlan("baseline_text_target_only", {target: 1.0}, [target], st.text_baseline_epochs,
                          st.pretrain.lr or cfg.train.lr)
         model, fitted = _train_text(run, plan)
         results[plan.name] = stage_record(run, model, plan, fitted)
-    return results
+    return results.stages
+
+
+class StageResults:
+    """Finished stages' records, persisted after each stage (rank 0) so a resumed run skips them."""
+
+    def __init__(self, run: Run) -> None:
+        self.run, self.path = run, run.out / "stages.json"
+        self.stages: dict[str, dict] = {}
+        if run.resume and self.path.exists():
+            self.stages = json.loads(self.path.read_text())
+            log(f"resuming: finished stages {list(self.stages)} are kept")
+
+    def __contains__(self, stage: str) -> bool:
+        return stage in self.stages
+
+    def __setitem__(self, stage: str, record: dict) -> None:
+        self.stages[stage] = record
+        if self.run.is_main:
+            write_json(self.path, self.stages)
+        barrier()
+
+
+def base_weights(run: Run) -> Path:
+    return run.out / "export" / "base" / "model.safetensors"
+
+
+def load_base(run: Run):
+    model = new_model(run)
+    load_model(model, str(base_weights(run)))
+    return model
 
 
 def adapt(run: Run, base, target: str) -> dict:
@@ -105,7 +142,7 @@ def adapt(run: Run, base, target: str) -> dict:
     trained, fitted = fit(run, peft_model, plan, on_step=on_step)
     record = stage_record(run, trained, plan, fitted)
     if run.is_main:
-        export_adapter(trained, run.out, target, run.out / "export" / "base" / "model.safetensors")
+        export_adapter(trained, run.out, target, base_weights(run))
         merged = trained.merge_and_unload()
         save_weights(merged, run.out / "export" / target / "model.safetensors")
     barrier()

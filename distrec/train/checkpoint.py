@@ -1,0 +1,95 @@
+"""Per-stage checkpoints: Accelerate's state plus the trainer's and each rank's data stream.
+
+A checkpoint is written into a hidden temporary folder and renamed into place
+only when every rank has finished writing, so a crash mid-save never leaves a
+folder that looks complete; `trainer.json` (written last) marks completeness.
+SIGTERM (preemption) asks the loop for one last checkpoint at the next step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from distrec.distributed.accelerator import barrier
+from distrec.distributed.env import rank_and_world
+
+PREEMPTED = threading.Event()
+
+
+class Preempted(RuntimeError):
+    """Raised after the final checkpoint of a preempted run has been written."""
+
+
+def install_preemption_handler() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: PREEMPTED.set())
+
+
+def preemption_requested() -> bool:
+    """True on every rank as soon as any rank got SIGTERM (a collective decision, so no
+    rank leaves the others waiting in a collective)."""
+    flag = torch.tensor([1.0 if PREEMPTED.is_set() else 0.0])
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+class StageCheckpoints:
+    def __init__(self, out: Path, stage: str, keep_last: int) -> None:
+        self.root = out / "checkpoints" / stage
+        self.keep_last = keep_last
+
+    def save(self, accelerator, tag: str, trainer: dict, data: dict) -> Path:
+        rank, _ = rank_and_world()
+        final = self.root / tag
+        tmp = self.root / f".{tag}.tmp"
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        barrier()
+        accelerator.save_state(str(tmp))
+        (tmp / f"data-rank{rank}.json").write_text(json.dumps(data))
+        barrier()
+        if rank == 0:
+            (tmp / "trainer.json").write_text(json.dumps(trainer))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            self._prune()
+        barrier()
+        return final
+
+    def _prune(self) -> None:
+        done = self.complete()
+        for old in done[: max(0, len(done) - self.keep_last)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def complete(self) -> list[Path]:
+        """Complete checkpoints, oldest first (by the step recorded inside)."""
+        if not self.root.exists():
+            return []
+        found = [p for p in self.root.iterdir() if p.name.startswith("step-") and (p / "trainer.json").exists()]
+        return sorted(found, key=lambda p: json.loads((p / "trainer.json").read_text())["global_batches"])
+
+    def latest(self) -> Path | None:
+        done = self.complete()
+        return done[-1] if done else None
+
+    def restore(self, accelerator, path: Path) -> tuple[dict, dict]:
+        rank, world = rank_and_world()
+        data_file = path / f"data-rank{rank}.json"
+        if not data_file.exists():
+            raise RuntimeError(f"{path} was written by a run with another world size (no {data_file.name}); "
+                               f"resume with the same number of processes, or start a new output.dir")
+        saved_world = len(list(path.glob("data-rank*.json")))
+        if saved_world != world:
+            raise RuntimeError(f"{path} was written by {saved_world} processes, this run has {world}: "
+                               f"resuming on another world size is not supported for the data stream; "
+                               f"relaunch with {saved_world} processes")
+        accelerator.load_state(str(path))
+        return json.loads((path / "trainer.json").read_text()), json.loads(data_file.read_text())
