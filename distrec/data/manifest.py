@@ -1,0 +1,81 @@
+"""The prepared-dataset manifest: what a domain folder holds and how to check it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distrec.config.checks import ConfigError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+CATALOG = "catalog.parquet"
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    name: str
+    users: int
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A read-only view of `manifest.json`; `root` is the domain folder."""
+
+    root: Path
+    data: dict[str, Any]
+
+    @property
+    def domain(self) -> str:
+        return self.data["domain"]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.data["counts"]
+
+    @property
+    def shards(self) -> list[ShardInfo]:
+        return [ShardInfo(**s) for s in self.data["shards"]]
+
+    @property
+    def num_items(self) -> int:
+        return int(self.counts["items"])
+
+    @property
+    def fingerprint(self) -> str:
+        return self.data["fingerprint"]
+
+    def shard_urls(self) -> list[str]:
+        return [str(self.root / "shards" / s.name) for s in self.shards]
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / CATALOG
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Load a manifest by file or by domain folder; errors say how to make one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST
+    if not path.exists():
+        raise ConfigError(f"{path}: no manifest; run `distrec data prepare --config ...` first")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: manifest is not valid JSON ({err}); re-run prepare") from err
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ConfigError(
+            f"{path}: schema_version={version!r}, this distrec reads {SCHEMA_VERSION}; "
+            f"re-run `distrec data prepare --overwrite`"
+        )
+    return Manifest(root=path.parent, data=data)
+
+
+def manifest_path(prepared_dir: str | Path, domain: str) -> Path:
+    return Path(prepared_dir) / domain / MANIFEST

@@ -1,0 +1,110 @@
+"""The one writer of prepared domains (used by `prepare` and `synth`).
+
+Writing is atomic: everything goes to a temporary sibling folder that is
+renamed into place only when complete, so a crash never leaves a manifest that
+points at half-written shards. An existing dataset built from different inputs
+is never replaced without `overwrite`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from distrec import __version__
+from distrec.config.checks import ConfigError
+from distrec.data.manifest import CATALOG, MANIFEST, SCHEMA_VERSION
+from distrec.data.shards import UserSequence, write_shards
+from distrec.utils.hashing import sha256_file
+
+
+def existing_is_current(root: Path, fingerprint: str, overwrite: bool) -> bool:
+    """True if `root` already holds this exact dataset; raises if it holds another one."""
+    manifest = root / MANIFEST
+    if not root.exists():
+        return False
+    if manifest.exists():
+        try:
+            current = json.loads(manifest.read_text()).get("fingerprint")
+        except json.JSONDecodeError:
+            current = None
+        if current == fingerprint and not overwrite:
+            return True
+    if not overwrite:
+        raise ConfigError(
+            f"{root} already holds a different dataset (other inputs or settings); "
+            f"re-run with --overwrite to replace it, or change data.prepared_dir"
+        )
+    return False
+
+
+def write_domain(
+    root: Path,
+    *,
+    domain: str,
+    fingerprint: str,
+    catalog: pd.DataFrame,
+    sequences: Iterable[UserSequence],
+    users_per_shard: int,
+    counts: dict[str, Any],
+    extra: dict[str, Any],
+) -> Path:
+    """Write catalog + shards + manifest into `root` atomically; returns the manifest path."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:
+        train_counts = np.zeros(len(catalog) + 1, dtype=np.int64)
+        shards = write_shards(_counting(sequences, train_counts), staging / "shards", users_per_shard)
+        # Training-part popularity: the popularity baseline and logQ correction read it.
+        catalog = catalog.assign(train_count=train_counts[1:])
+        catalog.to_parquet(staging / CATALOG, index=False)
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "domain": domain,
+            "fingerprint": fingerprint,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "distrec_version": __version__,
+            "counts": counts,
+            "split": "leave-one-out: last = test, second-to-last = valid; users with < 3 "
+            "interactions are train-only",
+            "catalog": {"file": CATALOG, "sha256": sha256_file(staging / CATALOG)},
+            "shards": shards,
+            **extra,
+        }
+        # The manifest is written last: its presence marks a complete dataset.
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _swap_into_place(staging, root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return root / MANIFEST
+
+
+def train_part(items: list[int]) -> list[int]:
+    """The training prefix of a leave-one-out sequence (last two held out when >= 3 items)."""
+    return items[:-2] if len(items) >= 3 else items
+
+
+def _counting(sequences: Iterable[UserSequence], counts: np.ndarray) -> Iterator[UserSequence]:
+    for seq in sequences:
+        np.add.at(counts, train_part(seq.items), 1)
+        yield seq
+
+
+def _swap_into_place(staging: Path, root: Path) -> None:
+    if root.exists():
+        retired = root.with_name(f".{root.name}.old-{os.getpid()}")
+        os.replace(root, retired)
+        os.replace(staging, root)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, root)

@@ -1,0 +1,103 @@
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import webdataset as wds
+
+from distrec.config import ConfigError, config_from_dict
+from distrec.data import writer
+from distrec.data.manifest import load_manifest
+from distrec.data.prepare import prepare_domains
+from distrec.data.shards import decode_sample
+
+
+def test_movielens_counts_match_the_published_files(prepared_dir):
+    small = load_manifest(prepared_dir / "ml-100k").counts
+    assert (small["users"], small["items"], small["interactions"]) == (943, 1664, 100_000)
+    assert small["duplicate_item_rows_merged"] == 18
+    assert small["repeated_user_item_pairs"] == 307
+    big = load_manifest(prepared_dir / "ml-1m").counts
+    assert (big["users"], big["items"], big["interactions"]) == (6040, 3706, 1_000_209)
+    assert big["item_table_rows"] == 3883 and big["items_without_interactions"] == 177
+
+
+def test_catalog_renders_template_and_counts_training_popularity(prepared_dir):
+    catalog = pd.read_parquet(prepared_dir / "ml-100k" / "catalog.parquet")
+    row = catalog[catalog.item_id == "Toy Story (1995)"].iloc[0]
+    assert row.text == "Toy Story (1995). Genres: Animation Children's Comedy"
+    assert catalog.item_index.tolist() == list(range(1, 1665))
+    # every user holds out two interactions (valid + test)
+    assert catalog.train_count.sum() == 100_000 - 2 * 943
+
+
+def _domain_cfg(tmp_path: Path, rows: str, **extra) -> object:
+    inter = tmp_path / "d.inter"
+    inter.write_text("user_id:token\titem_id:token\ttimestamp:float\n" + rows)
+    items = tmp_path / "d.item"
+    items.write_text("item_id:token\ttitle:token\nA\tAlpha\nB\tBeta\nC\tGamma\nD\tDelta\n")
+    domain = {"name": "d", "interactions": str(inter), "items": str(items), "text_fields": ["title"],
+              "template": "{title}", "users_per_shard": 1, **extra}
+    return config_from_dict({"data": {"prepared_dir": str(tmp_path / "out"), "domains": [domain],
+                                      "sources": ["d"]}, "stages": {"zero_shot": False,
+                                      "adapt": {"enabled": False}, "baselines": []}})
+
+
+def _sequences(root: Path) -> dict[str, list[int]]:
+    out = {}
+    for shard in sorted((root / "shards").glob("*.tar")):
+        for sample in wds.WebDataset(str(shard), shardshuffle=False):
+            s = decode_sample(sample)
+            out[s["user"]] = s["items"]
+    return out
+
+
+def test_time_order_is_stable_for_ties(tmp_path):
+    cfg = _domain_cfg(tmp_path, "u1\tC\t5\nu1\tA\t5\nu1\tB\t1\nu1\tD\t5\nu2\tA\t1\n")
+    (manifest,) = prepare_domains(cfg)
+    seqs = _sequences(manifest.parent)
+    # B (t=1) first, then the t=5 ties in file order: C, A, D -> catalog indices A=1..D=4
+    assert seqs["u1"] == [2, 3, 1, 4]
+    assert load_manifest(manifest).counts["train_only_users"] == 1
+
+
+def test_k_core_filters_iteratively(tmp_path):
+    rows = "u1\tA\t1\nu1\tB\t2\nu2\tA\t1\nu2\tB\t2\nu3\tC\t1\n"
+    (manifest,) = prepare_domains(_domain_cfg(tmp_path, rows, k_core=2))
+    assert load_manifest(manifest).counts == load_manifest(manifest).counts | {"users": 2, "items": 2}
+
+
+def test_rerun_is_a_no_op_and_a_different_dataset_is_not_overwritten(tmp_path):
+    cfg = _domain_cfg(tmp_path, "u1\tA\t1\nu1\tB\t2\nu1\tC\t3\n")
+    (manifest,) = prepare_domains(cfg)
+    before = manifest.read_text()
+    prepare_domains(cfg)
+    assert manifest.read_text() == before
+    changed = _domain_cfg(tmp_path, "u1\tA\t1\nu1\tB\t2\nu1\tD\t3\n")
+    with pytest.raises(ConfigError, match="already holds a different dataset.*--overwrite"):
+        prepare_domains(changed)
+    assert manifest.read_text() == before
+    prepare_domains(changed, overwrite=True)
+    assert json.loads(manifest.read_text())["fingerprint"] != json.loads(before)["fingerprint"]
+
+
+def test_interrupted_prepare_leaves_previous_dataset_intact(tmp_path, monkeypatch):
+    cfg = _domain_cfg(tmp_path, "u1\tA\t1\nu1\tB\t2\nu1\tC\t3\n")
+    (manifest,) = prepare_domains(cfg)
+    before = manifest.read_text()
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(writer, "write_shards", crash)
+    changed = _domain_cfg(tmp_path, "u1\tA\t1\nu1\tB\t2\nu1\tD\t3\n")
+    with pytest.raises(KeyboardInterrupt):
+        prepare_domains(changed, overwrite=True)
+    assert manifest.read_text() == before
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["d"]  # no staging debris
+
+
+def test_unknown_item_is_a_located_error(tmp_path):
+    cfg = _domain_cfg(tmp_path, "u1\tA\t1\nu1\tZ\t2\n")
+    with pytest.raises(ConfigError, match=r"d\.inter:3 column 'item': item 'Z' is not in the item table"):
+        prepare_domains(cfg)
