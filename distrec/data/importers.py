@@ -102,7 +102,7 @@ def _decode_lines(path: Path, bad: BadRows) -> list[tuple[int, str]]:
 
 
 def _split_rows(path, lines, bad, split, recbole: bool = False) -> Table:
-    first_line, head = lines[0]
+    _first_line, head = lines[0]
     header = [h.strip() for h in split(head)]
     if recbole:
         # RecBole atomic headers are `name:type`; the type is informational here.

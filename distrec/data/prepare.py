@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +94,7 @@ def prepare_domain(cfg: RunConfig, domain: DomainConfig, overwrite: bool = False
     counts = {
         "users": len(sequences),
         "items": len(catalog),
-        "interactions": int(len(inter.users)),
+        "interactions": len(inter.users),
         "item_table_rows": len(items.rows) + items.duplicate_rows_merged + items.conflicting_duplicates,
         "items_without_interactions": len(items.rows) - len(catalog),
         "duplicate_item_rows_merged": items.duplicate_rows_merged,
@@ -169,7 +170,7 @@ def build_sequences(inter: Interactions, item_index: dict[str, int]) -> Iterator
     items = np.array([item_index[i] for i in inter.items[order]], dtype=np.int64)
     stamps = inter.timestamps[order]
     ratings = None if inter.ratings is None else inter.ratings[order]
-    for n, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+    for n, (lo, hi) in enumerate(itertools.pairwise(bounds)):
         yield UserSequence(
             index=n,
             user=str(users_sorted[lo]),

@@ -17,11 +17,10 @@ import logging
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import islice, pairwise
 
 import numpy as np
 import torch
-import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from distrec.config.checks import ConfigError
@@ -143,7 +142,7 @@ class DomainStream(IterableDataset):
         writer fills shards with consecutive user indices."""
         bounds = np.cumsum([0, *users_per_shard])
         return [int(self._keep_mask(list(range(lo, hi))).sum())
-                for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+                for lo, hi in pairwise(bounds)]
 
     # -- iteration (worker process) ----------------------------------------------------------
     def __iter__(self) -> Iterator[dict]:

@@ -18,11 +18,7 @@ from distrec.data.writer import existing_is_current, write_domain
 from distrec.utils.hashing import sha256_json
 from distrec.utils.progress import log, progress
 
-VOCAB = (
-    "action adventure animated classic comedy crime dark documentary drama epic family fantasy "
-    "gritty heist historical horror indie journey love musical mystery noir quiet romance satire "
-    "science fiction space sports spy story thriller tragic true war western wild winter young"
-).split()
+VOCAB = ["action", "adventure", "animated", "classic", "comedy", "crime", "dark", "documentary", "drama", "epic", "family", "fantasy", "gritty", "heist", "historical", "horror", "indie", "journey", "love", "musical", "mystery", "noir", "quiet", "romance", "satire", "science", "fiction", "space", "sports", "spy", "story", "thriller", "tragic", "true", "war", "western", "wild", "winter", "young"]
 GENRES = ("Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi", "Thriller", "Documentary")
 
 

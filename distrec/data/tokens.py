@@ -32,7 +32,7 @@ class TokenTable:
             t = load_file(str(path))
             if t["input_ids"].shape[0] == len(texts) + 1:
                 return cls(t["input_ids"], t["lengths"])
-        enc = tokenizer([""] + texts, padding="max_length", truncation=True, max_length=max_tokens,
+        enc = tokenizer(["", *texts], padding="max_length", truncation=True, max_length=max_tokens,
                         return_tensors="pt")
         ids = enc["input_ids"].to(torch.int32)
         lengths = enc["attention_mask"].sum(1).to(torch.int32)

@@ -32,7 +32,9 @@ class Recommender(nn.Module):
                                     max_len, sorted(domain_items), ut.domain_embedding)
         self.rating_head = nn.Sequential(nn.Linear(2 * cfg.dim, cfg.dim), nn.GELU(),
                                          nn.Linear(cfg.dim, 1)) if cfg.head == "rating" else None
-        self.pop_weight = nn.Parameter(torch.zeros(())) if cfg.popularity_prior else None
+        # Starts as a full log-popularity prior, so the towers learn taste beyond popularity
+        # (which does not transfer) while popularity comes from each domain's own counts.
+        self.pop_weight = nn.Parameter(torch.ones(())) if cfg.popularity_prior else None
         # DeepSpeed derives its "auto" ZeRO-3 bucket sizes from model.config.hidden_size.
         self.config = lm.config if lm is not None else PretrainedConfig(hidden_size=cfg.dim)
 

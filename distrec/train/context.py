@@ -51,10 +51,9 @@ class DomainData:
 
     @property
     def popularity(self) -> torch.Tensor:
-        """[N+1] standardised log(1 + training count): a feature any logged catalog has,
-        so the weight learned on sources applies to a new domain's own counts."""
-        x = torch.log1p(self.train_counts)
-        z = (x - x[1:].mean()) / x[1:].std().clamp_min(1e-6)
+        """[N+1] log share of the domain's training interactions (+1 smoothing): a feature any
+        logged catalog has, so the prior learned on sources applies to a new domain's counts."""
+        z = self.log_q.clone()
         z[0] = 0.0
         return z
 

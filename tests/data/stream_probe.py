@@ -6,6 +6,7 @@ Under `accelerate launch` each rank writes OUT.json with its rank appended.
 
 import argparse
 import json
+from pathlib import Path
 
 from distrec.data.loader import StreamLoader
 from distrec.data.manifest import load_manifest
@@ -33,7 +34,7 @@ def main() -> None:
                       shuffle_shards=2)
     loader = StreamLoader(load_manifest(args.manifest), spec, rank=rank, world_size=world)
     if args.state_in:
-        loader.load_state_dict(json.load(open(args.state_in)))
+        loader.load_state_dict(json.loads(Path(args.state_in).read_text()))
     batches = []
     for batch in loader:
         batches.append({"users": batch["users"][batch["valid"]].tolist(),
@@ -41,9 +42,10 @@ def main() -> None:
         if args.take is not None and len(batches) == args.take:
             break
     if args.state_out:
-        json.dump(loader.state_dict(), open(args.state_out, "w"))
+        Path(args.state_out).write_text(json.dumps(loader.state_dict()))
     out = args.out if world == 1 else args.out.replace(".json", f".{rank}.json")
-    json.dump({"rank": rank, "world": world, "batches": batches, "length": len(loader)}, open(out, "w"))
+    Path(out).write_text(json.dumps({"rank": rank, "world": world, "batches": batches,
+                                      "length": len(loader)}))
     if args.distributed:
         dist.barrier()
         dist.destroy_process_group()

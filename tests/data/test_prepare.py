@@ -74,7 +74,7 @@ def test_rerun_is_a_no_op_and_a_different_dataset_is_not_overwritten(tmp_path):
     prepare_domains(cfg)
     assert manifest.read_text() == before
     changed = _domain_cfg(tmp_path, "u1\tA\t1\nu1\tB\t2\nu1\tD\t3\n")
-    with pytest.raises(ConfigError, match="already holds a different dataset.*--overwrite"):
+    with pytest.raises(ConfigError, match=r"already holds a different dataset.*--overwrite"):
         prepare_domains(changed)
     assert manifest.read_text() == before
     prepare_domains(changed, overwrite=True)

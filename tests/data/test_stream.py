@@ -1,3 +1,4 @@
+import itertools
 import json
 import shutil
 import subprocess
@@ -13,6 +14,10 @@ from tests.conftest import ROOT, python
 PROBE = Path(__file__).with_name("stream_probe.py")
 
 
+def flat(lists) -> list[int]:
+    return list(itertools.chain.from_iterable(lists))
+
+
 def users(batch) -> list[int]:
     return batch["users"][batch["valid"]].tolist()
 
@@ -26,9 +31,8 @@ def test_epoch_sees_every_user_once_and_epochs_reshuffle(synth_dir):
     loader = StreamLoader(load_manifest(synth_dir / "tiny"), spec())
     first = [users(b) for b in loader]
     second = [users(b) for b in loader]
-    flat = sum(first, [])
-    assert sorted(flat) == list(range(300))
-    assert sorted(sum(second, [])) == list(range(300)) and first != second
+    assert sorted(flat(first)) == list(range(300))
+    assert sorted(flat(second)) == list(range(300)) and first != second
 
 
 def test_batches_are_next_item_shifted_training_prefixes(synth_dir):
@@ -44,8 +48,7 @@ def test_ranks_split_users_exactly_once_with_equal_batch_counts(synth_dir):
     per_rank = [[users(b) for b in StreamLoader(m, spec(num_workers=2), rank=r, world_size=2)]
                 for r in range(2)]
     assert len(per_rank[0]) == len(per_rank[1])
-    flat = sum(per_rank[0] + per_rank[1], [])
-    assert sorted(flat) == list(range(300))
+    assert sorted(flat(per_rank[0] + per_rank[1])) == list(range(300))
 
 
 def _probe(*args: str) -> dict:
@@ -97,7 +100,7 @@ def test_corrupt_shard_skip_counts_and_keeps_batch_count(tmp_path, synth_dir):
     batches = list(loader)
     assert len(batches) == expected
     assert max(b["skipped_shards"] for b in batches) == 1
-    seen = sum((users(b) for b in batches), [])
+    seen = flat(users(b) for b in batches)
     assert 240 <= len(seen) < 300 and len(seen) == len(set(seen))
 
 
@@ -110,8 +113,8 @@ def test_resampled_mode_has_fixed_length_and_differs_per_epoch(synth_dir):
 def test_few_shot_fraction_is_a_fixed_user_subset(synth_dir):
     m = load_manifest(synth_dir / "tiny")
     loader = StreamLoader(m, spec(train_fraction=0.3))
-    one = sorted(sum((users(b) for b in loader), []))
-    two = sorted(sum((users(b) for b in loader), []))
+    one = sorted(flat(users(b) for b in loader))
+    two = sorted(flat(users(b) for b in loader))
     assert one == two and 60 <= len(one) <= 120
     assert len(loader) == -(-len(one) // 16)  # one worker: no padding batches needed
 
