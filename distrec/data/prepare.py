@@ -70,7 +70,9 @@ def prepare_domain(cfg: RunConfig, domain: DomainConfig, overwrite: bool = False
         return load_manifest(root).root / "manifest.json"  # nothing to import; must exist
     source = resolve_source(cfg, domain)
     sources = [{"path": str(p), "sha256": sha256_file(p)} for p in (source.interactions, source.items)]
-    fingerprint = sha256_json({"domain": domain.model_dump(mode="json"), "sources": sources,
+    # Content, not location: the same files moved elsewhere are the same dataset.
+    fingerprint = sha256_json({"domain": domain.model_dump(mode="json", exclude={"interactions", "items"}),
+                               "sources": [s["sha256"] for s in sources],
                                "template": source.template, "fields": source.text_fields})
     if existing_is_current(root, fingerprint, overwrite):
         log(f"{domain.name}: {root} is up to date")

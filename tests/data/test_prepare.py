@@ -101,3 +101,18 @@ def test_unknown_item_is_a_located_error(tmp_path):
     cfg = _domain_cfg(tmp_path, "u1\tA\t1\nu1\tZ\t2\n")
     with pytest.raises(ConfigError, match=r"d\.inter:3 column 'item': item 'Z' is not in the item table"):
         prepare_domains(cfg)
+
+
+def test_the_same_files_elsewhere_are_the_same_dataset(tmp_path):
+    cfg = _domain_cfg(tmp_path, "u1\tA\t1\nu1\tB\t2\nu1\tC\t3\n")
+    (manifest,) = prepare_domains(cfg)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("d.inter", "d.item"):
+        (moved / name).write_bytes((tmp_path / name).read_bytes())
+    d = cfg.data.domains[0].model_copy(update={"interactions": str(moved / "d.inter"),
+                                                "items": str(moved / "d.item")})
+    again = cfg.model_copy(update={"data": cfg.data.model_copy(update={"domains": [d]})})
+    before = manifest.read_text()
+    prepare_domains(again)  # no --overwrite needed: same content
+    assert manifest.read_text() == before
