@@ -9,7 +9,7 @@ from typing import Any
 
 from distrec.config.checks import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: packed binary samples (seq.bin) in USTAR tars
 MANIFEST = "manifest.json"
 CATALOG = "catalog.parquet"
 

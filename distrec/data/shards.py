@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import struct
+import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import webdataset as wds
 
 from distrec.utils.hashing import sha256_file
@@ -25,16 +27,43 @@ class UserSequence:
     ratings: list[float] | None = None
 
     def to_sample(self) -> dict:
-        payload = {"user": self.user, "items": self.items, "ts": self.timestamps}
-        if self.ratings is not None:
-            payload["ratings"] = self.ratings
-        return {"__key__": f"u{self.index:010d}", "seq.json": json.dumps(payload).encode()}
+        return {"__key__": f"u{self.index:010d}", SEQ_MEMBER: pack_sequence(self)}
+
+
+# One tar member per user, packed binary (little-endian): magic, n, flags, user id
+# length, user id (UTF-8), items int32[n], timestamps float64[n], ratings float32[n]
+# (flag 1). Decoding is a few np.frombuffer calls: JSON cost 3x more per sample.
+SEQ_MEMBER = "seq.bin"
+_MAGIC = b"DRS1"
+_HEAD = struct.Struct("<4sIBH")
+
+
+def pack_sequence(seq: UserSequence) -> bytes:
+    user = seq.user.encode()
+    flags = 1 if seq.ratings is not None else 0
+    parts = [_HEAD.pack(_MAGIC, len(seq.items), flags, len(user)), user,
+             np.asarray(seq.items, dtype="<i4").tobytes(), np.asarray(seq.timestamps, dtype="<f8").tobytes()]
+    if seq.ratings is not None:
+        parts.append(np.asarray(seq.ratings, dtype="<f4").tobytes())
+    return b"".join(parts)
 
 
 def decode_sample(sample: dict) -> dict:
-    payload = json.loads(sample["seq.json"])
-    payload["index"] = int(sample["__key__"][1:])
-    return payload
+    """{index, user, items, ts[, ratings]} from a packed sample; raises ValueError if malformed."""
+    data = sample[SEQ_MEMBER]
+    magic, n, flags, user_len = _HEAD.unpack_from(data, 0)
+    if magic != _MAGIC:
+        raise ValueError(f"sample {sample['__key__']}: not a distrec sequence (magic {magic!r})")
+    pos = _HEAD.size + user_len
+    expected = pos + 12 * n + (4 * n if flags & 1 else 0)
+    if len(data) != expected:
+        raise ValueError(f"sample {sample['__key__']}: {len(data)} bytes, expected {expected} (truncated?)")
+    out = {"index": int(sample["__key__"][1:]), "user": data[_HEAD.size : pos].decode(),
+           "items": np.frombuffer(data, "<i4", n, pos).tolist(),
+           "ts": np.frombuffer(data, "<f8", n, pos + 4 * n)}
+    if flags & 1:
+        out["ratings"] = np.frombuffer(data, "<f4", n, pos + 12 * n).tolist()
+    return out
 
 
 def write_shards(sequences: Iterable[UserSequence], out_dir: Path, users_per_shard: int) -> list[dict]:
@@ -45,7 +74,8 @@ def write_shards(sequences: Iterable[UserSequence], out_dir: Path, users_per_sha
         name = SHARD_PATTERN.format(number)
         path = out_dir / name
         # A fixed mtime makes shards byte-reproducible: same inputs, same sha256.
-        with wds.TarWriter(str(path), mtime=0.0) as sink:
+        # USTAR headers: no per-member PAX records to parse when reading.
+        with wds.TarWriter(str(path), mtime=0.0, format=tarfile.USTAR_FORMAT) as sink:
             for seq in chunk:
                 sink.write(seq.to_sample())
         infos.append({"name": name, "users": len(chunk), "sha256": sha256_file(path),
@@ -67,7 +97,7 @@ def _chunks(items: Iterable[UserSequence], size: int) -> Iterator[list[UserSeque
 def read_shard(url: str) -> list[dict]:
     """Decoded samples of one shard; `url` may be a path, `pipe:` command or object-store URL."""
     with wds.gopen(url, "rb") as stream:
-        return [decode_sample({"__key__": e["fname"].split(".", 1)[0], "seq.json": e["data"]})
+        return [decode_sample({"__key__": e["fname"].split(".", 1)[0], SEQ_MEMBER: e["data"]})
                 for e in wds.tariterators.tar_file_iterator(stream)]
 
 

@@ -27,7 +27,7 @@ from distrec.config.checks import ConfigError
 from distrec.data.collate import collate_sequences
 from distrec.data.manifest import Manifest
 from distrec.data.shards import read_shard
-from distrec.data.writer import train_part
+from distrec.data.writer import train_length
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +212,8 @@ class DomainStream(IterableDataset):
             return []
 
     def _training_example(self, sample: dict) -> dict:
-        keep = len(train_part(sample["items"]))
+        """The training prefix (leave-one-out), oldest items dropped beyond max_history + 1."""
+        keep = train_length(len(sample["items"]))
         start = max(0, keep - (self.spec.max_history + 1))
         example = {"index": sample["index"], "items": sample["items"][start:keep]}
         if "ratings" in sample:

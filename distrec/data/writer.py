@@ -25,6 +25,7 @@ from distrec.config.checks import ConfigError
 from distrec.data.manifest import CATALOG, MANIFEST, SCHEMA_VERSION
 from distrec.data.shards import UserSequence, write_shards
 from distrec.utils.hashing import sha256_file
+from distrec.utils.progress import log
 
 
 def existing_is_current(root: Path, fingerprint: str, overwrite: bool) -> bool:
@@ -34,11 +35,16 @@ def existing_is_current(root: Path, fingerprint: str, overwrite: bool) -> bool:
         return False
     if manifest.exists():
         try:
-            current = json.loads(manifest.read_text()).get("fingerprint")
+            current = json.loads(manifest.read_text())
         except json.JSONDecodeError:
-            current = None
-        if current == fingerprint and not overwrite:
-            return True
+            current = {}
+        if current.get("fingerprint") == fingerprint:
+            if current.get("schema_version") != SCHEMA_VERSION:
+                # Same inputs, older on-disk format: rebuilding loses nothing.
+                log(f"{root}: schema {current.get('schema_version')} -> {SCHEMA_VERSION}, rewriting")
+                return False
+            if not overwrite:
+                return True
     if not overwrite:
         raise ConfigError(
             f"{root} already holds a different dataset (other inputs or settings); "
@@ -89,9 +95,14 @@ def write_domain(
     return root / MANIFEST
 
 
+def train_length(n: int) -> int:
+    """Length of the training prefix of an n-item leave-one-out sequence: the last two
+    (valid, test) are held out when there are at least 3 items."""
+    return n - 2 if n >= 3 else n
+
+
 def train_part(items: list[int]) -> list[int]:
-    """The training prefix of a leave-one-out sequence (last two held out when >= 3 items)."""
-    return items[:-2] if len(items) >= 3 else items
+    return items[: train_length(len(items))]
 
 
 def _counting(sequences: Iterable[UserSequence], counts: np.ndarray) -> Iterator[UserSequence]:
