@@ -36,6 +36,7 @@ class StreamLoader:
         self.domain = manifest.domain
         self.epoch_batches = epoch_batches
         self.pos = EpochPosition()
+        self._pending: tuple[int, Iterator[dict]] | None = None
 
     @property
     def epoch(self) -> int:
@@ -47,11 +48,12 @@ class StreamLoader:
             return self.epoch_batches
         return self.stream.batches_in_epoch(self.pos.epoch)
 
-    def __iter__(self) -> Iterator[dict]:
-        """The rest of the current epoch (the next one if the current one is complete)."""
+    def _roll_over(self) -> None:
         if self.pos.batches >= len(self):
             self.pos = EpochPosition(epoch=self.pos.epoch + 1)
-        total = len(self)
+
+    def _start(self) -> Iterator[dict]:
+        """A DataLoader iterator from the current position (workers start reading now)."""
         workers = max(1, self.stream.spec.num_workers)
         self.stream.plans = make_plans(self.stream, self.pos)
         # A resumed DataLoader polls its worker 0 first: let it play the logical
@@ -61,9 +63,26 @@ class StreamLoader:
         # global RNG, which would shift dropout randomness after a mid-epoch resume.
         loader = DataLoader(self.stream, batch_size=None, num_workers=self.stream.spec.num_workers,
                             generator=torch.Generator().manual_seed(self.stream.spec.seed))
-        batches = iter(loader)
+        return iter(loader)
+
+    def prefetch(self) -> None:
+        """If the epoch is complete, start the next one's workers now (e.g. while the
+        trainer evaluates) so the first batches are ready when training resumes."""
+        if self.pos.batches >= len(self) and self.stream.spec.num_workers > 0:
+            self._roll_over()
+            self._pending = (self.pos.epoch, self._start())
+
+    def __iter__(self) -> Iterator[dict]:
+        """The rest of the current epoch (the next one if the current one is complete)."""
+        self._roll_over()
+        total = len(self)
+        pending, self._pending = self._pending, None
+        fresh = pending is not None and pending[0] == self.pos.epoch and self.pos.batches == 0
+        batches = pending[1] if fresh else self._start()
         template: dict | None = None
-        while self.pos.batches < total:
+        epoch = self.pos.epoch
+        # A suspended generator must not run on into an epoch that prefetch() started.
+        while self.pos.epoch == epoch and self.pos.batches < total:
             batch = next(batches, None)
             if batch is None:
                 template = template or self._template()
@@ -98,6 +117,7 @@ class StreamLoader:
 
     def load_state_dict(self, state: dict) -> None:
         check_resumable(state, self.stream)
+        self._pending = None
         self.pos = EpochPosition(
             epoch=int(state["epoch"]),
             batches=int(state["batches"]),
@@ -131,6 +151,11 @@ class MixtureLoader:
         if self.total is not None and self.step >= self.total:
             self.epoch, self.step, self.total = self.epoch + 1, 0, None
         return len(self) - self.step
+
+    def prefetch(self) -> None:
+        """Start the next epoch's workers of every domain whose epoch is complete."""
+        for loader in self.loaders.values():
+            loader.prefetch()
 
     def __iter__(self) -> Iterator[dict]:
         self.batches_left()

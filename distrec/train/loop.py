@@ -126,6 +126,7 @@ def fit(run: Run, model: torch.nn.Module, plan: StagePlan, on_step=None) -> tupl
             ckpt.save(acc, f"step-{state.global_batches:08d}", state.to_json(start), loader.state_dict())
             raise Preempted(f"{plan.name}: stopped by SIGTERM after {state.global_batches} batches; "
                             f"checkpoint saved, continue with --resume auto")
+        loader.prefetch()  # next epoch's workers read while we evaluate
         valid = evaluate(run, model, plan.eval_domains, "valid", plan.uses_text)
         stop = state.end_epoch(valid, cfg.train.early_stopping_patience, total)
         h = state.result.history[-1]

@@ -136,3 +136,19 @@ def test_mixture_is_deterministic_weighted_and_resumable(synth_dir, prepared_dir
     resumed = make()
     resumed.load_state_dict(state)
     assert head + [(b["domain"], users(b)) for b in resumed] == full
+
+
+def test_prefetching_the_next_epoch_changes_nothing(synth_dir):
+    def epochs(prefetch: bool) -> list[list[int]]:
+        m = load_manifest(synth_dir / "tiny")
+        mix = MixtureLoader({"tiny": StreamLoader(m, spec(num_workers=2))})
+        out = []
+        for _ in range(3):
+            out.append(flat(users(b) for b in itertools.islice(iter(mix), mix.batches_left())))
+            if prefetch:
+                mix.prefetch()
+        return out
+
+    plain, early = epochs(False), epochs(True)
+    assert plain == early
+    assert all(sorted(e) == list(range(300)) for e in early)
