@@ -118,6 +118,11 @@ def load_domains(run: Run, names: list[str]) -> None:
                 f"`distrec data prepare --config <this config>` first"
             )
         m = load_manifest(path)
+        if cfg.model.head == "rating" and not m.data.get("has_ratings"):
+            raise ConfigError(
+                f"model.head=rating but domain {name!r} has no ratings (its log had no rating "
+                f"column); map `columns.rating` when preparing it or use model.head=retrieval|ctr"
+            )
         run.domains[name] = DomainData(name, m, pd.read_parquet(m.catalog_path))
     if needs_text(cfg):
         _load_lm(run)

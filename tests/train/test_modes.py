@@ -91,3 +91,23 @@ def test_a_domain_name_that_would_corrupt_peft_keys_is_refused(synth_dir, tmp_pa
     check_adapter_name(model, "tiny-b")
     with pytest.raises(ConfigError, match=r"domain name 'fc' cannot name a PEFT adapter.*fc1"):
         check_adapter_name(model, "fc")
+
+
+def test_ctr_head_trains_and_rating_head_needs_ratings(synth_dir, tmp_path):
+    import json
+
+    import yaml
+
+    from distrec.config import ConfigError
+    from distrec.train.entry import run_training
+
+    small = {"pretrain": {"epochs": 1}, "adapt": {"epochs": 1}, "baselines": []}
+    cfg = tiny_run_config(synth_dir, tmp_path / "ctr", model={"head": "ctr"}, stages=small)
+    (tmp_path / "ctr.yaml").write_text(yaml.safe_dump(cfg))
+    assert run_training(str(tmp_path / "ctr.yaml")) == 0
+    history = json.loads((tmp_path / "ctr" / "metrics.json").read_text())["stages"]["pretrain"]["history"]
+    assert 0.0 < history[0]["loss"] < 2.0  # a binary cross-entropy, not a softmax over the catalog
+    cfg = tiny_run_config(synth_dir, tmp_path / "rating", model={"head": "rating"}, stages=small)
+    (tmp_path / "rating.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="model.head=rating but domain 'tiny' has no ratings"):
+        run_training(str(tmp_path / "rating.yaml"))
