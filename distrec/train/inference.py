@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model
 
 from distrec.config import ConfigError, load_config
 from distrec.data.collate import history_batch
@@ -23,7 +22,7 @@ def load_run(run_dir: str | Path, domain: str | None):
     from peft import PeftModel
 
     from distrec.distributed.accelerator import build_accelerator
-    from distrec.train.stages import new_model
+    from distrec.train.stages import load_base
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
@@ -39,8 +38,7 @@ def load_run(run_dir: str | Path, domain: str | None):
     accelerator, precision = build_accelerator(cfg)
     run = Run(cfg, accelerator, precision, run_dir)
     load_domains(run, names)
-    model = new_model(run)
-    load_model(model, str(base_file))
+    model = load_base(run)
     adapter = run_dir / "adapters" / domain
     if adapter.exists():
         check_adapter_base(adapter, base_file)
