@@ -65,6 +65,9 @@ class DataConfig(Section):
     resampled: bool = False
     epoch_batches: int | None = Field(default=None, ge=1)
     corrupt_shards: Literal["fail", "skip"] = "fail"
+    # Stream shards from elsewhere (object storage, a `pipe:` command); manifests and
+    # catalogs are still read from prepared_dir. Placeholders: {root}, {domain}, {shard}.
+    shard_url: str | None = Field(default=None, pattern=r".*\{shard\}.*")
 
 
 class UserTowerConfig(Section):

@@ -49,8 +49,13 @@ class Manifest:
     def fingerprint(self) -> str:
         return self.data["fingerprint"]
 
-    def shard_urls(self) -> list[str]:
-        return [str(self.root / "shards" / s.name) for s in self.shards]
+    def shard_urls(self, template: str | None = None) -> list[str]:
+        """Where to read each shard: local files by default, or `template` with {root}
+        (this folder), {domain} and {shard} filled in, e.g.
+        `pipe:aws s3 cp s3://bucket/prepared/{domain}/shards/{shard} -` (read via webdataset's gopen)."""
+        if template is None:
+            return [str(self.root / "shards" / s.name) for s in self.shards]
+        return [template.format(root=self.root, domain=self.domain, shard=s.name) for s in self.shards]
 
     @property
     def catalog_path(self) -> Path:

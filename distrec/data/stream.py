@@ -46,6 +46,7 @@ class StreamSpec:
     resampled: bool = False
     corrupt: str = "fail"
     train_fraction: float = 1.0
+    shard_url: str | None = None
 
 
 @dataclass
@@ -104,7 +105,7 @@ class DomainStream(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.transform = transform
-        self.urls = manifest.shard_urls()
+        self.urls = manifest.shard_urls(spec.shard_url)
         self.sizes = self._kept_per_shard([s.users for s in manifest.shards])
         if len(self.urls) < world_size * max(1, spec.num_workers) and not spec.resampled:
             logger.warning("%s: %d shards for %d ranks x %d workers: some readers get none; "

@@ -28,6 +28,7 @@ class DomainData:
     catalog: pd.DataFrame
     features: torch.Tensor | None = None  # cached mode: [N+1, H]
     tokens: TokenTable | None = None  # end-to-end mode
+    shard_url: str | None = None  # data.shard_url
     _sequences: list[dict] | None = None
 
     @property
@@ -59,7 +60,7 @@ class DomainData:
 
     def sequences(self) -> list[dict]:
         if self._sequences is None:
-            self._sequences = read_sequences(self.manifest.shard_urls())
+            self._sequences = read_sequences(self.manifest.shard_urls(self.shard_url))
         return self._sequences
 
 
@@ -123,7 +124,7 @@ def load_domains(run: Run, names: list[str]) -> None:
                 f"model.head=rating but domain {name!r} has no ratings (its log had no rating "
                 f"column); map `columns.rating` when preparing it or use model.head=retrieval|ctr"
             )
-        run.domains[name] = DomainData(name, m, pd.read_parquet(m.catalog_path))
+        run.domains[name] = DomainData(name, m, pd.read_parquet(m.catalog_path), shard_url=cfg.data.shard_url)
     if needs_text(cfg):
         _load_lm(run)
         for name in names:

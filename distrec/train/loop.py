@@ -57,7 +57,8 @@ def build_loader(run: Run, plan: StagePlan) -> MixtureLoader:
         spec = StreamSpec(batch_size=cfg.train.batch_size, max_history=cfg.data.max_history,
                           seed=cfg.seed, num_workers=cfg.data.num_workers,
                           shuffle_shards=cfg.data.shuffle_shards, resampled=cfg.data.resampled,
-                          corrupt=cfg.data.corrupt_shards, train_fraction=plan.train_fraction)
+                          corrupt=cfg.data.corrupt_shards, train_fraction=plan.train_fraction,
+                          shard_url=cfg.data.shard_url)
         transform = None
         if cfg.model.mode == "end_to_end" and plan.uses_text:
             transform = AttachTokens(d.tokens, run.tokenizer.pad_token_id)

@@ -106,3 +106,9 @@ def test_non_mapping_yaml_is_rejected(tmp_path):
     f.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(f)
+
+
+def test_shard_url_needs_the_shard_placeholder():
+    with pytest.raises(ConfigError, match=r"data\.shard_url="):
+        config_from_dict({"data": {"shard_url": "s3://bucket/prepared/"}})
+    assert config_from_dict({"data": {"shard_url": "pipe:cat {root}/shards/{shard}"}}).data.shard_url

@@ -152,3 +152,10 @@ def test_prefetching_the_next_epoch_changes_nothing(synth_dir):
     plain, early = epochs(False), epochs(True)
     assert plain == early
     assert all(sorted(e) == list(range(300)) for e in early)
+
+
+def test_shards_stream_through_a_pipe_url(synth_dir):
+    m = load_manifest(synth_dir / "tiny")
+    local = [users(b) for b in StreamLoader(m, spec())]
+    piped = [users(b) for b in StreamLoader(m, spec(shard_url="pipe:cat {root}/shards/{shard}"))]
+    assert piped == local and sorted(flat(piped)) == list(range(300))
