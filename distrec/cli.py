@@ -103,8 +103,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _unavailable(what: str, issue: int) -> Callable[[argparse.Namespace], int]:
     def run(_: argparse.Namespace) -> int:
-        print(f"distrec {what}: not available in this version yet (tracked as issue #{issue})",
-              file=sys.stderr)
+        print(
+            f"distrec {what}: not available in this version yet (tracked as issue #{issue})",
+            file=sys.stderr,
+        )
         return 2
 
     return run
@@ -142,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_data_prepare)
     p = data_sub.add_parser("synth", help="write a synthetic domain of any size")
     p.add_argument("--name", default="synth")
-    p.add_argument("--out", required=True, help="prepared-data directory (domain folder goes inside)")
+    p.add_argument(
+        "--out", required=True, help="prepared-data directory (domain folder goes inside)"
+    )
     p.add_argument("--users", type=int, default=10_000)
     p.add_argument("--items", type=int, default=5_000)
     p.add_argument("--mean-length", type=float, default=30.0)
@@ -157,10 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip sha256 checks")
     p.set_defaults(func=_cmd_data_inspect)
 
-    p = sub.add_parser("train", help="run the stages of a run config (also: accelerate launch -m distrec.train)")
+    p = sub.add_parser(
+        "train", help="run the stages of a run config (also: accelerate launch -m distrec.train)"
+    )
     _add_config_args(p)
-    p.add_argument("--resume", choices=["auto"], default=None,
-                   help="auto: skip finished stages, continue the current one from its newest checkpoint")
+    p.add_argument(
+        "--resume",
+        choices=["auto"],
+        default=None,
+        help="auto: skip finished stages, continue the current one from its newest checkpoint",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="full-ranking evaluation of a finished run")
@@ -187,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="perf/results")
     p.set_defaults(func=_unavailable("bench", 7))
 
-    p = sub.add_parser("demo", help="fetch MovieLens, prepare, train ML-1M -> ML-100K, print the table")
+    p = sub.add_parser(
+        "demo", help="fetch MovieLens, prepare, train ML-1M -> ML-100K, print the table"
+    )
     p.add_argument("--config", default="configs/demo.yaml")
     p.add_argument("--processes", type=int, default=2, help="CPU processes for accelerate launch")
     p.add_argument("overrides", nargs="*")

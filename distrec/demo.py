@@ -22,7 +22,9 @@ LAUNCHER = Path("launch/cpu_multiprocess.yaml")
 def keep_previous_run(out: Path) -> None:
     """Never overwrite a finished demo silently: move it aside with a timestamp."""
     if (out / "metrics.json").exists():
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime((out / "metrics.json").stat().st_mtime))
+        stamp = time.strftime(
+            "%Y%m%d-%H%M%S", time.localtime((out / "metrics.json").stat().st_mtime)
+        )
         kept = out.with_name(f"{out.name}-{stamp}")
         out.rename(kept)
         log(f"previous run kept as {kept}")
@@ -34,8 +36,20 @@ def run_demo(config: str, overrides: list[str], processes: int = 2) -> int:
     prepare_domains(cfg)
     out = Path(cfg.output.dir)
     keep_previous_run(out)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(LAUNCHER),
-           "--num_processes", str(processes), "-m", "distrec.train", "--config", config, *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(LAUNCHER),
+        "--num_processes",
+        str(processes),
+        "-m",
+        "distrec.train",
+        "--config",
+        config,
+        *overrides,
+    ]
     env = dict(os.environ, ACCELERATE_USE_CPU="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     log("launching: " + " ".join(cmd[2:]))
     code = subprocess.run(cmd, env=env, check=False).returncode
@@ -44,5 +58,7 @@ def run_demo(config: str, overrides: list[str], processes: int = 2) -> int:
         return code
     report = (out / "report.md").read_text()
     print("\n" + report.split("\n\nPretraining")[0])
-    print(f"\nfull report: {out / 'report.md'}  plot: {out / 'report.png'}  metrics: {out / 'metrics.json'}")
+    print(
+        f"\nfull report: {out / 'report.md'}  plot: {out / 'report.png'}  metrics: {out / 'metrics.json'}"
+    )
     return 0

@@ -40,8 +40,14 @@ def measure(manifest, workers: int, batch: int, max_batches: int, transform=None
         if n + 1 >= max_batches:
             break
     elapsed = time.perf_counter() - start
-    return {"workers": workers, "batches": n + 1, "seconds": elapsed, "sequences_per_s": seqs / elapsed,
-            "positions_per_s": positions / elapsed, "tokens_per_s": tokens / elapsed if tokens else None}
+    return {
+        "workers": workers,
+        "batches": n + 1,
+        "seconds": elapsed,
+        "sequences_per_s": seqs / elapsed,
+        "positions_per_s": positions / elapsed,
+        "tokens_per_s": tokens / elapsed if tokens else None,
+    }
 
 
 def main() -> None:
@@ -56,8 +62,15 @@ def main() -> None:
     demo = [load_manifest(Path(cfg.data.prepared_dir) / n) for n in ("ml-1m", "ml-100k")]
     users = sum(m.counts["users"] for m in demo)
     interactions = sum(m.counts["interactions"] for m in demo)
-    synth = SynthSpec(name="synth-10x", users=10 * users, items=5000, mean_length=interactions / users,
-                      min_length=5, users_per_shard=1000, seed=0)
+    synth = SynthSpec(
+        name="synth-10x",
+        users=10 * users,
+        items=5000,
+        mean_length=interactions / users,
+        min_length=5,
+        users_per_shard=1000,
+        seed=0,
+    )
     big = load_manifest(synth_domain(synth, cfg.data.prepared_dir))
 
     lm, tok = load_encoder(cfg.model.item_encoder)
@@ -65,17 +78,37 @@ def main() -> None:
     rows = []
     for name, manifest in (("ml-1m", demo[0]), ("synth-10x", big)):
         catalog = __import__("pandas").read_parquet(manifest.catalog_path)
-        table = TokenTable.build(tok, catalog["text"].tolist(), cfg.model.max_text_tokens, cfg.cache_dir,
-                                 cfg.model.item_encoder, manifest.data["catalog"]["sha256"])
+        table = TokenTable.build(
+            tok,
+            catalog["text"].tolist(),
+            cfg.model.max_text_tokens,
+            cfg.cache_dir,
+            cfg.model.item_encoder,
+            manifest.data["catalog"]["sha256"],
+        )
         for workers in (0, 1, 2):
-            for mode, transform in (("cached", None), ("end_to_end", AttachTokens(table, tok.pad_token_id))):
+            for mode, transform in (
+                ("cached", None),
+                ("end_to_end", AttachTokens(table, tok.pad_token_id)),
+            ):
                 r = measure(manifest, workers, args.batch_size, args.batches, transform)
                 rows.append({"dataset": name, "mode": mode, **r})
-                print(f"{name:10s} {mode:10s} workers={workers}: {r['sequences_per_s']:8.0f} seq/s  "
-                      f"{(r['tokens_per_s'] or 0):10.0f} tok/s")
-    result = {"benchmark": "data_loader", "config": {"batch_size": args.batch_size, "batches": args.batches,
-              "max_history": 50, "synth": synth.__dict__, "demo_users": users,
-              "demo_interactions": interactions}, "results": rows}
+                print(
+                    f"{name:10s} {mode:10s} workers={workers}: {r['sequences_per_s']:8.0f} seq/s  "
+                    f"{(r['tokens_per_s'] or 0):10.0f} tok/s"
+                )
+    result = {
+        "benchmark": "data_loader",
+        "config": {
+            "batch_size": args.batch_size,
+            "batches": args.batches,
+            "max_history": 50,
+            "synth": synth.__dict__,
+            "demo_users": users,
+            "demo_interactions": interactions,
+        },
+        "results": rows,
+    }
     out = write_result(args.out, result)
     plot(out.with_suffix(".png"), rows)
     print(f"wrote {out}")
@@ -91,9 +124,18 @@ def plot(path: Path, rows: list[dict]) -> None:
     for name in sorted({r["dataset"] for r in rows}):
         for mode in ("cached", "end_to_end"):
             sel = [r for r in rows if r["dataset"] == name and r["mode"] == mode]
-            ax.plot([r["workers"] for r in sel], [r["sequences_per_s"] for r in sel], marker="o",
-                    label=f"{name} ({mode})")
-    ax.set(xlabel="DataLoader workers", ylabel="sequences / s", title="loader throughput", xticks=[0, 1, 2])
+            ax.plot(
+                [r["workers"] for r in sel],
+                [r["sequences_per_s"] for r in sel],
+                marker="o",
+                label=f"{name} ({mode})",
+            )
+    ax.set(
+        xlabel="DataLoader workers",
+        ylabel="sequences / s",
+        title="loader throughput",
+        xticks=[0, 1, 2],
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

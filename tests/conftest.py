@@ -24,8 +24,10 @@ def prepared_dir(movielens_raw: Path) -> Path:
     from distrec.config import load_config
     from distrec.data.prepare import prepare_domains
 
-    cfg = load_config(ROOT / "configs" / "demo.yaml",
-                      [f"data.raw_dir={movielens_raw}", f"data.prepared_dir={CACHE / 'prepared'}"])
+    cfg = load_config(
+        ROOT / "configs" / "demo.yaml",
+        [f"data.raw_dir={movielens_raw}", f"data.prepared_dir={CACHE / 'prepared'}"],
+    )
     prepare_domains(cfg)
     return CACHE / "prepared"
 
@@ -35,10 +37,30 @@ def synth_dir() -> Path:
     from distrec.data.synth import SynthSpec, synth_domain
 
     out = CACHE / "synth"
-    synth_domain(SynthSpec(name="tiny", users=300, items=80, mean_length=12, min_length=3,
-                           users_per_shard=20, seed=3), out)
-    synth_domain(SynthSpec(name="tiny-b", users=160, items=60, mean_length=10, min_length=3,
-                           users_per_shard=20, seed=4), out)
+    synth_domain(
+        SynthSpec(
+            name="tiny",
+            users=300,
+            items=80,
+            mean_length=12,
+            min_length=3,
+            users_per_shard=20,
+            seed=3,
+        ),
+        out,
+    )
+    synth_domain(
+        SynthSpec(
+            name="tiny-b",
+            users=160,
+            items=60,
+            mean_length=10,
+            min_length=3,
+            users_per_shard=20,
+            seed=4,
+        ),
+        out,
+    )
     return out
 
 
@@ -47,9 +69,17 @@ def tiny_run_config(synth_dir: Path, out: Path, **sections) -> dict:
     cfg = {
         "seed": 0,
         "cache_dir": str(CACHE / "features"),
-        "data": {"prepared_dir": str(synth_dir),
-                 "domains": [{"name": "tiny", "format": "prepared"}, {"name": "tiny-b", "format": "prepared"}],
-                 "sources": ["tiny"], "target": "tiny-b", "max_history": 12, "num_workers": 0},
+        "data": {
+            "prepared_dir": str(synth_dir),
+            "domains": [
+                {"name": "tiny", "format": "prepared"},
+                {"name": "tiny-b", "format": "prepared"},
+            ],
+            "sources": ["tiny"],
+            "target": "tiny-b",
+            "max_history": 12,
+            "num_workers": 0,
+        },
         "model": {"dim": 32, "user_tower": {"layers": 1, "heads": 2}},
         "stages": {"pretrain": {"epochs": 2}, "adapt": {"epochs": 2}, "id_baseline_epochs": 2},
         "train": {"batch_size": 32, "precision": "fp32"},

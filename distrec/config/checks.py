@@ -42,7 +42,9 @@ def _check_domains(cfg: RunConfig) -> None:
     names = [d.name for d in cfg.data.domains]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ValueError(f"data.domains: domain names {dupes} appear twice; give each domain one entry")
+        raise ValueError(
+            f"data.domains: domain names {dupes} appear twice; give each domain one entry"
+        )
     for i, d in enumerate(cfg.data.domains):
         key = f"data.domains.{i}"
         if d.format == "prepared":
@@ -79,7 +81,9 @@ def _check_domains(cfg: RunConfig) -> None:
         )
     for name, weight in cfg.data.mixture.items():
         if name not in cfg.data.sources:
-            raise ValueError(f"data.mixture.{name}: {name!r} is not in data.sources={cfg.data.sources}")
+            raise ValueError(
+                f"data.mixture.{name}: {name!r} is not in data.sources={cfg.data.sources}"
+            )
         if weight <= 0:
             raise ValueError(f"data.mixture.{name}={weight}: weights must be > 0")
     if cfg.data.resampled and cfg.data.epoch_batches is None:
@@ -139,13 +143,6 @@ def _check_eval(cfg: RunConfig) -> None:
 
 
 # --- environment: files on disk and the launcher -------------------------------------------
-
-LAUNCH_STRATEGIES = {
-    "MULTI_CPU": {"ddp", "single"},
-    "MULTI_GPU": {"ddp"},
-    "NO": {"single"},
-    "FSDP": {"fsdp"},
-}
 
 
 def launcher_strategy(path: Path) -> str:

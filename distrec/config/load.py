@@ -36,7 +36,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: top level must be a mapping of sections, got {type(data).__name__}"
+        )
     return data
 
 
@@ -88,7 +90,9 @@ def config_from_dict(tree: dict[str, Any], source: str = "<dict>") -> RunConfig:
         return RunConfig.model_validate(tree)
     except ValidationError as err:
         lines = [_describe(e) for e in err.errors()]
-        raise ConfigError(f"{source}: invalid config\n" + "\n".join(f"  - {ln}" for ln in lines)) from None
+        raise ConfigError(
+            f"{source}: invalid config\n" + "\n".join(f"  - {ln}" for ln in lines)
+        ) from None
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ def collate_sequences(samples: list[dict], max_history: int) -> dict:
     inputs = torch.zeros(len(samples), length, dtype=torch.long)
     targets = torch.zeros(len(samples), length, dtype=torch.long)
     for row, s in enumerate(samples):
-        items = s["items"][-(length + 1):]
+        items = s["items"][-(length + 1) :]
         n = len(items) - 1
         if n > 0:
             inputs[row, :n] = torch.tensor(items[:-1])
@@ -29,13 +29,15 @@ def collate_sequences(samples: list[dict], max_history: int) -> dict:
     if samples and all("ratings" in s for s in samples):
         ratings = torch.zeros(len(samples), length)
         for row, s in enumerate(samples):
-            r = s["ratings"][-(length + 1):][1:]
+            r = s["ratings"][-(length + 1) :][1:]
             ratings[row, : len(r)] = torch.tensor(r, dtype=torch.float32)
         batch["target_ratings"] = ratings
     return batch
 
 
-def history_batch(histories: list[list[int]], max_history: int) -> tuple[torch.Tensor, torch.Tensor]:
+def history_batch(
+    histories: list[list[int]], max_history: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded histories [B, L] and the index of each row's last real position."""
     length = max(1, min(max_history, max((len(h) for h in histories), default=1)))
     out = torch.zeros(len(histories), length, dtype=torch.long)

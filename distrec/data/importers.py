@@ -147,8 +147,9 @@ class Interactions:
     lines: np.ndarray  # int64, source position for stable ordering
 
 
-def parse_interactions(table: Table, user: str, item: str, timestamp: str, rating: str | None,
-                       bad: BadRows) -> Interactions:
+def parse_interactions(
+    table: Table, user: str, item: str, timestamp: str, rating: str | None, bad: BadRows
+) -> Interactions:
     cu = table.column(user, "user")
     ci = table.column(item, "item")
     ct = table.column(timestamp, "timestamp")
@@ -158,20 +159,28 @@ def parse_interactions(table: Table, user: str, item: str, timestamp: str, ratin
         where = f"{table.path}:{number}"
         if not row[cu].strip() or not row[ci].strip():
             empty = table.header[cu] if not row[cu].strip() else table.header[ci]
-            bad.report(f"{where} column {empty!r}", "empty id", "every row needs a user and an item")
+            bad.report(
+                f"{where} column {empty!r}", "empty id", "every row needs a user and an item"
+            )
             continue
         try:
             ts = float(row[ct])
         except ValueError:
-            bad.report(f"{where} column {timestamp!r}", f"timestamp {row[ct]!r} is not a number",
-                       "timestamps must be numeric (e.g. unix seconds)")
+            bad.report(
+                f"{where} column {timestamp!r}",
+                f"timestamp {row[ct]!r} is not a number",
+                "timestamps must be numeric (e.g. unix seconds)",
+            )
             continue
         if cr is not None:
             try:
                 rates.append(float(row[cr]))
             except ValueError:
-                bad.report(f"{where} column {rating!r}", f"rating {row[cr]!r} is not a number",
-                           "ratings must be numeric")
+                bad.report(
+                    f"{where} column {rating!r}",
+                    f"rating {row[cr]!r} is not a number",
+                    "ratings must be numeric",
+                )
                 continue
         users.append(row[cu])
         items.append(row[ci])
@@ -202,8 +211,11 @@ def parse_items(table: Table, id_column: str, text_fields: list[str], bad: BadRo
     for row, number in zip(table.rows, table.lines, strict=True):
         item_id = row[cid]
         if not item_id.strip():
-            bad.report(f"{table.path}:{number} column {id_column!r}", "empty item id",
-                       "every item row needs an id")
+            bad.report(
+                f"{table.path}:{number} column {id_column!r}",
+                "empty item id",
+                "every item row needs an id",
+            )
             continue
         values = tuple(row[c].strip() for c in cols)
         if item_id in out.rows:

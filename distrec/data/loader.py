@@ -27,9 +27,15 @@ from distrec.data.stream import (
 
 
 class StreamLoader:
-    def __init__(self, manifest: Manifest, spec: StreamSpec, rank: int = 0, world_size: int = 1,
-                 transform: Callable[[dict], dict] | None = None,
-                 epoch_batches: int | None = None) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        spec: StreamSpec,
+        rank: int = 0,
+        world_size: int = 1,
+        transform: Callable[[dict], dict] | None = None,
+        epoch_batches: int | None = None,
+    ) -> None:
         if spec.resampled and epoch_batches is None:
             raise ValueError("a resampled stream needs epoch_batches (it has no natural end)")
         self.stream = DomainStream(manifest, spec, rank, world_size, transform)
@@ -61,8 +67,12 @@ class StreamLoader:
         self.stream.rotation = (self.pos.last_worker + 1) % workers
         # Its own generator: a DataLoader iterator otherwise draws its base seed from the
         # global RNG, which would shift dropout randomness after a mid-epoch resume.
-        loader = DataLoader(self.stream, batch_size=None, num_workers=self.stream.spec.num_workers,
-                            generator=torch.Generator().manual_seed(self.stream.spec.seed))
+        loader = DataLoader(
+            self.stream,
+            batch_size=None,
+            num_workers=self.stream.spec.num_workers,
+            generator=torch.Generator().manual_seed(self.stream.spec.seed),
+        )
         return iter(loader)
 
     def prefetch(self) -> None:
@@ -129,8 +139,12 @@ class StreamLoader:
 class MixtureLoader:
     """Weighted interleaving of domain loaders; one mixture epoch = the sum of their epochs."""
 
-    def __init__(self, loaders: dict[str, StreamLoader], weights: dict[str, float] | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        loaders: dict[str, StreamLoader],
+        weights: dict[str, float] | None = None,
+        seed: int = 0,
+    ) -> None:
         self.loaders = loaders
         self.names = sorted(loaders)
         w = np.array([(weights or {}).get(n, 1.0) for n in self.names], dtype=np.float64)
@@ -176,8 +190,12 @@ class MixtureLoader:
         return self.names[int(rng.choice(len(self.names), p=self.probs))]
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "step": self.step, "total": self.total,
-                "loaders": {n: self.loaders[n].state_dict() for n in self.names}}
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "total": self.total,
+            "loaders": {n: self.loaders[n].state_dict() for n in self.names},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.step, self.total = state["epoch"], state["step"], state["total"]

@@ -55,7 +55,9 @@ class Manifest:
         `pipe:aws s3 cp s3://bucket/prepared/{domain}/shards/{shard} -` (read via webdataset's gopen)."""
         if template is None:
             return [str(self.root / "shards" / s.name) for s in self.shards]
-        return [template.format(root=self.root, domain=self.domain, shard=s.name) for s in self.shards]
+        return [
+            template.format(root=self.root, domain=self.domain, shard=s.name) for s in self.shards
+        ]
 
     @property
     def catalog_path(self) -> Path:

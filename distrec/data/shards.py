@@ -41,8 +41,12 @@ _HEAD = struct.Struct("<4sIBH")
 def pack_sequence(seq: UserSequence) -> bytes:
     user = seq.user.encode()
     flags = 1 if seq.ratings is not None else 0
-    parts = [_HEAD.pack(_MAGIC, len(seq.items), flags, len(user)), user,
-             np.asarray(seq.items, dtype="<i4").tobytes(), np.asarray(seq.timestamps, dtype="<f8").tobytes()]
+    parts = [
+        _HEAD.pack(_MAGIC, len(seq.items), flags, len(user)),
+        user,
+        np.asarray(seq.items, dtype="<i4").tobytes(),
+        np.asarray(seq.timestamps, dtype="<f8").tobytes(),
+    ]
     if seq.ratings is not None:
         parts.append(np.asarray(seq.ratings, dtype="<f4").tobytes())
     return b"".join(parts)
@@ -57,16 +61,23 @@ def decode_sample(sample: dict) -> dict:
     pos = _HEAD.size + user_len
     expected = pos + 12 * n + (4 * n if flags & 1 else 0)
     if len(data) != expected:
-        raise ValueError(f"sample {sample['__key__']}: {len(data)} bytes, expected {expected} (truncated?)")
-    out = {"index": int(sample["__key__"][1:]), "user": data[_HEAD.size : pos].decode(),
-           "items": np.frombuffer(data, "<i4", n, pos).tolist(),
-           "ts": np.frombuffer(data, "<f8", n, pos + 4 * n)}
+        raise ValueError(
+            f"sample {sample['__key__']}: {len(data)} bytes, expected {expected} (truncated?)"
+        )
+    out = {
+        "index": int(sample["__key__"][1:]),
+        "user": data[_HEAD.size : pos].decode(),
+        "items": np.frombuffer(data, "<i4", n, pos).tolist(),
+        "ts": np.frombuffer(data, "<f8", n, pos + 4 * n),
+    }
     if flags & 1:
         out["ratings"] = np.frombuffer(data, "<f4", n, pos + 12 * n).tolist()
     return out
 
 
-def write_shards(sequences: Iterable[UserSequence], out_dir: Path, users_per_shard: int) -> list[dict]:
+def write_shards(
+    sequences: Iterable[UserSequence], out_dir: Path, users_per_shard: int
+) -> list[dict]:
     """Write shards of `users_per_shard` users; returns [{name, users, sha256, bytes}]."""
     out_dir.mkdir(parents=True, exist_ok=True)
     infos: list[dict] = []
@@ -78,8 +89,14 @@ def write_shards(sequences: Iterable[UserSequence], out_dir: Path, users_per_sha
         with wds.TarWriter(str(path), mtime=0.0, format=tarfile.USTAR_FORMAT) as sink:
             for seq in chunk:
                 sink.write(seq.to_sample())
-        infos.append({"name": name, "users": len(chunk), "sha256": sha256_file(path),
-                      "bytes": path.stat().st_size})
+        infos.append(
+            {
+                "name": name,
+                "users": len(chunk),
+                "sha256": sha256_file(path),
+                "bytes": path.stat().st_size,
+            }
+        )
     return infos
 
 
@@ -97,8 +114,10 @@ def _chunks(items: Iterable[UserSequence], size: int) -> Iterator[list[UserSeque
 def read_shard(url: str) -> list[dict]:
     """Decoded samples of one shard; `url` may be a path, `pipe:` command or object-store URL."""
     with wds.gopen(url, "rb") as stream:
-        return [decode_sample({"__key__": e["fname"].split(".", 1)[0], SEQ_MEMBER: e["data"]})
-                for e in wds.tariterators.tar_file_iterator(stream)]
+        return [
+            decode_sample({"__key__": e["fname"].split(".", 1)[0], SEQ_MEMBER: e["data"]})
+            for e in wds.tariterators.tar_file_iterator(stream)
+        ]
 
 
 def read_sequences(urls: list[str]) -> list[dict]:

@@ -97,8 +97,14 @@ def split_shards(order: list[int], rank: int, world: int, worker: int, workers: 
 class DomainStream(IterableDataset):
     """Yields collated batches; each carries `worker` and `position` for exact resume."""
 
-    def __init__(self, manifest: Manifest, spec: StreamSpec, rank: int = 0, world_size: int = 1,
-                 transform: Callable[[dict], dict] | None = None) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        spec: StreamSpec,
+        rank: int = 0,
+        world_size: int = 1,
+        transform: Callable[[dict], dict] | None = None,
+    ) -> None:
         super().__init__()
         self.manifest = manifest
         self.spec = spec
@@ -108,15 +114,22 @@ class DomainStream(IterableDataset):
         self.urls = manifest.shard_urls(spec.shard_url)
         self.sizes = self._kept_per_shard([s.users for s in manifest.shards])
         if len(self.urls) < world_size * max(1, spec.num_workers) and not spec.resampled:
-            logger.warning("%s: %d shards for %d ranks x %d workers: some readers get none; "
-                           "prepare with a smaller users_per_shard", manifest.domain, len(self.urls),
-                           world_size, max(1, spec.num_workers))
+            logger.warning(
+                "%s: %d shards for %d ranks x %d workers: some readers get none; "
+                "prepare with a smaller users_per_shard",
+                manifest.domain,
+                len(self.urls),
+                world_size,
+                max(1, spec.num_workers),
+            )
         self.plans: dict[int, WorkerPlan] = {}
         self.rotation = 0
         self.skipped_shards: list[str] = []
 
     # -- planning (main process) -----------------------------------------------------------
-    def worker_shards(self, epoch: int, rank: int, worker: int, draws: int | None = None) -> list[int]:
+    def worker_shards(
+        self, epoch: int, rank: int, worker: int, draws: int | None = None
+    ) -> list[int]:
         workers = max(1, self.spec.num_workers)
         n = draws if draws is not None else len(self.urls)
         order = epoch_shards(len(self.urls), self.spec.seed, epoch, self.spec.resampled, n)
@@ -142,8 +155,7 @@ class DomainStream(IterableDataset):
         """Users each shard contributes; exact under few-shot filtering because the
         writer fills shards with consecutive user indices."""
         bounds = np.cumsum([0, *users_per_shard])
-        return [int(self._keep_mask(list(range(lo, hi))).sum())
-                for lo, hi in pairwise(bounds)]
+        return [int(self._keep_mask(list(range(lo, hi))).sum()) for lo, hi in pairwise(bounds)]
 
     # -- iteration (worker process) ----------------------------------------------------------
     def __iter__(self) -> Iterator[dict]:
@@ -156,8 +168,10 @@ class DomainStream(IterableDataset):
 
     def _worker_batches(self, plan: WorkerPlan) -> Iterator[dict]:
         shards = self._plan_shards(plan)
-        windows = [shards[i : i + self.spec.shuffle_shards]
-                   for i in range(0, len(shards), self.spec.shuffle_shards)]
+        windows = [
+            shards[i : i + self.spec.shuffle_shards]
+            for i in range(0, len(shards), self.spec.shuffle_shards)
+        ]
         pending: list[dict] = []
         done = plan.batches_done
         for w in range(plan.start_window, len(windows)):
@@ -182,7 +196,9 @@ class DomainStream(IterableDataset):
             draws = 1 << 16
         return self.worker_shards(plan.epoch, plan.rank, plan.worker, draws)
 
-    def _read_window(self, shard_ids: list[int], plan: WorkerPlan, window: int) -> list[dict | None]:
+    def _read_window(
+        self, shard_ids: list[int], plan: WorkerPlan, window: int
+    ) -> list[dict | None]:
         samples: list[dict | None] = []
         for sid in shard_ids:
             samples.extend(self._read_shard(self.urls[sid]))
@@ -195,8 +211,10 @@ class DomainStream(IterableDataset):
         """Few-shot: a fixed subset of users (by a hash of the user index and seed)."""
         if self.spec.train_fraction >= 1.0:
             return np.ones(len(indices), dtype=bool)
-        h = (np.array(indices, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-             + np.uint64(self.spec.seed)) % np.uint64(1_000_003)
+        h = (
+            np.array(indices, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+            + np.uint64(self.spec.seed)
+        ) % np.uint64(1_000_003)
         return h < np.uint64(int(self.spec.train_fraction * 1_000_003))
 
     def _read_shard(self, url: str) -> list[dict]:
@@ -206,8 +224,10 @@ class DomainStream(IterableDataset):
             offset = _truncation_offset(url)
             message = f"corrupt or truncated shard {url} (near byte offset {offset}): {err}"
             if self.spec.corrupt == "fail":
-                raise CorruptShardError(message + "; re-run `distrec data prepare --overwrite` "
-                                        "or set data.corrupt_shards=skip") from err
+                raise CorruptShardError(
+                    message + "; re-run `distrec data prepare --overwrite` "
+                    "or set data.corrupt_shards=skip"
+                ) from err
             logger.warning("%s; skipping it (data.corrupt_shards=skip)", message)
             self.skipped_shards.append(url)
             return []
@@ -221,10 +241,16 @@ class DomainStream(IterableDataset):
             example["ratings"] = sample["ratings"][start:keep]
         return example
 
-    def _emit(self, samples: list[dict], plan: WorkerPlan, position: tuple[int, int], done: int) -> dict:
+    def _emit(
+        self, samples: list[dict], plan: WorkerPlan, position: tuple[int, int], done: int
+    ) -> dict:
         batch = collate_sequences(samples, self.spec.max_history)
-        batch.update(worker=plan.worker, position=position, batches_done=done,
-                     skipped_shards=len(self.skipped_shards))
+        batch.update(
+            worker=plan.worker,
+            position=position,
+            batches_done=done,
+            skipped_shards=len(self.skipped_shards),
+        )
         return self.transform(batch) if self.transform else batch
 
 
@@ -243,13 +269,19 @@ def make_plans(stream: DomainStream, pos: EpochPosition) -> dict[int, WorkerPlan
     plans = {}
     for w in range(workers):
         window, offset, done = pos.workers.get(w, (0, 0, 0))
-        plans[w] = WorkerPlan(pos.epoch, stream.rank, stream.world_size, w, workers, window, offset, done)
+        plans[w] = WorkerPlan(
+            pos.epoch, stream.rank, stream.world_size, w, workers, window, offset, done
+        )
     return plans
 
 
 def check_resumable(saved: dict, stream: DomainStream) -> None:
-    want = {"num_workers": max(1, stream.spec.num_workers), "world_size": stream.world_size,
-            "fingerprint": stream.manifest.fingerprint, "batch_size": stream.spec.batch_size}
+    want = {
+        "num_workers": max(1, stream.spec.num_workers),
+        "world_size": stream.world_size,
+        "fingerprint": stream.manifest.fingerprint,
+        "batch_size": stream.spec.batch_size,
+    }
     for key, value in want.items():
         if saved.get(key) != value:
             raise ConfigError(

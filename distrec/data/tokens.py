@@ -23,17 +23,36 @@ class TokenTable:
         self.input_ids, self.lengths = input_ids, lengths
 
     @classmethod
-    def build(cls, tokenizer, texts: list[str], max_tokens: int, cache_dir: str | Path,
-              tokenizer_name: str, catalog_sha: str) -> TokenTable:
-        key = sha256_json({"tok": tokenizer_name, "catalog": catalog_sha, "max": max_tokens,
-                           "vocab": len(tokenizer), "pad": tokenizer.pad_token_id})[:24]
+    def build(
+        cls,
+        tokenizer,
+        texts: list[str],
+        max_tokens: int,
+        cache_dir: str | Path,
+        tokenizer_name: str,
+        catalog_sha: str,
+    ) -> TokenTable:
+        key = sha256_json(
+            {
+                "tok": tokenizer_name,
+                "catalog": catalog_sha,
+                "max": max_tokens,
+                "vocab": len(tokenizer),
+                "pad": tokenizer.pad_token_id,
+            }
+        )[:24]
         path = Path(cache_dir) / "tokens" / f"{key}.safetensors"
         if path.exists():
             t = load_file(str(path))
             if t["input_ids"].shape[0] == len(texts) + 1:
                 return cls(t["input_ids"], t["lengths"])
-        enc = tokenizer(["", *texts], padding="max_length", truncation=True, max_length=max_tokens,
-                        return_tensors="pt")
+        enc = tokenizer(
+            ["", *texts],
+            padding="max_length",
+            truncation=True,
+            max_length=max_tokens,
+            return_tensors="pt",
+        )
         ids = enc["input_ids"].to(torch.int32)
         lengths = enc["attention_mask"].sum(1).to(torch.int32)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,6 +79,11 @@ class AttachTokens:
         ids = self.table.input_ids[uniq, :width].long()
         mask = torch.arange(width)[None, :] < self.table.lengths[uniq, None]
         ids = ids.masked_fill(~mask, self.pad_id)
-        batch.update(items=uniq, input_ids=ids, attention_mask=mask.long(),
-                     inputs_local=local[batch["inputs"]], targets_local=local[batch["targets"]])
+        batch.update(
+            items=uniq,
+            input_ids=ids,
+            attention_mask=mask.long(),
+            inputs_local=local[batch["inputs"]],
+            targets_local=local[batch["targets"]],
+        )
         return batch

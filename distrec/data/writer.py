@@ -41,7 +41,9 @@ def existing_is_current(root: Path, fingerprint: str, overwrite: bool) -> bool:
         if current.get("fingerprint") == fingerprint:
             if current.get("schema_version") != SCHEMA_VERSION:
                 # Same inputs, older on-disk format: rebuilding loses nothing.
-                log(f"{root}: schema {current.get('schema_version')} -> {SCHEMA_VERSION}, rewriting")
+                log(
+                    f"{root}: schema {current.get('schema_version')} -> {SCHEMA_VERSION}, rewriting"
+                )
                 return False
             if not overwrite:
                 return True
@@ -69,7 +71,9 @@ def write_domain(
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
         train_counts = np.zeros(len(catalog) + 1, dtype=np.int64)
-        shards = write_shards(_counting(sequences, train_counts), staging / "shards", users_per_shard)
+        shards = write_shards(
+            _counting(sequences, train_counts), staging / "shards", users_per_shard
+        )
         # Training-part popularity: the popularity baseline and logQ correction read it.
         catalog = catalog.assign(train_count=train_counts[1:])
         catalog.to_parquet(staging / CATALOG, index=False)

@@ -43,8 +43,10 @@ def build_accelerator(cfg: RunConfig, log_dir: str | None = None):
     handlers = [
         # Without CUDA, Accelerate picks no backend under DeepSpeed and every rank
         # believes it is rank 0 of 1; naming gloo fixes that (only when launched).
-        InitProcessGroupKwargs(backend="gloo" if launched and not torch.cuda.is_available() else None,
-                               timeout=timedelta(seconds=cfg.distributed.timeout_s)),
+        InitProcessGroupKwargs(
+            backend="gloo" if launched and not torch.cuda.is_available() else None,
+            timeout=timedelta(seconds=cfg.distributed.timeout_s),
+        ),
         # Domain ID tables not in the batch get no gradient.
         DistributedDataParallelKwargs(find_unused_parameters=True),
     ]

@@ -27,8 +27,11 @@ def eval_cases(sequences: list[dict], split: str, max_users: int | None = None) 
     if split not in ("valid", "test"):
         raise ValueError(f"split={split!r}: expected valid or test")
     cut = 2 if split == "valid" else 1
-    cases = [EvalCase(s["index"], s["items"][:-cut], s["items"][-cut])
-             for s in sequences if len(s["items"]) >= 3]
+    cases = [
+        EvalCase(s["index"], s["items"][:-cut], s["items"][-cut])
+        for s in sequences
+        if len(s["items"]) >= 3
+    ]
     return cases[:max_users] if max_users else cases
 
 
@@ -83,7 +86,13 @@ def evaluate_sharded(
     """Each rank ranks users rank::world; ranks are gathered so every rank gets the same
     metrics, identical to a single-process evaluation."""
     per_rank = -(-len(cases) // world)
-    mine = rank_cases(cases[rank::world], num_items, score, max_history, batch_size,
-                      num_batches=-(-per_rank // batch_size))
+    mine = rank_cases(
+        cases[rank::world],
+        num_items,
+        score,
+        max_history,
+        batch_size,
+        num_batches=-(-per_rank // batch_size),
+    )
     everything = torch.cat(gather(mine)) if (world > 1 and gather) else mine
     return metrics_from_ranks(everything, ks)

@@ -15,14 +15,18 @@ class NonFiniteScores(RuntimeError):
     """A model produced NaN/inf scores; evaluating them would invent hits."""
 
 
-def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
+def ranks_from_scores(
+    scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor
+) -> torch.Tensor:
     """Fractional 0-based ranks of `targets` ([B], catalog indices >= 1) in `scores` [B, N+1].
 
     `exclude` [B, N+1] marks items not ranked (the user's history); column 0 is padding.
     """
     if not torch.isfinite(scores[:, 1:]).all():
         bad = (~torch.isfinite(scores[:, 1:])).any(1).nonzero().flatten().tolist()[:5]
-        raise NonFiniteScores(f"non-finite scores for {len(bad)}+ users (rows {bad}); check the model")
+        raise NonFiniteScores(
+            f"non-finite scores for {len(bad)}+ users (rows {bad}); check the model"
+        )
     s = scores.float().masked_fill(exclude, float("-inf"))
     s[:, 0] = float("-inf")
     target = s.gather(1, targets[:, None])
@@ -40,7 +44,9 @@ def metrics_from_ranks(ranks: torch.Tensor, ks: list[int]) -> dict[str, float]:
     for k in ks:
         hit = r < k
         out[f"recall@{k}"] = hit.double().mean().item()
-        out[f"ndcg@{k}"] = torch.where(hit, 1.0 / torch.log2(r + 2.0), torch.zeros_like(r)).mean().item()
+        out[f"ndcg@{k}"] = (
+            torch.where(hit, 1.0 / torch.log2(r + 2.0), torch.zeros_like(r)).mean().item()
+        )
     out["mrr@10"] = torch.where(r < 10, 1.0 / (r + 1.0), torch.zeros_like(r)).mean().item()
     return out
 

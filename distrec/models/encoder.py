@@ -19,7 +19,9 @@ def resolve_model_path(name: str) -> str:
         return name
     key = name.split(":", 1)[1]
     if key not in EMBEDDED_MODELS:
-        raise ConfigError(f"model.item_encoder={name!r}: embedded models are {list(EMBEDDED_MODELS)}")
+        raise ConfigError(
+            f"model.item_encoder={name!r}: embedded models are {list(EMBEDDED_MODELS)}"
+        )
     package, sub = EMBEDDED_MODELS[key]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -38,10 +40,12 @@ def load_encoder(name: str, trust_remote_code: bool = False, dtype: torch.dtype 
     local = Path(path)
     offline = os.environ.get("HF_HUB_OFFLINE", "1") != "0"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                                  local_files_only=offline)
-        model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                          local_files_only=offline, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, trust_remote_code=trust_remote_code, local_files_only=offline
+        )
+        model = AutoModel.from_pretrained(
+            path, trust_remote_code=trust_remote_code, local_files_only=offline, dtype=dtype
+        )
     except (OSError, ValueError) as err:
         where = str(local.resolve()) if local.exists() else f"{local.resolve()} and the HF cache"
         raise ConfigError(
@@ -67,8 +71,9 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor
     raise ValueError(f"model.pooling={pooling!r}: expected cls, mean or last")
 
 
-def encode_tokens(lm: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  pooling: str) -> torch.Tensor:
+def encode_tokens(
+    lm: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str
+) -> torch.Tensor:
     out = lm(input_ids=input_ids, attention_mask=attention_mask)
     return pool(out.last_hidden_state, attention_mask, pooling)
 
@@ -81,9 +86,14 @@ def hidden_size(lm: torch.nn.Module) -> int:
 def default_lm_targets(lm: torch.nn.Module) -> list[str]:
     """The attention/MLP linear names LoRA should wrap, by architecture family."""
     names = {n.rsplit(".", 1)[-1] for n, m in lm.named_modules() if isinstance(m, torch.nn.Linear)}
-    for family in (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                   ["query", "key", "value", "dense"], ["c_attn", "c_proj", "c_fc"]):
+    for family in (
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ["query", "key", "value", "dense"],
+        ["c_attn", "c_proj", "c_fc"],
+    ):
         hit = [t for t in family if t in names]
         if hit:
             return hit
-    raise ConfigError(f"cannot guess LoRA targets for {type(lm).__name__}; set peft.lm_target_modules")
+    raise ConfigError(
+        f"cannot guess LoRA targets for {type(lm).__name__}; set peft.lm_target_modules"
+    )

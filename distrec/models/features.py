@@ -19,22 +19,41 @@ from distrec.utils.progress import log, progress
 
 
 def feature_key(model: str, pooling: str, template: str, catalog_sha: str, max_tokens: int) -> str:
-    return sha256_json({"model": model, "pooling": pooling, "template": template,
-                        "catalog": catalog_sha, "max_tokens": max_tokens})[:24]
+    return sha256_json(
+        {
+            "model": model,
+            "pooling": pooling,
+            "template": template,
+            "catalog": catalog_sha,
+            "max_tokens": max_tokens,
+        }
+    )[:24]
 
 
 @torch.no_grad()
-def encode_texts(lm, tokenizer, texts: list[str], pooling: str, max_tokens: int,
-                 batch_size: int = 256, autocast: bool = False, desc: str = "encoding") -> torch.Tensor:
+def encode_texts(
+    lm,
+    tokenizer,
+    texts: list[str],
+    pooling: str,
+    max_tokens: int,
+    batch_size: int = 256,
+    autocast: bool = False,
+    desc: str = "encoding",
+) -> torch.Tensor:
     """Pooled LM states for `texts` (fp32), in batches, with progress."""
     lm.eval()
     device = next(lm.parameters()).device
     chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
     out = []
     for chunk in progress(chunks, desc):
-        tok = tokenizer(chunk, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+        tok = tokenizer(
+            chunk, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt"
+        )
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            vec = encode_tokens(lm, tok["input_ids"].to(device), tok["attention_mask"].to(device), pooling)
+            vec = encode_tokens(
+                lm, tok["input_ids"].to(device), tok["attention_mask"].to(device), pooling
+            )
         out.append(vec.float().cpu())
     return torch.cat(out) if out else torch.zeros(0, lm.config.hidden_size)
 

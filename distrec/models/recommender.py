@@ -20,18 +20,43 @@ from distrec.models.towers import ItemTower, UserTower
 class Recommender(nn.Module):
     """Scores are cosine similarities over a temperature: both towers' outputs are L2-normalised."""
 
-    def __init__(self, cfg: ModelConfig, feature_dim: int, domain_items: dict[str, int],
-                 max_len: int, lm: nn.Module | None = None, use_text: bool = True,
-                 use_ids: bool | None = None, dropout: float | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        feature_dim: int,
+        domain_items: dict[str, int],
+        max_len: int,
+        lm: nn.Module | None = None,
+        use_text: bool = True,
+        use_ids: bool | None = None,
+        dropout: float | None = None,
+    ) -> None:
         super().__init__()
         ut = cfg.user_tower
-        self.item_tower = ItemTower(feature_dim, cfg.dim, domain_items, use_text=use_text,
-                                    use_ids=cfg.item_id_embeddings if use_ids is None else use_ids,
-                                    lm=lm, pooling=cfg.pooling, id_dropout=cfg.id_dropout)
-        self.user_tower = UserTower(cfg.dim, ut.layers, ut.heads, ut.dropout if dropout is None else dropout,
-                                    max_len, sorted(domain_items), ut.domain_embedding)
-        self.rating_head = nn.Sequential(nn.Linear(2 * cfg.dim, cfg.dim), nn.GELU(),
-                                         nn.Linear(cfg.dim, 1)) if cfg.head == "rating" else None
+        self.item_tower = ItemTower(
+            feature_dim,
+            cfg.dim,
+            domain_items,
+            use_text=use_text,
+            use_ids=cfg.item_id_embeddings if use_ids is None else use_ids,
+            lm=lm,
+            pooling=cfg.pooling,
+            id_dropout=cfg.id_dropout,
+        )
+        self.user_tower = UserTower(
+            cfg.dim,
+            ut.layers,
+            ut.heads,
+            ut.dropout if dropout is None else dropout,
+            max_len,
+            sorted(domain_items),
+            ut.domain_embedding,
+        )
+        self.rating_head = (
+            nn.Sequential(nn.Linear(2 * cfg.dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, 1))
+            if cfg.head == "rating"
+            else None
+        )
         # Starts as a full log-popularity prior, so the towers learn taste beyond popularity
         # (which does not transfer) while popularity comes from each domain's own counts.
         self.pop_weight = nn.Parameter(torch.ones(())) if cfg.popularity_prior else None
@@ -49,25 +74,42 @@ class Recommender(nn.Module):
             return {"users": self._users(domain, **kw)}
         raise ValueError(f"unknown task {task!r}")
 
-    def _train(self, domain: str, inputs: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
-               items: torch.Tensor, features: torch.Tensor | None = None,
-               input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-               popularity: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def _train(
+        self,
+        domain: str,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        valid: torch.Tensor,
+        items: torch.Tensor,
+        features: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        popularity: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         """`items` are the candidate catalog indices (whole catalog, or a batch's unique items);
         `inputs`/`targets` index into [pad] + items, i.e. 0 is padding."""
-        cand = F.normalize(self.item_tower(domain, items, features=features, input_ids=input_ids,
-                                           attention_mask=attention_mask), dim=-1)
+        cand = F.normalize(
+            self.item_tower(
+                domain, items, features=features, input_ids=input_ids, attention_mask=attention_mask
+            ),
+            dim=-1,
+        )
         table = torch.cat([cand.new_zeros(1, cand.size(1)), cand])
         users = F.normalize(self.user_tower(table[inputs], domain), dim=-1)
         real = (targets > 0) & valid[:, None]
-        out = {"users": users[real], "targets": targets[real] - 1, "candidates": cand,
-               "bias": self._bias(popularity, cand)}
+        out = {
+            "users": users[real],
+            "targets": targets[real] - 1,
+            "candidates": cand,
+            "bias": self._bias(popularity, cand),
+        }
         if self.rating_head is not None:
             out["rating"] = self.rating(out["users"], cand[out["targets"]])
         return out
 
-    def _users(self, domain: str, history: torch.Tensor, last: torch.Tensor,
-               table: torch.Tensor) -> torch.Tensor:
+    def _users(
+        self, domain: str, history: torch.Tensor, last: torch.Tensor, table: torch.Tensor
+    ) -> torch.Tensor:
         """User vectors after each history; `table` = catalog vectors with a pad row 0."""
         states = F.normalize(self.user_tower(table[history], domain), dim=-1)
         return states[torch.arange(history.size(0), device=history.device), last]
@@ -80,4 +122,3 @@ class Recommender(nn.Module):
 
     def rating(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.rating_head(torch.cat([users, items], -1)).squeeze(-1)
-

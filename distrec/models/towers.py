@@ -25,28 +25,57 @@ class ItemTower(nn.Module):
     `lm` is None. ID rows start at zero so a new domain is text-only until trained.
     """
 
-    def __init__(self, feature_dim: int, dim: int, domain_items: dict[str, int],
-                 use_text: bool = True, use_ids: bool = True, lm: nn.Module | None = None,
-                 pooling: str = "mean", hidden: int = 512, id_dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        feature_dim: int,
+        dim: int,
+        domain_items: dict[str, int],
+        use_text: bool = True,
+        use_ids: bool = True,
+        lm: nn.Module | None = None,
+        pooling: str = "mean",
+        hidden: int = 512,
+        id_dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.use_text, self.use_ids, self.pooling = use_text, use_ids, pooling
         self.id_dropout = id_dropout if use_text else 0.0
         self.lm = lm
         # An MLP, not a single Linear: it must be able to tell apart (and remember)
         # items whose frozen LM features are close, which is what transfers.
-        self.proj = nn.Sequential(OrderedDict(
-            fc_in=nn.Linear(feature_dim, hidden), act=nn.GELU(), fc_out=nn.Linear(hidden, dim),
-        )) if use_text else None
-        self.ids = nn.ModuleDict({
-            id_table_key(d): nn.Embedding(n + 1, dim, padding_idx=0) for d, n in domain_items.items()
-        }) if use_ids else None
+        self.proj = (
+            nn.Sequential(
+                OrderedDict(
+                    fc_in=nn.Linear(feature_dim, hidden),
+                    act=nn.GELU(),
+                    fc_out=nn.Linear(hidden, dim),
+                )
+            )
+            if use_text
+            else None
+        )
+        self.ids = (
+            nn.ModuleDict(
+                {
+                    id_table_key(d): nn.Embedding(n + 1, dim, padding_idx=0)
+                    for d, n in domain_items.items()
+                }
+            )
+            if use_ids
+            else None
+        )
         if self.ids is not None:
             for emb in self.ids.values():
                 nn.init.zeros_(emb.weight) if use_text else nn.init.normal_(emb.weight, std=0.02)
 
-    def forward(self, domain: str, items: torch.Tensor, features: torch.Tensor | None = None,
-                input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
-                ) -> torch.Tensor:
+    def forward(
+        self,
+        domain: str,
+        items: torch.Tensor,
+        features: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Vectors for catalog indices `items` ([N]); text from `features` ([N, H]) or tokens."""
         out = None
         if self.use_text:
@@ -77,11 +106,15 @@ class CausalBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         h = self.norm1(x)
-        q, k, v = (t(h).view(b, n, self.heads, d // self.heads).transpose(1, 2) for t in (self.q, self.k, self.v))
+        q, k, v = (
+            t(h).view(b, n, self.heads, d // self.heads).transpose(1, 2)
+            for t in (self.q, self.k, self.v)
+        )
         # Right padding + causal mask: a real position never attends to padding,
         # and no row is fully masked (no NaN).
-        att = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                             dropout_p=self.p if self.training else 0.0)
+        att = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.p if self.training else 0.0
+        )
         x = x + self.drop(self.o(att.transpose(1, 2).reshape(b, n, d)))
         return x + self.drop(self.fc2(F.gelu(self.fc1(self.norm2(x)))))
 
@@ -89,8 +122,16 @@ class CausalBlock(nn.Module):
 class UserTower(nn.Module):
     """Causal transformer over a history of item vectors -> a user vector at every position."""
 
-    def __init__(self, dim: int, layers: int, heads: int, dropout: float, max_len: int,
-                 domains: list[str], domain_embedding: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int,
+        layers: int,
+        heads: int,
+        dropout: float,
+        max_len: int,
+        domains: list[str],
+        domain_embedding: bool = False,
+    ) -> None:
         super().__init__()
         self.pos = nn.Embedding(max_len, dim)
         nn.init.normal_(self.pos.weight, std=0.02)

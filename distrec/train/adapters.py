@@ -43,16 +43,30 @@ def peft_config(cfg: RunConfig, targets: str, total_steps: int, save: list[str] 
         # 0 means "derive from the run length": warm up 10%, settle the final 20%.
         tinit = a.tinit or int(0.1 * total_steps)
         tfinal = a.tfinal or int(0.2 * total_steps)
-        return AdaLoraConfig(init_r=a.init_r, target_r=a.target_r, tinit=tinit, tfinal=tfinal,
-                             deltaT=a.delta_t, total_step=max(total_steps, tinit + tfinal + 1),
-                             lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=targets,
-                             modules_to_save=save)
-    return LoraConfig(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=targets,
-                      modules_to_save=save)
+        return AdaLoraConfig(
+            init_r=a.init_r,
+            target_r=a.target_r,
+            tinit=tinit,
+            tfinal=tfinal,
+            deltaT=a.delta_t,
+            total_step=max(total_steps, tinit + tfinal + 1),
+            lora_alpha=p.alpha,
+            lora_dropout=p.dropout,
+            target_modules=targets,
+            modules_to_save=save,
+        )
+    return LoraConfig(
+        r=p.r,
+        lora_alpha=p.alpha,
+        lora_dropout=p.dropout,
+        target_modules=targets,
+        modules_to_save=save,
+    )
 
 
-def add_domain_adapter(model: torch.nn.Module, cfg: RunConfig, domain: str, total_steps: int,
-                       include_lm: bool) -> PeftModel:
+def add_domain_adapter(
+    model: torch.nn.Module, cfg: RunConfig, domain: str, total_steps: int, include_lm: bool
+) -> PeftModel:
     """Freeze the base and add a new adapter named after `domain` (plus its ID rows)."""
     check_adapter_name(model, domain)
     for param in model.parameters():
@@ -66,8 +80,9 @@ def add_lm_lora(model: torch.nn.Module, cfg: RunConfig, name: str) -> PeftModel:
     """Source training in end-to-end mode: a plain LoRA on the LM (merged afterwards) while
     the projection, user tower and ID tables train fully."""
     p = cfg.peft
-    config = LoraConfig(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout,
-                        target_modules=lm_only_regex(model, cfg))
+    config = LoraConfig(
+        r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=lm_only_regex(model, cfg)
+    )
     peft_model = get_peft_model(model, config, adapter_name=name)
     for param_name, param in peft_model.named_parameters():
         if ".lm." not in param_name:
@@ -102,8 +117,12 @@ def export_adapter(peft_model: PeftModel, out: Path, domain: str, base_file: Pat
     """adapters/<domain>/ in PEFT format plus a note of the exact base it belongs to."""
     peft_model.save_pretrained(str(out / "adapters"), selected_adapters=[domain])
     folder = out / "adapters" / domain
-    (folder / "distrec.json").write_text(json.dumps({"domain": domain, "base": str(base_file),
-                                                     "base_sha256": sha256_file(base_file)}, indent=2))
+    (folder / "distrec.json").write_text(
+        json.dumps(
+            {"domain": domain, "base": str(base_file), "base_sha256": sha256_file(base_file)},
+            indent=2,
+        )
+    )
     return folder
 
 

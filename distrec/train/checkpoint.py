@@ -73,8 +73,14 @@ class StageCheckpoints:
         """Complete checkpoints, oldest first (by the step recorded inside)."""
         if not self.root.exists():
             return []
-        found = [p for p in self.root.iterdir() if p.name.startswith("step-") and (p / "trainer.json").exists()]
-        return sorted(found, key=lambda p: json.loads((p / "trainer.json").read_text())["global_batches"])
+        found = [
+            p
+            for p in self.root.iterdir()
+            if p.name.startswith("step-") and (p / "trainer.json").exists()
+        ]
+        return sorted(
+            found, key=lambda p: json.loads((p / "trainer.json").read_text())["global_batches"]
+        )
 
     def latest(self) -> Path | None:
         done = self.complete()
@@ -84,12 +90,16 @@ class StageCheckpoints:
         rank, world = rank_and_world()
         data_file = path / f"data-rank{rank}.json"
         if not data_file.exists():
-            raise RuntimeError(f"{path} was written by a run with another world size (no {data_file.name}); "
-                               f"resume with the same number of processes, or start a new output.dir")
+            raise RuntimeError(
+                f"{path} was written by a run with another world size (no {data_file.name}); "
+                f"resume with the same number of processes, or start a new output.dir"
+            )
         saved_world = len(list(path.glob("data-rank*.json")))
         if saved_world != world:
-            raise RuntimeError(f"{path} was written by {saved_world} processes, this run has {world}: "
-                               f"resuming on another world size is not supported for the data stream; "
-                               f"relaunch with {saved_world} processes")
+            raise RuntimeError(
+                f"{path} was written by {saved_world} processes, this run has {world}: "
+                f"resuming on another world size is not supported for the data stream; "
+                f"relaunch with {saved_world} processes"
+            )
         accelerator.load_state(str(path))
         return json.loads((path / "trainer.json").read_text()), json.loads(data_file.read_text())

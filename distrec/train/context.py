@@ -42,7 +42,9 @@ class DomainData:
     @property
     def train_counts(self) -> torch.Tensor:
         """[N+1] training popularity (row 0 = padding, count 0)."""
-        return torch.cat([torch.zeros(1), torch.tensor(self.catalog["train_count"].values, dtype=torch.float32)])
+        return torch.cat(
+            [torch.zeros(1), torch.tensor(self.catalog["train_count"].values, dtype=torch.float32)]
+        )
 
     @property
     def log_q(self) -> torch.Tensor:
@@ -124,7 +126,9 @@ def load_domains(run: Run, names: list[str]) -> None:
                 f"model.head=rating but domain {name!r} has no ratings (its log had no rating "
                 f"column); map `columns.rating` when preparing it or use model.head=retrieval|ctr"
             )
-        run.domains[name] = DomainData(name, m, pd.read_parquet(m.catalog_path), shard_url=cfg.data.shard_url)
+        run.domains[name] = DomainData(
+            name, m, pd.read_parquet(m.catalog_path), shard_url=cfg.data.shard_url
+        )
     if needs_text(cfg):
         _load_lm(run)
         for name in names:
@@ -147,19 +151,38 @@ def _attach_text(run: Run, d: DomainData) -> None:
     cfg = run.cfg
     catalog_sha = d.manifest.data["catalog"]["sha256"]
     if cfg.model.mode == "cached":
-        key = feature_key(cfg.model.item_encoder, cfg.model.pooling, d.manifest.data.get("template", ""),
-                          catalog_sha, cfg.model.max_text_tokens)
+        key = feature_key(
+            cfg.model.item_encoder,
+            cfg.model.pooling,
+            d.manifest.data.get("template", ""),
+            catalog_sha,
+            cfg.model.max_text_tokens,
+        )
         rank, world = run.rank_world
 
         def encode(texts: list[str]) -> torch.Tensor:
-            return encode_texts(run.lm, run.tokenizer, texts, cfg.model.pooling, cfg.model.max_text_tokens,
-                                autocast=run.precision == "bf16", desc=f"{d.name}: item features")
+            return encode_texts(
+                run.lm,
+                run.tokenizer,
+                texts,
+                cfg.model.pooling,
+                cfg.model.max_text_tokens,
+                autocast=run.precision == "bf16",
+                desc=f"{d.name}: item features",
+            )
 
-        d.features = cached_catalog_features(key, cfg.cache_dir, d.texts, encode, rank, world,
-                                             gather_tensors, barrier)
+        d.features = cached_catalog_features(
+            key, cfg.cache_dir, d.texts, encode, rank, world, gather_tensors, barrier
+        )
     else:
-        d.tokens = TokenTable.build(run.tokenizer, d.texts, cfg.model.max_text_tokens, cfg.cache_dir,
-                                    cfg.model.item_encoder, catalog_sha)
+        d.tokens = TokenTable.build(
+            run.tokenizer,
+            d.texts,
+            cfg.model.max_text_tokens,
+            cfg.cache_dir,
+            cfg.model.item_encoder,
+            catalog_sha,
+        )
     log(f"{d.name}: {d.num_items} items ready ({cfg.model.mode} mode)")
 
 

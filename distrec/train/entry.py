@@ -26,7 +26,9 @@ def run_training(config: str, overrides: list[str] | None = None, resume: str | 
     from distrec.utils.progress import log
 
     start = time.perf_counter()
-    accelerator, precision = build_accelerator(cfg, log_dir=cfg.output.dir if cfg.output.tensorboard else None)
+    accelerator, precision = build_accelerator(
+        cfg, log_dir=cfg.output.dir if cfg.output.tensorboard else None
+    )
     try:
         out = prepare_output_dir(cfg, resume is not None)
         if cfg.output.tensorboard:
@@ -35,15 +37,21 @@ def run_training(config: str, overrides: list[str] | None = None, resume: str | 
         install_preemption_handler()
         names = [*cfg.data.sources, *([cfg.data.target] if cfg.data.target else [])]
         load_domains(run, names)
-        log(f"training with {run.rank_world[1]} process(es), strategy {live_strategy(accelerator)}, "
-            f"precision {precision}")
+        log(
+            f"training with {run.rank_world[1]} process(es), strategy {live_strategy(accelerator)}, "
+            f"precision {precision}"
+        )
         stages = run_stages(run)
         wait_s = sum(s.get("data_wait_s", 0.0) for s in stages.values())
         train_s = sum(s.get("train_s", 0.0) for s in stages.values())
-        extra = {"precision": precision, "world_size": run.rank_world[1], "strategy": live_strategy(accelerator),
-                 "wall_s": time.perf_counter() - start,
-                 # time-weighted over every training stage: the share of step time spent waiting
-                 "data_wait_fraction": wait_s / train_s if train_s else 0.0}
+        extra = {
+            "precision": precision,
+            "world_size": run.rank_world[1],
+            "strategy": live_strategy(accelerator),
+            "wall_s": time.perf_counter() - start,
+            # time-weighted over every training stage: the share of step time spent waiting
+            "data_wait_fraction": wait_s / train_s if train_s else 0.0,
+        }
         if run.is_main:
             write_metrics(out, cfg, stages, extra)
             write_report(out, cfg, stages, extra)

@@ -82,20 +82,29 @@ def recommend(run_dir: str, domain: str, titles: list[str], k: int = 10) -> str:
     if unknown:
         lines.append(f"unknown items (not in the {domain} catalog, ignored): {unknown}")
     if not history:
-        raise ConfigError(f"--history: none of {titles} is in the {domain} catalog; use exact item ids "
-                          f"(titles such as 'Toy Story (1995)')")
+        raise ConfigError(
+            f"--history: none of {titles} is in the {domain} catalog; use exact item ids "
+            f"(titles such as 'Toy Story (1995)')"
+        )
     limit = run.cfg.data.max_history
     if len(history) > limit:
-        lines.append(f"history has {len(history)} items; the model reads the last {limit} (oldest dropped)")
+        lines.append(
+            f"history has {len(history)} items; the model reads the last {limit} (oldest dropped)"
+        )
         history = history[-limit:]
     catalog = catalog_table(run, model, d, True)
     hist, last = history_batch([history], limit)
-    user = model(task="users", domain=domain, history=hist, last=last, table=catalog.vectors)["users"]
+    user = model(task="users", domain=domain, history=hist, last=last, table=catalog.vectors)[
+        "users"
+    ]
     scores = catalog.scores(user, run.cfg.model.temperature)[0]
     scores[0] = float("-inf")
     scores[history] = float("-inf")
     top = torch.topk(scores, min(k, d.num_items - len(set(history))))
     names = d.catalog.set_index("item_index")["item_id"]
     lines.append(f"top {len(top.indices)} for {domain}:")
-    lines += [f"{r + 1:3d}. {names[int(i)]}  ({float(s):.4f})" for r, (s, i) in enumerate(zip(top.values, top.indices, strict=True))]
+    lines += [
+        f"{r + 1:3d}. {names[int(i)]}  ({float(s):.4f})"
+        for r, (s, i) in enumerate(zip(top.values, top.indices, strict=True))
+    ]
     return "\n".join(lines)

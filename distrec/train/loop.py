@@ -54,32 +54,51 @@ def build_loader(run: Run, plan: StagePlan) -> MixtureLoader:
     loaders = {}
     for name in plan.train_domains:
         d = run.domains[name]
-        spec = StreamSpec(batch_size=cfg.train.batch_size, max_history=cfg.data.max_history,
-                          seed=cfg.seed, num_workers=cfg.data.num_workers,
-                          shuffle_shards=cfg.data.shuffle_shards, resampled=cfg.data.resampled,
-                          corrupt=cfg.data.corrupt_shards, train_fraction=plan.train_fraction,
-                          shard_url=cfg.data.shard_url)
+        spec = StreamSpec(
+            batch_size=cfg.train.batch_size,
+            max_history=cfg.data.max_history,
+            seed=cfg.seed,
+            num_workers=cfg.data.num_workers,
+            shuffle_shards=cfg.data.shuffle_shards,
+            resampled=cfg.data.resampled,
+            corrupt=cfg.data.corrupt_shards,
+            train_fraction=plan.train_fraction,
+            shard_url=cfg.data.shard_url,
+        )
         transform = None
         if cfg.model.mode == "end_to_end" and plan.uses_text:
             transform = AttachTokens(d.tokens, run.tokenizer.pad_token_id)
-        loaders[name] = StreamLoader(d.manifest, spec, rank, world, transform, cfg.data.epoch_batches)
+        loaders[name] = StreamLoader(
+            d.manifest, spec, rank, world, transform, cfg.data.epoch_batches
+        )
     return MixtureLoader(loaders, plan.train_domains, seed=cfg.seed)
 
 
 def model_inputs(run: Run, batch: dict, d: DomainData, uses_text: bool) -> dict:
     dev = run.device
     if "items" in batch:  # end-to-end: the batch's unique items, tokenized in the worker
-        return {"inputs": batch["inputs_local"].to(dev), "targets": batch["targets_local"].to(dev),
-                "valid": batch["valid"].to(dev), "items": batch["items"].to(dev),
-                "input_ids": batch["input_ids"].to(dev), "attention_mask": batch["attention_mask"].to(dev),
-                "popularity": d.popularity[batch["items"]].to(dev)}
-    return {"inputs": batch["inputs"].to(dev), "targets": batch["targets"].to(dev),
-            "valid": batch["valid"].to(dev), "items": torch.arange(1, d.num_items + 1, device=dev),
-            "features": d.features[1:].to(dev) if uses_text else None,
-            "popularity": d.popularity[1:].to(dev)}
+        return {
+            "inputs": batch["inputs_local"].to(dev),
+            "targets": batch["targets_local"].to(dev),
+            "valid": batch["valid"].to(dev),
+            "items": batch["items"].to(dev),
+            "input_ids": batch["input_ids"].to(dev),
+            "attention_mask": batch["attention_mask"].to(dev),
+            "popularity": d.popularity[batch["items"]].to(dev),
+        }
+    return {
+        "inputs": batch["inputs"].to(dev),
+        "targets": batch["targets"].to(dev),
+        "valid": batch["valid"].to(dev),
+        "items": torch.arange(1, d.num_items + 1, device=dev),
+        "features": d.features[1:].to(dev) if uses_text else None,
+        "popularity": d.popularity[1:].to(dev),
+    }
 
 
-def compute_loss(run: Run, out: dict, batch: dict, d: DomainData, gen: torch.Generator) -> torch.Tensor:
+def compute_loss(
+    run: Run, out: dict, batch: dict, d: DomainData, gen: torch.Generator
+) -> torch.Tensor:
     cfg = run.cfg.model
     if cfg.head == "ctr":
         return ctr_loss(out, cfg.temperature, gen)
@@ -88,8 +107,9 @@ def compute_loss(run: Run, out: dict, batch: dict, d: DomainData, gen: torch.Gen
         return rating_loss(out, batch["target_ratings"][real].to(run.device))
     sampled = "items" in batch
     log_q = d.log_q[batch["items"]].to(run.device) if (sampled and cfg.logq_correction) else None
-    return retrieval_loss(out, cfg.temperature, log_q,
-                          cross_rank=sampled and run.cfg.distributed.cross_rank_negatives)
+    return retrieval_loss(
+        out, cfg.temperature, log_q, cross_rank=sampled and run.cfg.distributed.cross_rank_negatives
+    )
 
 
 def planned_steps(run: Run, plan: StagePlan) -> int:
@@ -100,7 +120,9 @@ def planned_steps(run: Run, plan: StagePlan) -> int:
     return min(total, cap) if cap else total
 
 
-def fit(run: Run, model: torch.nn.Module, plan: StagePlan, on_step=None) -> tuple[torch.nn.Module, FitResult]:
+def fit(
+    run: Run, model: torch.nn.Module, plan: StagePlan, on_step=None
+) -> tuple[torch.nn.Module, FitResult]:
     """Train `model` for the plan's epochs with early stopping on valid NDCG@10; the
     returned model holds the best epoch's weights. Resumes from the stage's newest
     checkpoint when the run is resumed; a SIGTERM ends it with a final checkpoint."""
@@ -111,7 +133,9 @@ def fit(run: Run, model: torch.nn.Module, plan: StagePlan, on_step=None) -> tupl
     total = planned_steps(run, plan)
     # Stepped by hand once per optimizer step: a prepared scheduler would step
     # world_size times, assuming a loader that accelerate itself sharded.
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * total), total)
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, int(cfg.train.warmup_ratio * total), total
+    )
     model, optimizer = acc.prepare(model, optimizer)
     ckpt = StageCheckpoints(run.out, plan.name, cfg.output.keep_last)
     best_dir = run.out / "checkpoints" / plan.name / "best"
@@ -119,26 +143,38 @@ def fit(run: Run, model: torch.nn.Module, plan: StagePlan, on_step=None) -> tupl
     latest = ckpt.latest() if run.resume else None
     if latest is not None:
         state.restore(*ckpt.restore(acc, latest), loader)
-        log(f"{plan.name}: resumed from {latest.name} (epoch {state.epoch + 1}, "
-            f"{state.epoch_batches} batches into it)")
+        log(
+            f"{plan.name}: resumed from {latest.name} (epoch {state.epoch + 1}, "
+            f"{state.epoch_batches} batches into it)"
+        )
     start = time.perf_counter() - state.result.wall_s
     while state.epoch < plan.epochs:
         if train_epoch(run, model, optimizer, scheduler, loader, plan, state, on_step, total):
-            ckpt.save(acc, f"step-{state.global_batches:08d}", state.to_json(start), loader.state_dict())
-            raise Preempted(f"{plan.name}: stopped by SIGTERM after {state.global_batches} batches; "
-                            f"checkpoint saved, continue with --resume auto")
+            ckpt.save(
+                acc, f"step-{state.global_batches:08d}", state.to_json(start), loader.state_dict()
+            )
+            raise Preempted(
+                f"{plan.name}: stopped by SIGTERM after {state.global_batches} batches; "
+                f"checkpoint saved, continue with --resume auto"
+            )
         loader.prefetch()  # next epoch's workers read while we evaluate
         valid = evaluate(run, model, plan.eval_domains, "valid", plan.uses_text)
         stop = state.end_epoch(valid, cfg.train.early_stopping_patience, total)
         h = state.result.history[-1]
-        acc.log({f"{plan.name}/loss": h["loss"], f"{plan.name}/valid_ndcg@10": h["valid_ndcg@10"]},
-                step=state.epoch)
-        log(f"{plan.name} epoch {state.epoch}/{plan.epochs}: loss {h['loss']:.4f}  valid ndcg@10 "
+        acc.log(
+            {f"{plan.name}/loss": h["loss"], f"{plan.name}/valid_ndcg@10": h["valid_ndcg@10"]},
+            step=state.epoch,
+        )
+        log(
+            f"{plan.name} epoch {state.epoch}/{plan.epochs}: loss {h['loss']:.4f}  valid ndcg@10 "
             f"{h['valid_ndcg@10']:.4f}  data wait {h['data_wait_fraction']:.1%}  "
-            f"({time.perf_counter() - start:.0f}s)")
+            f"({time.perf_counter() - start:.0f}s)"
+        )
         if state.result.best_epoch == state.epoch:
             acc.save_state(str(best_dir))
-        ckpt.save(acc, f"step-{state.global_batches:08d}", state.to_json(start), loader.state_dict())
+        ckpt.save(
+            acc, f"step-{state.global_batches:08d}", state.to_json(start), loader.state_dict()
+        )
         if stop:
             break
     if state.result.best_epoch >= 0:
@@ -170,8 +206,15 @@ class EpochState:
     global_batches: int = 0
     bad_epochs: int = 0
 
-    COUNTERS = ("epoch", "epoch_batches", "epoch_loss", "epoch_wait_s", "epoch_train_s",
-                "global_batches", "bad_epochs")
+    COUNTERS = (
+        "epoch",
+        "epoch_batches",
+        "epoch_loss",
+        "epoch_wait_s",
+        "epoch_train_s",
+        "global_batches",
+        "bad_epochs",
+    )
 
     def end_epoch(self, valid: dict, patience: int, total_steps: int) -> bool:
         """Record the finished epoch; True when training should stop (patience or step budget)."""
@@ -179,10 +222,21 @@ class EpochState:
         self.epoch += 1
         r.data_wait_s += self.epoch_wait_s
         r.train_s += self.epoch_train_s
-        r.history.append({"epoch": self.epoch, "loss": self.epoch_loss / max(1, self.epoch_batches),
-                          "valid_ndcg@10": score, "valid": valid,
-                          "data_wait_fraction": self.epoch_wait_s / max(self.epoch_train_s, 1e-9)})
-        self.epoch_batches, self.epoch_loss, self.epoch_wait_s, self.epoch_train_s = 0, 0.0, 0.0, 0.0
+        r.history.append(
+            {
+                "epoch": self.epoch,
+                "loss": self.epoch_loss / max(1, self.epoch_batches),
+                "valid_ndcg@10": score,
+                "valid": valid,
+                "data_wait_fraction": self.epoch_wait_s / max(self.epoch_train_s, 1e-9),
+            }
+        )
+        self.epoch_batches, self.epoch_loss, self.epoch_wait_s, self.epoch_train_s = (
+            0,
+            0.0,
+            0.0,
+            0.0,
+        )
         if score > r.best_valid:
             r.best_valid, r.best_epoch, self.bad_epochs = score, self.epoch, 0
         else:
@@ -194,11 +248,20 @@ class EpochState:
 
     def to_json(self, start: float) -> dict:
         r = self.result
-        return {**{k: getattr(self, k) for k in self.COUNTERS},
-                "gen": self.gen.get_state().tolist(), "scheduler": self.scheduler.state_dict(),
-                "result": {"history": r.history, "best_epoch": r.best_epoch, "best_valid": r.best_valid,
-                           "steps": r.steps, "data_wait_s": r.data_wait_s, "train_s": r.train_s,
-                           "wall_s": time.perf_counter() - start}}
+        return {
+            **{k: getattr(self, k) for k in self.COUNTERS},
+            "gen": self.gen.get_state().tolist(),
+            "scheduler": self.scheduler.state_dict(),
+            "result": {
+                "history": r.history,
+                "best_epoch": r.best_epoch,
+                "best_valid": r.best_valid,
+                "steps": r.steps,
+                "data_wait_s": r.data_wait_s,
+                "train_s": r.train_s,
+                "wall_s": time.perf_counter() - start,
+            },
+        }
 
     def restore(self, saved: dict, data: dict, loader) -> None:
         for key in self.COUNTERS:
@@ -209,8 +272,9 @@ class EpochState:
         loader.load_state_dict(data)
 
 
-def train_epoch(run, model, optimizer, scheduler, loader, plan, state: EpochState, on_step,
-                total: int) -> bool:
+def train_epoch(
+    run, model, optimizer, scheduler, loader, plan, state: EpochState, on_step, total: int
+) -> bool:
     """The rest of the current epoch (all of it unless resumed mid-epoch), accumulated into
     `state`. Returns True when a preemption was requested (checked after whole steps)."""
     acc, cfg = run.accelerator, run.cfg
@@ -276,9 +340,19 @@ def catalog_table(run: Run, model, d: DomainData, uses_text: bool) -> CatalogVec
         if e2e:
             width = max(1, int(d.tokens.lengths[idx].max()))
             mask = (torch.arange(width)[None, :] < d.tokens.lengths[idx, None]).long()
-            ids = d.tokens.input_ids[idx, :width].long().masked_fill(mask == 0, run.tokenizer.pad_token_id)
+            ids = (
+                d.tokens.input_ids[idx, :width]
+                .long()
+                .masked_fill(mask == 0, run.tokenizer.pad_token_id)
+            )
             kw = {"input_ids": ids.to(dev), "attention_mask": mask.to(dev)}
-        out = model(task="catalog", domain=d.name, items=idx.to(dev), popularity=d.popularity[idx].to(dev), **kw)
+        out = model(
+            task="catalog",
+            domain=d.name,
+            items=idx.to(dev),
+            popularity=d.popularity[idx].to(dev),
+            **kw,
+        )
         packed = torch.cat([out["items"].float(), out["bias"].float()[:, None]], 1).cpu()
         outs.append(packed[: len(mine[c * bs : (c + 1) * bs])])
     local = torch.cat(outs)
@@ -291,7 +365,9 @@ def catalog_table(run: Run, model, d: DomainData, uses_text: bool) -> CatalogVec
 
 
 @torch.no_grad()
-def evaluate(run: Run, model, domains: list[str], split: str, uses_text: bool = True) -> dict[str, float]:
+def evaluate(
+    run: Run, model, domains: list[str], split: str, uses_text: bool = True
+) -> dict[str, float]:
     """Mean over `domains` of full-ranking metrics; one domain gives its metrics unchanged."""
     per = [evaluate_domain(run, model, run.domains[n], split, uses_text) for n in domains]
     keys = per[0].keys()
@@ -299,7 +375,9 @@ def evaluate(run: Run, model, domains: list[str], split: str, uses_text: bool = 
 
 
 @torch.no_grad()
-def evaluate_domain(run: Run, model, d: DomainData, split: str, uses_text: bool = True) -> dict[str, float]:
+def evaluate_domain(
+    run: Run, model, d: DomainData, split: str, uses_text: bool = True
+) -> dict[str, float]:
     cfg, acc = run.cfg, run.accelerator
     was_training = model.training
     model.eval()
@@ -307,13 +385,27 @@ def evaluate_domain(run: Run, model, d: DomainData, split: str, uses_text: bool 
         catalog = catalog_table(run, model, d, uses_text)
 
         def score(history: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-            users = model(task="users", domain=d.name, history=history.to(run.device),
-                          last=last.to(run.device), table=catalog.vectors)["users"]
+            users = model(
+                task="users",
+                domain=d.name,
+                history=history.to(run.device),
+                last=last.to(run.device),
+                table=catalog.vectors,
+            )["users"]
             return catalog.scores(users, cfg.model.temperature)
 
         rank, world = run.rank_world
         cases = eval_cases(d.sequences(), split, cfg.eval.max_users)
-        metrics = evaluate_sharded(cases, d.num_items, score, cfg.eval.ks, cfg.data.max_history,
-                                   rank, world, gather_tensors, cfg.eval.batch_size)
+        metrics = evaluate_sharded(
+            cases,
+            d.num_items,
+            score,
+            cfg.eval.ks,
+            cfg.data.max_history,
+            rank,
+            world,
+            gather_tensors,
+            cfg.eval.batch_size,
+        )
     model.train(was_training)
     return metrics

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from distrec.distributed.accelerator import gather_with_grad
 
 
-def retrieval_loss(out: dict, temperature: float, log_q: torch.Tensor | None = None,
-                   cross_rank: bool = False) -> torch.Tensor:
+def retrieval_loss(
+    out: dict, temperature: float, log_q: torch.Tensor | None = None, cross_rank: bool = False
+) -> torch.Tensor:
     """Softmax cross-entropy of each position's next item against the candidates.
 
     Cached mode: candidates = the whole catalog (exact softmax). End-to-end mode:
@@ -36,7 +37,9 @@ def ctr_loss(out: dict, temperature: float, generator: torch.Generator) -> torch
     users, targets, cand = out["users"], out["targets"], out["candidates"]
     if users.shape[0] == 0:
         return cand.sum() * 0.0 + users.sum() * 0.0
-    negatives = torch.randint(0, cand.shape[0], targets.shape, generator=generator).to(targets.device)
+    negatives = torch.randint(0, cand.shape[0], targets.shape, generator=generator).to(
+        targets.device
+    )
     bias = out["bias"]
     pos = (users * cand[targets]).sum(-1) / temperature + bias[targets]
     neg = (users * cand[negatives]).sum(-1) / temperature + bias[negatives]

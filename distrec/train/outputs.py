@@ -22,7 +22,16 @@ def versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for pkg in ("distrec", "torch", "transformers", "accelerate", "deepspeed", "peft", "webdataset", "ray"):
+    for pkg in (
+        "distrec",
+        "torch",
+        "transformers",
+        "accelerate",
+        "deepspeed",
+        "peft",
+        "webdataset",
+        "ray",
+    ):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -32,18 +41,28 @@ def versions() -> dict[str, str]:
 
 def write_metrics(out: Path, cfg: RunConfig, stages: dict, extra: dict) -> Path:
     path = out / "metrics.json"
-    write_json(path, {"stages": stages, "config": cfg.model_dump(mode="json"), "versions": versions(),
-                      **extra})
+    write_json(
+        path,
+        {"stages": stages, "config": cfg.model_dump(mode="json"), "versions": versions(), **extra},
+    )
     return path
 
 
 def stage_table(stages: dict, target: str | None) -> str:
-    lines = [f"Target domain: **{target}** (test split, full ranking, history masked)", "",
-             "| stage | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+    lines = [
+        f"Target domain: **{target}** (test split, full ranking, history masked)",
+        "",
+        "| stage | " + " | ".join(COLUMNS) + " |",
+        "|---|" + "---|" * len(COLUMNS),
+    ]
     for key, label in ROWS:
         if key in stages:
             test = stages[key]["test"]
-            lines.append(f"| {label} | " + " | ".join(f"{test.get(c, float('nan')):.4f}" for c in COLUMNS) + " |")
+            lines.append(
+                f"| {label} | "
+                + " | ".join(f"{test.get(c, float('nan')):.4f}" for c in COLUMNS)
+                + " |"
+            )
     return "\n".join(lines)
 
 
@@ -52,9 +71,11 @@ def ratios(stages: dict) -> list[str]:
         return stages.get(key, {}).get("test", {}).get("ndcg@10")
 
     out = []
-    for num, den, label in [("adapt", "baseline_text_target_only", "adapted / target-only text"),
-                            ("adapt", "baseline_id_target_only", "adapted / target-only ID"),
-                            ("zero_shot", "baseline_popularity", "zero-shot / popularity")]:
+    for num, den, label in [
+        ("adapt", "baseline_text_target_only", "adapted / target-only text"),
+        ("adapt", "baseline_id_target_only", "adapted / target-only ID"),
+        ("zero_shot", "baseline_popularity", "zero-shot / popularity"),
+    ]:
         a, b = ndcg(num), ndcg(den)
         if a is not None and b:
             out.append(f"- {label}: {a / b:.2f}x")
@@ -62,12 +83,22 @@ def ratios(stages: dict) -> list[str]:
 
 
 def write_report(out: Path, cfg: RunConfig, stages: dict, extra: dict) -> None:
-    parts = ["# distrec run report", "", stage_table(stages, cfg.data.target), "", "Transfer ratios (NDCG@10):",
-             *ratios(stages), ""]
+    parts = [
+        "# distrec run report",
+        "",
+        stage_table(stages, cfg.data.target),
+        "",
+        "Transfer ratios (NDCG@10):",
+        *ratios(stages),
+        "",
+    ]
     if "pretrain" in stages:
         t = stages["pretrain"]["test"]
-        parts += [f"Pretraining on {', '.join(stages['pretrain']['domains'])}: test NDCG@10 "
-                  f"{t['ndcg@10']:.4f}, Recall@10 {t['recall@10']:.4f}", ""]
+        parts += [
+            f"Pretraining on {', '.join(stages['pretrain']['domains'])}: test NDCG@10 "
+            f"{t['ndcg@10']:.4f}, Recall@10 {t['recall@10']:.4f}",
+            "",
+        ]
     st = cfg.stages
     parts += [
         "Protocol: leave-one-out (last = test, second-to-last = valid); every item of the domain's "
@@ -98,7 +129,12 @@ def plot_report(path: Path, stages: dict) -> None:
     for key, record in stages.items():
         hist = record.get("history")
         if hist:
-            left.plot([h["epoch"] for h in hist], [h["valid_ndcg@10"] for h in hist], marker="o", label=key)
+            left.plot(
+                [h["epoch"] for h in hist],
+                [h["valid_ndcg@10"] for h in hist],
+                marker="o",
+                label=key,
+            )
     left.set(title="validation NDCG@10 per epoch", xlabel="epoch", ylabel="NDCG@10")
     left.legend(fontsize=8)
     labels = [label for key, label in ROWS if key in stages]

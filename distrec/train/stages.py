@@ -31,8 +31,16 @@ def new_model(run: Run, use_text: bool = True, dropout: float | None = None) -> 
         for p in lm.parameters():
             p.requires_grad_(False)
     items = {n: d.num_items for n, d in run.domains.items()}
-    return Recommender(cfg.model, run.feature_dim if use_text else 1, items, cfg.data.max_history,
-                       lm=lm, use_text=use_text, use_ids=None if use_text else True, dropout=dropout)
+    return Recommender(
+        cfg.model,
+        run.feature_dim if use_text else 1,
+        items,
+        cfg.data.max_history,
+        lm=lm,
+        use_text=use_text,
+        use_ids=None if use_text else True,
+        dropout=dropout,
+    )
 
 
 def stage_record(run: Run, model, plan: StagePlan, fit_result: FitResult | None) -> dict:
@@ -42,11 +50,18 @@ def stage_record(run: Run, model, plan: StagePlan, fit_result: FitResult | None)
         "test": evaluate(run, model, plan.eval_domains, "test", plan.uses_text),
     }
     if fit_result is not None:
-        record.update(history=fit_result.history, best_epoch=fit_result.best_epoch,
-                      wall_s=fit_result.wall_s, steps=fit_result.steps,
-                      data_wait_fraction=fit_result.data_wait_fraction,
-                      data_wait_s=fit_result.data_wait_s, train_s=fit_result.train_s)
-    log(f"{plan.name}: test ndcg@10 {record['test']['ndcg@10']:.4f}  valid {record['valid']['ndcg@10']:.4f}")
+        record.update(
+            history=fit_result.history,
+            best_epoch=fit_result.best_epoch,
+            wall_s=fit_result.wall_s,
+            steps=fit_result.steps,
+            data_wait_fraction=fit_result.data_wait_fraction,
+            data_wait_s=fit_result.data_wait_s,
+            train_s=fit_result.train_s,
+        )
+    log(
+        f"{plan.name}: test ndcg@10 {record['test']['ndcg@10']:.4f}  valid {record['valid']['ndcg@10']:.4f}"
+    )
     return record
 
 
@@ -74,8 +89,13 @@ def run_stages(run: Run) -> dict[str, dict]:
     if st.pretrain.enabled and "pretrain" in results:
         base = load_base(run)
     elif st.pretrain.enabled:
-        plan = StagePlan("pretrain", {s: cfg.data.mixture.get(s, 1.0) for s in cfg.data.sources},
-                         cfg.data.sources, st.pretrain.epochs, st.pretrain.lr or cfg.train.lr)
+        plan = StagePlan(
+            "pretrain",
+            {s: cfg.data.mixture.get(s, 1.0) for s in cfg.data.sources},
+            cfg.data.sources,
+            st.pretrain.epochs,
+            st.pretrain.lr or cfg.train.lr,
+        )
         base, fitted = _train_text(run, plan)
         if run.is_main:
             save_weights(base, base_weights(run))
@@ -90,13 +110,26 @@ def run_stages(run: Run) -> dict[str, dict]:
     if "popularity" in st.baselines and "baseline_popularity" not in results:
         results["baseline_popularity"] = popularity(run, target)
     if "id_target_only" in st.baselines and "baseline_id_target_only" not in results:
-        plan = StagePlan("baseline_id_target_only", {target: 1.0}, [target], st.id_baseline_epochs,
-                         st.id_baseline_lr, uses_text=False)
-        model, fitted = fit(run, new_model(run, use_text=False, dropout=st.id_baseline_dropout), plan)
+        plan = StagePlan(
+            "baseline_id_target_only",
+            {target: 1.0},
+            [target],
+            st.id_baseline_epochs,
+            st.id_baseline_lr,
+            uses_text=False,
+        )
+        model, fitted = fit(
+            run, new_model(run, use_text=False, dropout=st.id_baseline_dropout), plan
+        )
         results[plan.name] = stage_record(run, model, plan, fitted)
     if "text_target_only" in st.baselines and "baseline_text_target_only" not in results:
-        plan = StagePlan("baseline_text_target_only", {target: 1.0}, [target], st.text_baseline_epochs,
-                         st.pretrain.lr or cfg.train.lr)
+        plan = StagePlan(
+            "baseline_text_target_only",
+            {target: 1.0},
+            [target],
+            st.text_baseline_epochs,
+            st.pretrain.lr or cfg.train.lr,
+        )
         model, fitted = _train_text(run, plan)
         results[plan.name] = stage_record(run, model, plan, fitted)
     return results.stages
@@ -134,10 +167,17 @@ def load_base(run: Run):
 
 def adapt(run: Run, base, target: str) -> dict:
     cfg, st = run.cfg, run.cfg.stages
-    plan = StagePlan("adapt", {target: 1.0}, [target], st.adapt.epochs, st.adapt.lr or cfg.train.lr,
-                     train_fraction=st.adapt.train_fraction)
-    peft_model = add_domain_adapter(base, cfg, target, planned_steps(run, plan),
-                                    include_lm=cfg.model.mode == "end_to_end")
+    plan = StagePlan(
+        "adapt",
+        {target: 1.0},
+        [target],
+        st.adapt.epochs,
+        st.adapt.lr or cfg.train.lr,
+        train_fraction=st.adapt.train_fraction,
+    )
+    peft_model = add_domain_adapter(
+        base, cfg, target, planned_steps(run, plan), include_lm=cfg.model.mode == "end_to_end"
+    )
     on_step = adalora_step(peft_model) if cfg.peft.method == "adalora" else None
     trained, fitted = fit(run, peft_model, plan, on_step=on_step)
     record = stage_record(run, trained, plan, fitted)
@@ -161,8 +201,16 @@ def popularity(run: Run, target: str) -> dict:
     out = {"domains": [target]}
     for split in ("valid", "test"):
         cases = eval_cases(d.sequences(), split, run.cfg.eval.max_users)
-        out[split] = evaluate_sharded(cases, d.num_items, score, run.cfg.eval.ks, run.cfg.data.max_history,
-                                      rank, world, gather_tensors, run.cfg.eval.batch_size)
+        out[split] = evaluate_sharded(
+            cases,
+            d.num_items,
+            score,
+            run.cfg.eval.ks,
+            run.cfg.data.max_history,
+            rank,
+            world,
+            gather_tensors,
+            run.cfg.eval.batch_size,
+        )
     log(f"baseline_popularity: test ndcg@10 {out['test']['ndcg@10']:.4f}")
     return out
-

@@ -23,7 +23,9 @@ def log(message: str) -> None:
         print(f"[distrec] {message}", flush=True)
 
 
-def progress(items: Iterable[T], desc: str, total: int | None = None, every_s: float = 10.0) -> Iterator[T]:
+def progress(
+    items: Iterable[T], desc: str, total: int | None = None, every_s: float = 10.0
+) -> Iterator[T]:
     """Wrap `items` with a bar (TTY) or a line every `every_s` seconds with rate and ETA."""
     if not is_rank_zero():
         yield from items

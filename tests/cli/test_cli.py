@@ -33,6 +33,11 @@ def test_config_show_prints_resolved_config_with_overrides(capsys, monkeypatch):
 
 
 def test_console_script_runs():
-    out = subprocess.run([python(), "-m", "distrec.cli", "--help"], capture_output=True, text=True,
-                         check=True, cwd=ROOT)
+    out = subprocess.run(
+        [python(), "-m", "distrec.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
     assert "cross-domain" in out.stdout.lower()

@@ -30,22 +30,28 @@ def main() -> None:
 
         dist.init_process_group("gloo")
     rank, world = rank_and_world()
-    spec = StreamSpec(batch_size=args.batch, max_history=20, seed=7, num_workers=args.workers,
-                      shuffle_shards=2)
+    spec = StreamSpec(
+        batch_size=args.batch, max_history=20, seed=7, num_workers=args.workers, shuffle_shards=2
+    )
     loader = StreamLoader(load_manifest(args.manifest), spec, rank=rank, world_size=world)
     if args.state_in:
         loader.load_state_dict(json.loads(Path(args.state_in).read_text()))
     batches = []
     for batch in loader:
-        batches.append({"users": batch["users"][batch["valid"]].tolist(),
-                        "inputs": batch["inputs"][batch["valid"]].tolist()})
+        batches.append(
+            {
+                "users": batch["users"][batch["valid"]].tolist(),
+                "inputs": batch["inputs"][batch["valid"]].tolist(),
+            }
+        )
         if args.take is not None and len(batches) == args.take:
             break
     if args.state_out:
         Path(args.state_out).write_text(json.dumps(loader.state_dict()))
     out = args.out if world == 1 else args.out.replace(".json", f".{rank}.json")
-    Path(out).write_text(json.dumps({"rank": rank, "world": world, "batches": batches,
-                                      "length": len(loader)}))
+    Path(out).write_text(
+        json.dumps({"rank": rank, "world": world, "batches": batches, "length": len(loader)})
+    )
     if args.distributed:
         dist.barrier()
         dist.destroy_process_group()

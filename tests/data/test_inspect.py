@@ -16,8 +16,9 @@ def test_inspect_reports_counts_and_catches_a_modified_shard(tmp_path, synth_dir
 
 
 def test_synth_is_deterministic_and_follows_the_spec(tmp_path):
-    spec = SynthSpec(name="s", users=50, items=20, mean_length=8, min_length=3, seed=5,
-                     users_per_shard=10)
+    spec = SynthSpec(
+        name="s", users=50, items=20, mean_length=8, min_length=3, seed=5, users_per_shard=10
+    )
     a = (synth_domain(spec, tmp_path / "a")).read_text()
     b = (synth_domain(spec, tmp_path / "b")).read_text()
     strip = lambda text: [ln for ln in text.splitlines() if '"created"' not in ln]  # noqa: E731

@@ -36,11 +36,21 @@ def _domain_cfg(tmp_path: Path, rows: str, **extra) -> object:
     inter.write_text("user_id:token\titem_id:token\ttimestamp:float\n" + rows)
     items = tmp_path / "d.item"
     items.write_text("item_id:token\ttitle:token\nA\tAlpha\nB\tBeta\nC\tGamma\nD\tDelta\n")
-    domain = {"name": "d", "interactions": str(inter), "items": str(items), "text_fields": ["title"],
-              "template": "{title}", "users_per_shard": 1, **extra}
-    return config_from_dict({"data": {"prepared_dir": str(tmp_path / "out"), "domains": [domain],
-                                      "sources": ["d"]}, "stages": {"zero_shot": False,
-                                      "adapt": {"enabled": False}, "baselines": []}})
+    domain = {
+        "name": "d",
+        "interactions": str(inter),
+        "items": str(items),
+        "text_fields": ["title"],
+        "template": "{title}",
+        "users_per_shard": 1,
+        **extra,
+    }
+    return config_from_dict(
+        {
+            "data": {"prepared_dir": str(tmp_path / "out"), "domains": [domain], "sources": ["d"]},
+            "stages": {"zero_shot": False, "adapt": {"enabled": False}, "baselines": []},
+        }
+    )
 
 
 def _sequences(root: Path) -> dict[str, list[int]]:
@@ -64,7 +74,10 @@ def test_time_order_is_stable_for_ties(tmp_path):
 def test_k_core_filters_iteratively(tmp_path):
     rows = "u1\tA\t1\nu1\tB\t2\nu2\tA\t1\nu2\tB\t2\nu3\tC\t1\n"
     (manifest,) = prepare_domains(_domain_cfg(tmp_path, rows, k_core=2))
-    assert load_manifest(manifest).counts == load_manifest(manifest).counts | {"users": 2, "items": 2}
+    assert load_manifest(manifest).counts == load_manifest(manifest).counts | {
+        "users": 2,
+        "items": 2,
+    }
 
 
 def test_rerun_is_a_no_op_and_a_different_dataset_is_not_overwritten(tmp_path):
@@ -99,7 +112,9 @@ def test_interrupted_prepare_leaves_previous_dataset_intact(tmp_path, monkeypatc
 
 def test_unknown_item_is_a_located_error(tmp_path):
     cfg = _domain_cfg(tmp_path, "u1\tA\t1\nu1\tZ\t2\n")
-    with pytest.raises(ConfigError, match=r"d\.inter:3 column 'item': item 'Z' is not in the item table"):
+    with pytest.raises(
+        ConfigError, match=r"d\.inter:3 column 'item': item 'Z' is not in the item table"
+    ):
         prepare_domains(cfg)
 
 
@@ -110,8 +125,9 @@ def test_the_same_files_elsewhere_are_the_same_dataset(tmp_path):
     moved.mkdir()
     for name in ("d.inter", "d.item"):
         (moved / name).write_bytes((tmp_path / name).read_bytes())
-    d = cfg.data.domains[0].model_copy(update={"interactions": str(moved / "d.inter"),
-                                                "items": str(moved / "d.item")})
+    d = cfg.data.domains[0].model_copy(
+        update={"interactions": str(moved / "d.inter"), "items": str(moved / "d.item")}
+    )
     again = cfg.model_copy(update={"data": cfg.data.model_copy(update={"domains": [d]})})
     before = manifest.read_text()
     prepare_domains(again)  # no --overwrite needed: same content

@@ -38,15 +38,19 @@ def test_epoch_sees_every_user_once_and_epochs_reshuffle(synth_dir):
 def test_batches_are_next_item_shifted_training_prefixes(synth_dir):
     from distrec.data.collate import collate_sequences
 
-    batch = collate_sequences([{"index": 0, "items": [5, 6, 7, 8]}, {"index": 1, "items": [9, 3]}], 10)
+    batch = collate_sequences(
+        [{"index": 0, "items": [5, 6, 7, 8]}, {"index": 1, "items": [9, 3]}], 10
+    )
     assert batch["inputs"].tolist() == [[5, 6, 7], [9, 0, 0]]
     assert batch["targets"].tolist() == [[6, 7, 8], [3, 0, 0]]
 
 
 def test_ranks_split_users_exactly_once_with_equal_batch_counts(synth_dir):
     m = load_manifest(synth_dir / "tiny")
-    per_rank = [[users(b) for b in StreamLoader(m, spec(num_workers=2), rank=r, world_size=2)]
-                for r in range(2)]
+    per_rank = [
+        [users(b) for b in StreamLoader(m, spec(num_workers=2), rank=r, world_size=2)]
+        for r in range(2)
+    ]
     assert len(per_rank[0]) == len(per_rank[1])
     assert sorted(flat(per_rank[0] + per_rank[1])) == list(range(300))
 
@@ -60,8 +64,16 @@ def test_resume_in_a_new_process_continues_exactly(tmp_path, synth_dir):
     manifest = str(synth_dir / "tiny" / "manifest.json")
     full = _probe(manifest, str(tmp_path / "full.json"), "--workers", "2")["batches"]
     state = tmp_path / "state.json"
-    head = _probe(manifest, str(tmp_path / "head.json"), "--workers", "2", "--take", "5",
-                  "--state-out", str(state))["batches"]
+    head = _probe(
+        manifest,
+        str(tmp_path / "head.json"),
+        "--workers",
+        "2",
+        "--take",
+        "5",
+        "--state-out",
+        str(state),
+    )["batches"]
     saved = json.loads(state.read_text())
     assert saved["batches"] == 5 and saved["workers"]  # positions, not a replay count only
     tail = _probe(manifest, str(tmp_path / "tail.json"), "--workers", "2", "--state-in", str(state))
@@ -122,9 +134,13 @@ def test_few_shot_fraction_is_a_fixed_user_subset(synth_dir):
 def test_mixture_is_deterministic_weighted_and_resumable(synth_dir, prepared_dir):
     def make():
         return MixtureLoader(
-            {"tiny": StreamLoader(load_manifest(synth_dir / "tiny"), spec()),
-             "ml-100k": StreamLoader(load_manifest(prepared_dir / "ml-100k"), spec())},
-            weights={"tiny": 3.0, "ml-100k": 1.0}, seed=1)
+            {
+                "tiny": StreamLoader(load_manifest(synth_dir / "tiny"), spec()),
+                "ml-100k": StreamLoader(load_manifest(prepared_dir / "ml-100k"), spec()),
+            },
+            weights={"tiny": 3.0, "ml-100k": 1.0},
+            seed=1,
+        )
 
     full = [(b["domain"], users(b)) for b in make()]
     domains = [d for d, _ in full]

@@ -17,7 +17,9 @@ class WordTokenizer:
         mask = torch.zeros(len(texts), max_length, dtype=torch.long)
         for row, text in enumerate(texts):
             words = [len(w) + 1 for w in text.split()][:max_length]
-            ids[row, : len(words)] = torch.tensor(words, dtype=torch.long) if words else ids[row, :0]
+            ids[row, : len(words)] = (
+                torch.tensor(words, dtype=torch.long) if words else ids[row, :0]
+            )
             mask[row, : len(words)] = 1
         return {"input_ids": ids, "attention_mask": mask}
 
@@ -32,7 +34,9 @@ def test_token_table_is_cached_per_catalog_and_batches_encode_each_item_once(tmp
     TokenTable.build(WordTokenizer(), texts, 4, tmp_path, "word", "sha-2")  # another catalog
     assert len(list((tmp_path / "tokens").glob("*.safetensors"))) == 2
 
-    batch = collate_sequences([{"index": 0, "items": [1, 3, 1, 3]}, {"index": 1, "items": [3, 2]}], 8)
+    batch = collate_sequences(
+        [{"index": 0, "items": [1, 3, 1, 3]}, {"index": 1, "items": [3, 2]}], 8
+    )
     out = AttachTokens(table, pad_id=0)(batch)
     assert out["items"].tolist() == [1, 2, 3]  # deduplicated
     assert out["input_ids"].shape == (3, 4)  # trimmed to the longest item in the batch

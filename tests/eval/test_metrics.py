@@ -55,7 +55,10 @@ def test_constant_scores_rank_at_random():
 def test_sharded_evaluation_equals_single_process():
     n = 50
     gen = torch.Generator().manual_seed(0)
-    seqs = [{"index": u, "items": torch.randint(1, n + 1, (5,), generator=gen).tolist()} for u in range(37)]
+    seqs = [
+        {"index": u, "items": torch.randint(1, n + 1, (5,), generator=gen).tolist()}
+        for u in range(37)
+    ]
     cases = eval_cases(seqs, "test")
     table = torch.randn(n + 1, 8, generator=gen)
 
@@ -63,8 +66,12 @@ def test_sharded_evaluation_equals_single_process():
         return table[history[torch.arange(len(last)), last]] @ table.T
 
     single = evaluate_sharded(cases, n, score, [10, 20], 4, batch_size=4)
-    shards = [evaluate_sharded(cases, n, score, [10, 20], 4, rank=r, world=3, batch_size=4,
-                               gather=lambda t: [t]) for r in range(3)]
+    shards = [
+        evaluate_sharded(
+            cases, n, score, [10, 20], 4, rank=r, world=3, batch_size=4, gather=lambda t: [t]
+        )
+        for r in range(3)
+    ]
     ranks_total = sum(s["users"] for s in shards)
     assert ranks_total == single["users"]
     merged = sum(s["ndcg@10"] * s["users"] for s in shards) / ranks_total

@@ -26,19 +26,36 @@ def test_pooling_rules():
 def test_embedded_minilm_loads_offline_and_embeds_meaningfully():
     lm, tok = load_encoder("embedded:all-MiniLM-L6-v2")
     assert lm.config.hidden_size == 384
-    batch = tok(["Toy Story (1995). Genres: Animation Children's Comedy",
-                 "Toy Story 2 (1999). Genres: Animation Children's Comedy",
-                 "Schindler's List (1993). Genres: Drama War"], padding=True, return_tensors="pt")
+    batch = tok(
+        [
+            "Toy Story (1995). Genres: Animation Children's Comedy",
+            "Toy Story 2 (1999). Genres: Animation Children's Comedy",
+            "Schindler's List (1993). Genres: Drama War",
+        ],
+        padding=True,
+        return_tensors="pt",
+    )
     with torch.no_grad():
-        v = torch.nn.functional.normalize(encode_tokens(lm, batch["input_ids"], batch["attention_mask"], "mean"), dim=-1)
+        v = torch.nn.functional.normalize(
+            encode_tokens(lm, batch["input_ids"], batch["attention_mask"], "mean"), dim=-1
+        )
     assert (v[0] @ v[1]) > (v[0] @ v[2]) + 0.1
     assert default_lm_targets(lm) == ["query", "key", "value", "dense"]
 
 
-@pytest.mark.parametrize(("config_cls", "model_cls"), [(Qwen2Config, Qwen2Model), (LlamaConfig, LlamaModel)])
+@pytest.mark.parametrize(
+    ("config_cls", "model_cls"), [(Qwen2Config, Qwen2Model), (LlamaConfig, LlamaModel)]
+)
 def test_tiny_decoders_load_from_a_local_folder(tmp_path, config_cls, model_cls):
-    cfg = config_cls(vocab_size=384, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = config_cls(
+        vocab_size=384,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     model_cls(cfg).save_pretrained(tmp_path / "lm")
     _, tok = load_encoder("embedded:all-MiniLM-L6-v2")

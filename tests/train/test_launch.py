@@ -13,16 +13,37 @@ from tests.conftest import ROOT, python, tiny_run_config
 @pytest.mark.integration
 def test_two_process_run_through_the_launch_template(tmp_path, synth_dir):
     out = tmp_path / "run"
-    cfg = tiny_run_config(synth_dir, out, stages={"pretrain": {"epochs": 1}, "adapt": {"epochs": 1},
-                                                  "baselines": ["popularity"]},
-                          distributed={"strategy": "ddp", "launcher": "launch/cpu_multiprocess.yaml"})
+    cfg = tiny_run_config(
+        synth_dir,
+        out,
+        stages={"pretrain": {"epochs": 1}, "adapt": {"epochs": 1}, "baselines": ["popularity"]},
+        distributed={"strategy": "ddp", "launcher": "launch/cpu_multiprocess.yaml"},
+    )
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [python(), "-m", "accelerate.commands.launch", "--config_file", "launch/cpu_multiprocess.yaml",
-         "--num_processes", "2", "--main_process_port", "29633", "-m", "distrec.train", "--config",
-         str(cfg_file)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        [
+            python(),
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            "launch/cpu_multiprocess.yaml",
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            "29633",
+            "-m",
+            "distrec.train",
+            "--config",
+            str(cfg_file),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["strategy"] == "ddp"
@@ -36,7 +57,12 @@ def test_a_strategy_the_launcher_cannot_provide_is_refused(tmp_path, synth_dir):
     cfg = tiny_run_config(synth_dir, tmp_path / "run", distributed={"strategy": "zero3"})
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run([python(), "-m", "distrec.train", "--config", str(cfg_file)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [python(), "-m", "distrec.train", "--config", str(cfg_file)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert "distributed.strategy='zero3' but this launch provides 'single'" in proc.stderr

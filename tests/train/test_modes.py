@@ -14,7 +14,9 @@ from tests.conftest import tiny_run_config
 
 
 def make_run(synth_dir: Path, tmp_path: Path, mode: str, **model) -> Run:
-    cfg = config_from_dict(tiny_run_config(synth_dir, tmp_path / mode, model={"mode": mode, **model}))
+    cfg = config_from_dict(
+        tiny_run_config(synth_dir, tmp_path / mode, model={"mode": mode, **model})
+    )
     accelerator, precision = build_accelerator(cfg)
     run = Run(cfg, accelerator, precision, tmp_path / mode)
     load_domains(run, ["tiny", "tiny-b"])
@@ -22,7 +24,10 @@ def make_run(synth_dir: Path, tmp_path: Path, mode: str, **model) -> Run:
 
 
 def test_frozen_lm_gives_identical_metrics_cached_and_end_to_end(synth_dir, tmp_path):
-    cached, e2e = make_run(synth_dir, tmp_path, "cached"), make_run(synth_dir, tmp_path, "end_to_end")
+    cached, e2e = (
+        make_run(synth_dir, tmp_path, "cached"),
+        make_run(synth_dir, tmp_path, "end_to_end"),
+    )
     a, b = new_model(cached), new_model(e2e)
     b.load_state_dict(a.state_dict() | {k: v for k, v in b.state_dict().items() if ".lm." in k})
     for domain in ("tiny", "tiny-b"):
@@ -62,11 +67,14 @@ def test_end_to_end_lora_and_adalora_train(synth_dir, tmp_path):
 
     for method in ("lora", "adalora"):
         out = tmp_path / f"run-{method}"
-        cfg = tiny_run_config(synth_dir, out, model={"mode": "end_to_end", "max_text_tokens": 16},
-                              peft={"method": method, "r": 4, "adalora": {"init_r": 6, "target_r": 2}},
-                              stages={"pretrain": {"epochs": 1}, "adapt": {"epochs": 2},
-                                      "baselines": ["popularity"]},
-                              train={"batch_size": 32, "precision": "fp32", "max_steps_per_stage": 6})
+        cfg = tiny_run_config(
+            synth_dir,
+            out,
+            model={"mode": "end_to_end", "max_text_tokens": 16},
+            peft={"method": method, "r": 4, "adalora": {"init_r": 6, "target_r": 2}},
+            stages={"pretrain": {"epochs": 1}, "adapt": {"epochs": 2}, "baselines": ["popularity"]},
+            train={"batch_size": 32, "precision": "fp32", "max_steps_per_stage": 6},
+        )
         (tmp_path / f"{method}.yaml").write_text(yaml.safe_dump(cfg))
         assert run_training(str(tmp_path / f"{method}.yaml")) == 0
         metrics = json.loads((out / "metrics.json").read_text())
@@ -105,7 +113,9 @@ def test_ctr_head_trains_and_rating_head_needs_ratings(synth_dir, tmp_path):
     cfg = tiny_run_config(synth_dir, tmp_path / "ctr", model={"head": "ctr"}, stages=small)
     (tmp_path / "ctr.yaml").write_text(yaml.safe_dump(cfg))
     assert run_training(str(tmp_path / "ctr.yaml")) == 0
-    history = json.loads((tmp_path / "ctr" / "metrics.json").read_text())["stages"]["pretrain"]["history"]
+    history = json.loads((tmp_path / "ctr" / "metrics.json").read_text())["stages"]["pretrain"][
+        "history"
+    ]
     assert 0.0 < history[0]["loss"] < 2.0  # a binary cross-entropy, not a softmax over the catalog
     cfg = tiny_run_config(synth_dir, tmp_path / "rating", model={"head": "rating"}, stages=small)
     (tmp_path / "rating.yaml").write_text(yaml.safe_dump(cfg))

@@ -11,9 +11,12 @@ from tests.conftest import tiny_run_config
 
 
 def config(tmp_path, synth_dir, name):
-    cfg = tiny_run_config(synth_dir, tmp_path / name, stages={"pretrain": {"epochs": 3}, "adapt": {"epochs": 2},
-                                                             "baselines": ["popularity"]},
-                          output={"keep_last": 2})
+    cfg = tiny_run_config(
+        synth_dir,
+        tmp_path / name,
+        stages={"pretrain": {"epochs": 3}, "adapt": {"epochs": 2}, "baselines": ["popularity"]},
+        output={"keep_last": 2},
+    )
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)

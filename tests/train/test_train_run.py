@@ -9,8 +9,14 @@ import yaml
 from distrec.train.entry import run_training
 from tests.conftest import tiny_run_config
 
-STAGES = {"pretrain", "zero_shot", "adapt", "baseline_popularity", "baseline_id_target_only",
-          "baseline_text_target_only"}
+STAGES = {
+    "pretrain",
+    "zero_shot",
+    "adapt",
+    "baseline_popularity",
+    "baseline_id_target_only",
+    "baseline_text_target_only",
+}
 
 
 def run(tmp_path: Path, synth_dir: Path, name: str, **sections) -> dict:
@@ -83,7 +89,11 @@ def test_recommend_reports_unknown_items_and_excludes_history(finished):
     tmp, _ = finished
     text = recommend(str(tmp / "a"), "tiny-b", ["item-3", "no such film", "item-7"], k=5)
     assert "unknown items" in text and "'no such film'" in text
-    listed = [line.split(". ", 1)[1].split("  (")[0] for line in text.splitlines() if line[:4].strip().endswith(".")]
+    listed = [
+        line.split(". ", 1)[1].split("  (")[0]
+        for line in text.splitlines()
+        if line[:4].strip().endswith(".")
+    ]
     assert len(listed) == 5 and "item-3" not in listed and "item-7" not in listed
 
 
