@@ -22,7 +22,7 @@ def load_run(run_dir: str | Path, domain: str | None):
     from peft import PeftModel
 
     from distrec.distributed.accelerator import build_accelerator
-    from distrec.train.stages import load_base
+    from distrec.train.stages import base_weights, load_base
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
@@ -32,7 +32,7 @@ def load_run(run_dir: str | Path, domain: str | None):
     domain = domain or cfg.data.target or names[0]
     if domain not in names:
         raise ConfigError(f"--domain {domain!r}: this run knows {names}")
-    base_file = run_dir / "export" / "base" / "model.safetensors"
+    base_file = base_weights(run_dir)
     if not base_file.exists():
         raise ConfigError(f"{base_file}: missing; the run did not finish pretraining")
     accelerator, precision = build_accelerator(cfg)

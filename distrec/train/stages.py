@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from accelerate.utils import set_seed
@@ -50,15 +51,7 @@ def stage_record(run: Run, model, plan: StagePlan, fit_result: FitResult | None)
         "test": evaluate(run, model, plan.eval_domains, "test", plan.uses_text),
     }
     if fit_result is not None:
-        record.update(
-            history=fit_result.history,
-            best_epoch=fit_result.best_epoch,
-            wall_s=fit_result.wall_s,
-            steps=fit_result.steps,
-            data_wait_fraction=fit_result.data_wait_fraction,
-            data_wait_s=fit_result.data_wait_s,
-            train_s=fit_result.train_s,
-        )
+        record.update(asdict(fit_result))
     log(
         f"{plan.name}: test ndcg@10 {record['test']['ndcg@10']:.4f}  valid {record['valid']['ndcg@10']:.4f}"
     )
@@ -98,7 +91,7 @@ def run_stages(run: Run) -> dict[str, dict]:
         )
         base, fitted = _train_text(run, plan)
         if run.is_main:
-            save_weights(base, base_weights(run))
+            save_weights(base, base_weights(run.out))
         results["pretrain"] = stage_record(run, base, plan, fitted)
     if target is None:
         return results.stages
@@ -155,13 +148,14 @@ class StageResults:
         barrier()
 
 
-def base_weights(run: Run) -> Path:
-    return run.out / "export" / "base" / "model.safetensors"
+def base_weights(out: Path) -> Path:
+    """The pretrained base every adapter of a run belongs to."""
+    return out / "export" / "base" / "model.safetensors"
 
 
 def load_base(run: Run):
     model = new_model(run)
-    load_model(model, str(base_weights(run)))
+    load_model(model, str(base_weights(run.out)))
     return model
 
 
@@ -182,7 +176,7 @@ def adapt(run: Run, base, target: str) -> dict:
     trained, fitted = fit(run, peft_model, plan, on_step=on_step)
     record = stage_record(run, trained, plan, fitted)
     if run.is_main:
-        export_adapter(trained, run.out, target, base_weights(run))
+        export_adapter(trained, run.out, target, base_weights(run.out))
         merged = trained.merge_and_unload()
         save_weights(merged, run.out / "export" / target / "model.safetensors")
     barrier()
