@@ -3,8 +3,12 @@
 Order of an epoch (same on every run with the same seed):
   shards permuted by (seed, epoch) -> split by rank (`rank::world`) -> split by
   worker (`worker::num_workers`) -> each worker reads its shards `shuffle_shards`
-  at a time (a window), permutes the window's samples by (seed, epoch, rank,
-  worker, window) and batches them.
+  at a time (a window), permutes the window's samples by (seed, epoch, reader,
+  window) and batches them.
+A reader is one (rank, worker) pair, numbered `rank + world * worker`: exactly
+the stride its shards are taken at. Readers, not ranks, own the order, so one
+process with W workers and W-step gradient accumulation sees the same global
+batches as W processes with one worker each (the parity tests rely on it).
 Because a window is a closed unit, a worker's position is (window, offset) and a
 resumed worker reopens only that window: nothing before it is replayed. The
 window plays the role of webdataset's shuffle buffer, with a state we can save.
@@ -202,7 +206,8 @@ class DomainStream(IterableDataset):
         samples: list[dict | None] = []
         for sid in shard_ids:
             samples.extend(self._read_shard(self.urls[sid]))
-        rng = np.random.default_rng([self.spec.seed, plan.epoch, plan.rank, plan.worker, window])
+        reader = plan.rank + plan.world_size * plan.worker
+        rng = np.random.default_rng([self.spec.seed, plan.epoch, reader, 0, window])
         order = rng.permutation(len(samples))
         keep = self._keep_mask([s["index"] for s in samples])
         return [self._training_example(samples[i]) if keep[i] else None for i in order]

@@ -119,3 +119,13 @@ def gather_with_grad(t: torch.Tensor) -> tuple[torch.Tensor, int]:
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The scalar averaged over every rank (torch.distributed directly: under DeepSpeed on
+    CPU, Accelerate's own reduce believes it runs alone)."""
+    value = value.detach().float().reshape(1).cpu()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return value[0]

@@ -59,7 +59,9 @@ class Recommender(nn.Module):
         )
         # Starts as a full log-popularity prior, so the towers learn taste beyond popularity
         # (which does not transfer) while popularity comes from each domain's own counts.
-        self.pop_weight = nn.Parameter(torch.ones(())) if cfg.popularity_prior else None
+        # Shape [1], not a scalar: DeepSpeed broadcasts parameters as byte views, which
+        # a 0-dim tensor cannot give.
+        self.pop_weight = nn.Parameter(torch.ones(1)) if cfg.popularity_prior else None
         # DeepSpeed derives its "auto" ZeRO-3 bucket sizes from model.config.hidden_size.
         self.config = lm.config if lm is not None else PretrainedConfig(hidden_size=cfg.dim)
 

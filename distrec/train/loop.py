@@ -17,7 +17,13 @@ from transformers import get_cosine_schedule_with_warmup
 from distrec.data.loader import MixtureLoader, StreamLoader
 from distrec.data.stream import StreamSpec
 from distrec.data.tokens import AttachTokens
-from distrec.distributed.accelerator import barrier, gather_tensors
+from distrec.distributed.accelerator import (
+    barrier,
+    gather_tensors,
+    live_strategy,
+    mean_over_ranks,
+)
+from distrec.distributed.unshard import PlainCopy
 from distrec.eval.evaluate import eval_cases, evaluate_sharded
 from distrec.train.checkpoint import Preempted, StageCheckpoints, preemption_requested
 from distrec.train.context import DomainData, Run
@@ -136,6 +142,7 @@ def fit(
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, int(cfg.train.warmup_ratio * total), total
     )
+    plain = PlainCopy(live_strategy(acc), model)
     model, optimizer = acc.prepare(model, optimizer)
     ckpt = StageCheckpoints(run.out, plan.name, cfg.output.keep_last)
     best_dir = run.out / "checkpoints" / plan.name / "best"
@@ -185,7 +192,7 @@ def fit(
     result = state.result
     result.wall_s = time.perf_counter() - start
     result.data_wait_fraction = result.data_wait_s / max(result.train_s, 1e-9)
-    model = acc.unwrap_model(model)
+    model = plain.trained(acc, model)
     acc.free_memory()
     return model, result
 
@@ -300,7 +307,9 @@ def train_epoch(
                 if on_step is not None:  # before zero_grad: AdaLoRA reads the gradients
                     on_step(model, state.result.steps)
             optimizer.zero_grad()
-        state.epoch_loss += loss.item()
+        # Averaged over ranks so the curve means the global batch (and is the same on every
+        # rank, which is what rank 0's checkpoint records for all of them).
+        state.epoch_loss += mean_over_ranks(loss).item()
         state.epoch_batches += 1
         state.global_batches += 1
         preempted = preemption_requested()

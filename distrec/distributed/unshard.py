@@ -1,0 +1,71 @@
+"""Give back an ordinary module after a sharded backend trained it.
+
+DeepSpeed rewrites the module it prepares: ZeRO-2 turns parameters into views
+of one flat buffer (safetensors refuses to save them), ZeRO-3 empties them and
+installs hooks that gather them collectively on every forward. Anything after
+training (evaluation on one rank's shard of users, saving on rank 0, PEFT's
+merge, inserting the next stage's adapter) needs the whole weights in a plain
+module. So before `prepare` we keep a weightless (meta-device) copy of the
+module, and after training fill it with the gathered weights on every rank.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+SHARDING = {"zero2", "zero3", "zero3_offload", "fsdp"}
+
+
+def meta_shell(model: nn.Module) -> nn.Module:
+    """A deep copy of `model` whose parameters and buffers live on the meta device
+    (no memory): the memo hands deepcopy an empty stand-in for every tensor."""
+    memo: dict[int, object] = {}
+    for p in model.parameters():
+        memo.setdefault(
+            id(p), nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+        )
+    for b in model.buffers():
+        memo.setdefault(id(b), torch.empty_like(b, device="meta"))
+    return copy.deepcopy(model, memo)
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every key of `model.state_dict()` as a whole, private CPU tensor, on every rank.
+
+    Collective under ZeRO-3 (every rank must call it): each partitioned parameter is
+    gathered in turn, so peak extra memory is one parameter, not the model."""
+    state = model.state_dict(keep_vars=True)
+    out = {}
+    for key, tensor in state.items():
+        if hasattr(tensor, "ds_id"):  # a ZeRO-3 partitioned parameter
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([tensor], modifier_rank=None):
+                out[key] = tensor.detach().cpu().clone()
+        else:
+            out[key] = tensor.detach().cpu().clone()
+    return out
+
+
+class PlainCopy:
+    """Taken before `accelerator.prepare`; `trained()` returns the trained weights in a
+    plain module (the unwrapped one itself when nothing sharded it)."""
+
+    def __init__(self, strategy: str, model: nn.Module) -> None:
+        self.shell = meta_shell(model) if strategy in SHARDING else None
+
+    def trained(self, accelerator, prepared: nn.Module) -> nn.Module:
+        unwrapped = accelerator.unwrap_model(prepared)
+        if self.shell is None:
+            return unwrapped
+        state = full_state_dict(unwrapped)
+        device = accelerator.device
+        wanted = {name: p.requires_grad for name, p in self.shell.named_parameters()}
+        self.shell.load_state_dict({k: v.to(device) for k, v in state.items()}, assign=True)
+        for name, p in self.shell.named_parameters():
+            p.requires_grad_(wanted[name])
+        shell, self.shell = self.shell, None
+        return shell

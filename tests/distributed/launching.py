@@ -1,0 +1,88 @@
+"""Start real multi-process runs the way users do: `accelerate launch -m distrec.train`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import ROOT, python
+
+# One template per backend; the run config is the same for all of them.
+TEMPLATES = {
+    "ddp": "launch/cpu_multiprocess.yaml",
+    "zero2": "launch/cpu_zero2.yaml",
+    "zero3": "launch/cpu_zero3.yaml",
+}
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def env_for(backend: str) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env.pop("ACCELERATE_USE_CPU", None)
+    if backend == "ddp":  # the CPU DDP template needs it; DeepSpeed must not see it
+        env["ACCELERATE_USE_CPU"] = "1"
+    return env
+
+
+def launch_cmd(backend: str, cfg_file: Path, port: int, *extra: str, **machines) -> list[str]:
+    cmd = [
+        python(),
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        TEMPLATES[backend],
+        "--main_process_port",
+        str(port),
+    ]
+    if machines:
+        cmd += [
+            "--num_machines",
+            str(machines["num_machines"]),
+            "--machine_rank",
+            str(machines["machine_rank"]),
+            "--main_process_ip",
+            "127.0.0.1",
+            "--num_processes",
+            str(machines["num_processes"]),
+        ]
+    else:
+        cmd += ["--num_processes", "2"]
+    return [*cmd, "-m", "distrec.train", "--config", str(cfg_file), *extra]
+
+
+def run_launch(backend: str, cfg_file: Path, port: int, *extra: str, timeout: int = 600):
+    return subprocess.run(
+        launch_cmd(backend, cfg_file, port, *extra),
+        cwd=ROOT,
+        env=env_for(backend),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_single(cfg_file: Path, *overrides: str, timeout: int = 600):
+    return subprocess.run(
+        [python(), "-m", "distrec.train", "--config", str(cfg_file), *overrides],
+        cwd=ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def metrics(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text())
+
+
+def check(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
