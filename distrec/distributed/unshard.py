@@ -67,5 +67,9 @@ class PlainCopy:
         self.shell.load_state_dict({k: v.to(device) for k, v in state.items()}, assign=True)
         for name, p in self.shell.named_parameters():
             p.requires_grad_(wanted[name])
+        if hasattr(unwrapped, "peft_config"):
+            # Training also changes PEFT's config: AdaLoRA records its final rank pattern
+            # there, and saving trims the adapter by it.
+            self.shell.peft_config = copy.deepcopy(unwrapped.peft_config)
         shell, self.shell = self.shell, None
         return shell

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import save_model
 
@@ -102,15 +103,73 @@ def check_adapter_name(model: torch.nn.Module, domain: str) -> None:
         )
 
 
-def adalora_step(peft_model: PeftModel):
-    """on_step callback that drives AdaLoRA's rank budget every optimizer step."""
+class AdaLoraBudget:
+    """on_step callback that drives AdaLoRA's rank budget every optimizer step, on every
+    backend.
 
-    def step(wrapped: torch.nn.Module, global_step: int) -> None:
-        base = peft_model.base_model
-        if hasattr(base, "update_and_allocate"):
-            base.update_and_allocate(global_step)
+    PEFT reads each LoRA parameter's gradient and masks parameters in place. Under
+    DeepSpeed neither works as is: the engine's step has already zeroed (ZeRO-2) or
+    partitioned (ZeRO-3) the gradients, and ZeRO-3's parameters are empty shards. So
+    with `sharded` the gradients are captured by tensor hooks during backward (summed
+    over micro-batches, averaged over ranks, clipped as the engine clipped them), the
+    parameters are gathered whole while PEFT runs, and its masking is written back to
+    the shards and to the optimizer's fp32 master copy, which would undo it next step.
+    """
 
-    return step
+    def __init__(self, peft_model: PeftModel, sharded: bool, max_grad_norm: float | None):
+        self.base = peft_model.base_model
+        self.max_grad_norm = max_grad_norm
+        self.params = {n: p for n, p in peft_model.named_parameters() if "lora_" in n}
+        self.grads: dict[str, torch.Tensor] = {}
+        self.hooks = []
+        if sharded:
+            for name, p in self.params.items():
+                if p.requires_grad:
+                    self.hooks.append(p.register_hook(self._capture(name)))
+
+    def _capture(self, name: str):
+        def hook(grad: torch.Tensor) -> None:
+            g = grad.detach().float()
+            self.grads[name] = self.grads[name] + g if name in self.grads else g.clone()
+
+        return hook
+
+    def __call__(self, wrapped: torch.nn.Module, global_step: int) -> None:
+        if not self.hooks:
+            self.base.update_and_allocate(global_step)
+            return
+        grads = self._global_grads(wrapped)
+        import deepspeed
+        from deepspeed.utils import safe_set_full_fp32_param
+
+        params = list(self.params.values())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+            for name, p in self.params.items():
+                p.grad = grads[name].to(p.dtype) if name in grads else None
+            self.base.update_and_allocate(global_step)
+            for p in params:
+                p.grad = None
+                if p.requires_grad:
+                    safe_set_full_fp32_param(p, p.data)
+        self.grads.clear()
+
+    def _global_grads(self, wrapped: torch.nn.Module) -> dict[str, torch.Tensor]:
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        norm = wrapped.get_global_grad_norm() if hasattr(wrapped, "get_global_grad_norm") else None
+        scale = 1.0 / world
+        if self.max_grad_norm and norm is not None:
+            # torch's and DeepSpeed's clipping rule: scale by max_norm / (norm + 1e-6) when < 1
+            scale *= min(1.0, self.max_grad_norm / (float(norm) + 1e-6))
+        for g in self.grads.values():
+            if world > 1:
+                dist.all_reduce(g)
+            g.mul_(scale)
+        return self.grads
+
+    def remove(self) -> None:
+        for h in self.hooks:
+            h.remove()
+        self.hooks = []
 
 
 def export_adapter(peft_model: PeftModel, out: Path, domain: str, base_file: Path) -> Path:

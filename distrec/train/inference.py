@@ -27,7 +27,10 @@ def load_run(run_dir: str | Path, domain: str | None):
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise ConfigError(f"--run {str(run_dir)!r}: not a distrec run folder (no config.yaml)")
-    cfg = load_config(run_dir / "config.yaml", [f"output.dir={run_dir}"])
+    # Inference runs in whatever process calls it, not under the training launcher.
+    cfg = load_config(
+        run_dir / "config.yaml", [f"output.dir={run_dir}", "distributed.strategy=auto"]
+    )
     names = [*cfg.data.sources, *([cfg.data.target] if cfg.data.target else [])]
     domain = domain or cfg.data.target or names[0]
     if domain not in names:

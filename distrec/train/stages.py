@@ -9,11 +9,12 @@ from pathlib import Path
 from accelerate.utils import set_seed
 from safetensors.torch import load_model
 
-from distrec.distributed.accelerator import barrier, gather_tensors
+from distrec.distributed.accelerator import barrier, gather_tensors, live_strategy
+from distrec.distributed.unshard import SHARDING
 from distrec.eval.evaluate import eval_cases, evaluate_sharded
 from distrec.models.recommender import Recommender
 from distrec.train.adapters import (
-    adalora_step,
+    AdaLoraBudget,
     add_domain_adapter,
     add_lm_lora,
     export_adapter,
@@ -172,8 +173,13 @@ def adapt(run: Run, base, target: str) -> dict:
     peft_model = add_domain_adapter(
         base, cfg, target, planned_steps(run, plan), include_lm=cfg.model.mode == "end_to_end"
     )
-    on_step = adalora_step(peft_model) if cfg.peft.method == "adalora" else None
+    on_step = None
+    if cfg.peft.method == "adalora":
+        sharded = live_strategy(run.accelerator) in SHARDING
+        on_step = AdaLoraBudget(peft_model, sharded, cfg.train.max_grad_norm)
     trained, fitted = fit(run, peft_model, plan, on_step=on_step)
+    if on_step is not None:
+        on_step.remove()
     record = stage_record(run, trained, plan, fitted)
     if run.is_main:
         export_adapter(trained, run.out, target, base_weights(run.out))
