@@ -150,6 +150,9 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     early_stopping_patience: int = Field(default=3, ge=1)
     max_steps_per_stage: int | None = Field(default=None, ge=1)
+    # A mid-epoch checkpoint every N optimizer steps (epoch ends always get one); what a
+    # crash can cost. None: epoch ends only.
+    checkpoint_every_steps: int | None = Field(default=None, ge=1)
     log_every: int = Field(default=20, ge=1)
 
 

@@ -16,3 +16,33 @@ def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+# What torch.distributed's backends say when a peer died or a collective ran past
+# the process group's timeout (gloo raises plain RuntimeErrors with these).
+_PEER_FAILURE = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Timed out",
+    "timed out",
+    "NCCL",
+    "gloo",
+)
+
+
+def is_peer_failure(err: BaseException) -> bool:
+    """A collective failed because another rank died, hung, or timed out."""
+    dist_error = getattr(dist, "DistError", None)
+    if dist_error is not None and isinstance(err, dist_error):
+        return True
+    return isinstance(err, RuntimeError) and any(s in str(err) for s in _PEER_FAILURE)
+
+
+def peer_failure_message(err: BaseException, timeout_s: int) -> str:
+    rank, world = rank_and_world()
+    first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+    return (
+        f"rank {rank} of {world}: a collective with the other ranks failed ({first}). Another "
+        f"rank died or did not respond within distributed.timeout_s={timeout_s}s; its own log "
+        f"names the cause. Continue from the last complete checkpoint with --resume auto."
+    )

@@ -60,6 +60,18 @@ def run_training(config: str, overrides: list[str] | None = None, resume: str | 
     except Preempted as err:
         log(str(err))
         return 143
+    except Exception as err:
+        from distrec.distributed.env import is_peer_failure, peer_failure_message
+
+        if not is_peer_failure(err):
+            raise
+        # Every rank says it (not only rank 0): the survivors are the ones that can.
+        print(
+            f"[distrec] error: {peer_failure_message(err, cfg.distributed.timeout_s)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
     finally:
         accelerator.end_training()
         _destroy_process_group()

@@ -155,11 +155,17 @@ def fit(
             f"{state.epoch_batches} batches into it)"
         )
     start = time.perf_counter() - state.result.wall_s
+
+    def checkpoint() -> None:
+        ckpt.save(
+            acc, f"step-{state.global_batches:08d}", state.to_json(start), loader.state_dict()
+        )
+
     while state.epoch < plan.epochs:
-        if train_epoch(run, model, optimizer, scheduler, loader, plan, state, on_step, total):
-            ckpt.save(
-                acc, f"step-{state.global_batches:08d}", state.to_json(start), loader.state_dict()
-            )
+        if train_epoch(
+            run, model, optimizer, scheduler, loader, plan, state, on_step, total, checkpoint
+        ):
+            checkpoint()
             raise Preempted(
                 f"{plan.name}: stopped by SIGTERM after {state.global_batches} batches; "
                 f"checkpoint saved, continue with --resume auto"
@@ -179,9 +185,7 @@ def fit(
         )
         if state.result.best_epoch == state.epoch:
             acc.save_state(str(best_dir))
-        ckpt.save(
-            acc, f"step-{state.global_batches:08d}", state.to_json(start), loader.state_dict()
-        )
+        checkpoint()
         if stop:
             break
     if state.result.best_epoch >= 0:
@@ -280,11 +284,13 @@ class EpochState:
 
 
 def train_epoch(
-    run, model, optimizer, scheduler, loader, plan, state: EpochState, on_step, total: int
+    run, model, optimizer, scheduler, loader, plan, state: EpochState, on_step, total, checkpoint
 ) -> bool:
     """The rest of the current epoch (all of it unless resumed mid-epoch), accumulated into
-    `state`. Returns True when a preemption was requested (checked after whole steps)."""
+    `state`, with a `checkpoint()` every `train.checkpoint_every_steps` optimizer steps.
+    Returns True when a preemption was requested (checked after whole steps)."""
     acc, cfg = run.accelerator, run.cfg
+    every = cfg.train.checkpoint_every_steps
     model.train()
     epoch_start = time.perf_counter()
     it = iter(loader)
@@ -307,6 +313,7 @@ def train_epoch(
                 if on_step is not None:  # before zero_grad: AdaLoRA reads the gradients
                     on_step(model, state.result.steps)
             optimizer.zero_grad()
+        stepped = acc.sync_gradients
         # Averaged over ranks so the curve means the global batch (and is the same on every
         # rank, which is what rank 0's checkpoint records for all of them).
         state.epoch_loss += mean_over_ranks(loss).item()
@@ -315,6 +322,8 @@ def train_epoch(
         preempted = preemption_requested()
         if preempted or state.result.steps >= total:
             break
+        if every and stepped and state.result.steps % every == 0:
+            checkpoint()
     state.epoch_train_s += time.perf_counter() - epoch_start
     del it
     return preempted
