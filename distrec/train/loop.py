@@ -175,6 +175,8 @@ def fit(
         ckpt.save(
             acc, f"step-{state.global_batches:08d}", state.to_json(start), loader.state_dict()
         )
+        if run.on_epoch is not None:  # after the save: a sweep hands this checkpoint on
+            run.on_epoch(plan.name, h, stop or state.epoch >= plan.epochs)
         if stop:
             break
     if state.result.best_epoch >= 0:

@@ -1,0 +1,68 @@
+"""Driver-side sweep progress: one plain line per trial event (done / running / ETA / best).
+
+Ray's own table is switched off (verbose=0): on a terminal it redraws, in a log it
+floods; these lines read the same in both.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from ray.tune import Callback
+
+from distrec.utils.progress import log
+
+
+class SweepProgress(Callback):
+    def __init__(self, total: int, metric: str, mode: str) -> None:
+        self.total, self.metric, self.mode = total, metric, mode
+        self.start = time.monotonic()
+        self.best: float | None = None
+
+    def setup(self, **info) -> None:
+        # Also runs after Tuner.restore, which unpickles this object: restart the clock.
+        self.start = time.monotonic()
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._line(trials, f"started {trial.trial_id} {_params(trial.config)}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        value = result.get(self.metric)
+        if isinstance(value, float) and not math.isnan(value):
+            if self.best is None or (value > self.best) == (self.mode == "max"):
+                self.best = value
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        last = trial.last_result or {}
+        how = "finished" if last.get("final") else "stopped early"
+        self._line(trials, f"{trial.trial_id} {how} after epoch {last.get('epoch', '?')}")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._line(trials, f"{trial.trial_id} failed for good (retries exhausted)")
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        self._line(trials, f"{trial.trial_id} failed; retrying from its last checkpoint")
+
+    def _line(self, trials, event: str) -> None:
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        running = sum(t.status == "RUNNING" for t in trials)
+        errors = sum(t.status == "ERROR" for t in trials)
+        elapsed = time.monotonic() - self.start
+        total = max(self.total, len(trials))
+        eta = ""
+        if 0 < done < total:
+            eta = f", ETA ~{elapsed / done * (total - done):.0f}s"
+        best = f", best {self.metric} {self.best:.4f}" if self.best is not None else ""
+        log(
+            f"tune: {done}/{total} done ({errors} failed), {running} running, "
+            f"{elapsed:.0f}s{eta}{best} | {event}"
+        )
+
+
+def _params(config: dict) -> str:
+    return " ".join(f"{k}={_short(v)}" for k, v in config.items())
+
+
+def _short(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,202 @@
+"""One trial = one real `distrec train` run with the sampled overrides.
+
+The run lives in its own folder (`<trial dir>/run`). After every epoch of the swept
+stage, `fit` calls back (`Run.on_epoch`) once its checkpoint is on disk, and the trial
+reports `valid.<metric>` for that epoch together with the whole run folder as a Ray
+checkpoint. A retried or restored trial gets that folder back and continues through
+distrec's own resume path (`--resume auto`: finished stages from stages.json, the
+running stage from its newest epoch checkpoint), so it never starts again from scratch.
+
+Fault injection (tests only): `DISTREC_TUNE_CRASH="I@E[,I@E...]"` makes trial number I
+(Ray's creation order, from 0) raise once, right after it has reported epoch E.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distrec.tune.space import apply_params
+
+CRASH_ENV = "DISTREC_TUNE_CRASH"
+
+
+class InjectedCrash(RuntimeError):
+    """Raised by the test-only fault injection."""
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What every trial shares: the run-config tree (paths made absolute by the driver),
+    the stage it reports, and how many torch threads it trains with."""
+
+    tree: dict[str, Any]
+    stage: str
+    threads: int
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_failures: int = 0
+
+
+def trial_index(trial_id: str) -> int:
+    """Ray trial ids end in the creation index (`3f2a1_00004` -> 4)."""
+    return int(trial_id.rsplit("_", 1)[-1])
+
+
+def epoch_metrics(history_entry: dict, last: bool) -> dict[str, Any]:
+    """What a trial reports per epoch: every validation metric as `valid.<name>`."""
+    out = {f"valid.{k}": float(v) for k, v in history_entry["valid"].items()}
+    out.update(epoch=int(history_entry["epoch"]), loss=float(history_entry["loss"]), final=last)
+    return out
+
+
+def crash_plan(trial: int) -> int | None:
+    """The epoch after which trial `trial` must crash once, if the env asks for it."""
+    for part in filter(None, os.environ.get(CRASH_ENV, "").split(",")):
+        index, _, epoch = part.partition("@")
+        if int(index) == trial:
+            return int(epoch)
+    return None
+
+
+def trial_folder() -> Path:
+    """The trial's folder in sweep storage when that is local (the run's outputs then sit
+    next to Ray's result files); the local working dir for remote storage."""
+    from ray import tune
+
+    ctx = tune.get_context()
+    trial_dir = ctx.get_trial_dir()
+    if "://" not in trial_dir:
+        return Path(trial_dir)
+    return Path.cwd()
+
+
+def prepare_run_dir(run_dir: Path, checkpoint) -> str | None:
+    """Restore `checkpoint` (a Ray checkpoint or None) into `run_dir`; returns distrec's
+    resume mode."""
+    # A folder left by an attempt that crashed before its first checkpoint holds nothing
+    # worth keeping, and the checkpoint (when there is one) is the state to continue from.
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if checkpoint is None:
+        return None
+    checkpoint.to_directory(str(run_dir))
+    return "auto"
+
+
+def write_trial_config(folder: Path, spec: TrialSpec, params: dict[str, Any], run_dir: Path) -> Path:
+    tree = apply_params(spec.tree, params)
+    tree.pop("tune", None)
+    # Pinned for every trial and kept in best.yaml: float sums, so metrics, depend on it.
+    tree["train"] = {**tree.get("train", {}), "threads": spec.threads}
+    # keep_last=1: each Ray checkpoint is a copy of the run folder, older epochs add nothing.
+    tree["output"] = {**tree.get("output", {}), "dir": str(run_dir), "keep_last": 1}
+    path = folder / "trial.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
+    """Ray Tune function trainable (bound to `spec` with tune.with_parameters)."""
+    from ray import tune
+
+    folder = trial_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    run_dir = folder / "run"
+    resume = prepare_run_dir(run_dir, tune.get_checkpoint())
+    trial = trial_index(tune.get_context().get_trial_id())
+
+    def report(metrics: dict) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(run_dir)))
+
+    train_one(params, spec, folder, run_dir, resume, trial, report)
+
+
+def train_one(params, spec: TrialSpec, folder: Path, run_dir: Path, resume, trial: int, report):
+    """The distrec run of one trial (or of one worker of a multi-worker trial)."""
+    from distrec.train.entry import run_training
+
+    config = write_trial_config(folder, spec, params, run_dir)
+    crash_after = crash_plan(trial)
+    marker = folder / "injected-crash"
+
+    def on_epoch(stage: str, entry: dict, last: bool) -> None:
+        if stage != spec.stage:
+            return
+        report(epoch_metrics(entry, last))
+        if crash_after == entry["epoch"] and not marker.exists():
+            marker.write_text(f"crashed after epoch {entry['epoch']}\n")
+            raise InjectedCrash(f"{CRASH_ENV}: injected crash after epoch {entry['epoch']}")
+
+    code = run_training(str(config), resume=resume, on_epoch=on_epoch)
+    if code != 0:
+        raise RuntimeError(f"distrec training exited with {code} (run folder {run_dir})")
+
+
+def run_trial_workers(params: dict[str, Any], spec: TrialSpec) -> None:
+    """A trial of `spec.workers` processes: a Ray Train TorchTrainer (one gloo/NCCL process
+    group, the workers' ranks are distrec's ranks) driven from this Tune trial.
+
+    Metrics reach Tune through Ray Train's TuneReportCallback; checkpoints are Ray Train's,
+    stored under the trial folder. A retried trial builds a trainer with the same name and
+    storage, and Ray Train (v2) continues that run from its latest checkpoint.
+    """
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    folder = trial_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    trial_id = tune.get_context().get_trial_id()
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={
+            "params": params,
+            "spec": spec,
+            "folder": str(folder),
+            "trial": trial_index(trial_id),
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=spec.workers,
+            use_gpu=spec.gpus_per_worker > 0,
+            resources_per_worker={"CPU": spec.cpus_per_worker, "GPU": spec.gpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"train-{trial_id}",
+            storage_path=str(folder),
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    trainer.fit()
+
+
+def _worker_loop(config: dict) -> None:
+    import ray.train
+    import torch.distributed as dist
+
+    spec: TrialSpec = config["spec"]
+    folder = Path(config["folder"])
+    run_dir = folder / "run"
+    rank = ray.train.get_context().get_world_rank()
+    # One run folder shared by the workers (one node here; a shared filesystem on a
+    # cluster, as for any multi-process distrec run): rank 0 restores it, the others wait.
+    resume = None
+    if rank == 0:
+        resume = prepare_run_dir(run_dir, ray.train.get_checkpoint())
+    flag = [resume]
+    dist.broadcast_object_list(flag, src=0)
+    resume = flag[0]
+
+    def report(metrics: dict) -> None:
+        ckpt = ray.train.Checkpoint.from_directory(str(run_dir)) if rank == 0 else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+    train_one(config["params"], spec, folder, run_dir, resume, config["trial"], report)
