@@ -29,25 +29,30 @@ class SweepProgress(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         value = result.get(self.metric)
-        if isinstance(value, float) and not math.isnan(value):
-            if self.best is None or (value > self.best) == (self.mode == "max"):
-                self.best = value
+        if not isinstance(value, float) or math.isnan(value):
+            return
+        if self.best is None or (value > self.best) == (self.mode == "max"):
+            self.best = value
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         last = trial.last_result or {}
         how = "finished" if last.get("final") else "stopped early"
-        self._line(trials, f"{trial.trial_id} {how} after epoch {last.get('epoch', '?')}")
+        self._line(
+            trials, f"{trial.trial_id} {how} after epoch {last.get('epoch', '?')}", ending=trial
+        )
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._line(trials, f"{trial.trial_id} failed for good (retries exhausted)")
+        self._line(trials, f"{trial.trial_id} failed for good (retries exhausted)", trial, True)
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         self._line(trials, f"{trial.trial_id} failed; retrying from its last checkpoint")
 
-    def _line(self, trials, event: str) -> None:
-        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
-        running = sum(t.status == "RUNNING" for t in trials)
-        errors = sum(t.status == "ERROR" for t in trials)
+    def _line(self, trials, event: str, ending=None, failed: bool = False) -> None:
+        # Ray calls the completion hooks before it updates the ending trial's status.
+        others = [t for t in trials if t is not ending]
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in others) + (ending is not None)
+        running = sum(t.status == "RUNNING" for t in others)
+        errors = sum(t.status == "ERROR" for t in others) + failed
         elapsed = time.monotonic() - self.start
         total = max(self.total, len(trials))
         eta = ""

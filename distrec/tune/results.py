@@ -146,7 +146,9 @@ def summary_table(records: list[TrialRecord], params: list[Param], metric: str, 
         b = r.best(metric, mode)
         vals = " | ".join(_fmt(r.params.get(k)) for k in keys)
         best = "-" if math.isnan(b) else f"{b:.4f}"
-        lines.append(f"| {r.trial_id} | {r.status} | {r.epochs} | {best} | {r.wall_s:.0f} | {vals} |")
+        lines.append(
+            f"| {r.trial_id} | {r.status} | {r.epochs} | {best} | {r.wall_s:.0f} | {vals} |"
+        )
     return "\n".join(lines)
 
 

@@ -48,15 +48,16 @@ class Param:
     def ray_domain(self):
         from ray import tune
 
-        lo, hi = (self.values + (None, None))[:2]
-        return {
-            "choice": lambda: tune.choice(list(self.values)),
-            "grid": lambda: tune.grid_search(list(self.values)),
-            "uniform": lambda: tune.uniform(float(lo), float(hi)),
-            "loguniform": lambda: tune.loguniform(float(lo), float(hi)),
-            # Ray's upper bound is exclusive; ours is inclusive like the YAML reads.
-            "randint": lambda: tune.randint(int(lo), int(hi) + 1),
-        }[self.kind]()
+        if self.kind == "choice":
+            return tune.choice(list(self.values))
+        if self.kind == "grid":
+            return tune.grid_search(list(self.values))
+        lo, hi = self.values
+        if self.kind == "randint":
+            # Ray's upper bound is exclusive; ours is inclusive, as the YAML reads.
+            return tune.randint(int(lo), int(hi) + 1)
+        sampler = tune.uniform if self.kind == "uniform" else tune.loguniform
+        return sampler(float(lo), float(hi))
 
 
 def parse_space(space: dict[str, Any]) -> list[Param]:
@@ -127,7 +128,9 @@ def validate_space(tree: dict[str, Any], params: list[Param]) -> None:
                 detail = str(err).split("\n", 1)[-1].strip()
                 hint = ""
                 if p.kind in ("uniform", "loguniform") and "integer" in detail:
-                    hint = f"; {p.key} takes integers: use {{randint: [lo, hi]}} or {{choice: [...]}}"
+                    hint = (
+                        f"; {p.key} takes integers: use {{randint: [lo, hi]}} or {{choice: [...]}}"
+                    )
                 raise ConfigError(
                     f"tune.search_space.{p.key}: the run config refuses {p.key}={value!r}: "
                     f"{detail.removeprefix('- ')}{hint}"

@@ -227,7 +227,9 @@ def _run(
     fn = run_trial if t.workers_per_trial == 1 else run_trial_workers
     # With Ray Train workers the trial itself only drives them; the workers ask for the CPUs.
     resources = (
-        {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial} if t.workers_per_trial == 1 else {"cpu": 0}
+        {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial}
+        if t.workers_per_trial == 1
+        else {"cpu": 0}
     )
     trainable = tune.with_resources(tune.with_parameters(fn, spec=spec), resources)
     path = f"{state['storage'].rstrip('/')}/{state['experiment']}"
@@ -297,7 +299,8 @@ def build_tuner(trainable, cfg: RunConfig, params: list[Param], state: dict, pro
             scheduler=scheduler,
             search_alg=search,
             num_samples=t.num_samples,
-            max_concurrent_trials=t.max_concurrent,
+            # Concurrency is the search algorithm's job (BasicVariantGenerator's
+            # max_concurrent, ConcurrencyLimiter); Ray ignores max_concurrent_trials then.
             # A fresh process per trial: Accelerate's state is a per-process singleton.
             reuse_actors=False,
         ),

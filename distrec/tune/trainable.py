@@ -89,7 +89,9 @@ def prepare_run_dir(run_dir: Path, checkpoint) -> str | None:
     return "auto"
 
 
-def write_trial_config(folder: Path, spec: TrialSpec, params: dict[str, Any], run_dir: Path) -> Path:
+def write_trial_config(
+    folder: Path, spec: TrialSpec, params: dict[str, Any], run_dir: Path
+) -> Path:
     tree = apply_params(spec.tree, params)
     tree.pop("tune", None)
     # Pinned for every trial and kept in best.yaml: float sums, so metrics, depend on it.
