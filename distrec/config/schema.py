@@ -185,9 +185,9 @@ class TuneConfig(Section):
     search_space: dict[str, Any] = {}
     metric: str = Field(default="valid.ndcg@10", pattern=r"^valid\.(recall|ndcg|mrr)@\d+$")
     mode: Literal["max", "min"] = "max"
-    stage: Literal[
-        "pretrain", "adapt", "baseline_text_target_only", "baseline_id_target_only"
-    ] = "adapt"
+    stage: Literal["pretrain", "adapt", "baseline_text_target_only", "baseline_id_target_only"] = (
+        "adapt"
+    )
     scheduler: Literal["asha", "fifo"] = "asha"
     search_alg: Literal["random", "optuna"] = "random"
     num_samples: int = Field(default=8, ge=1)

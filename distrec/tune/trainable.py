@@ -8,7 +8,8 @@ distrec's own resume path (`--resume auto`: finished stages from stages.json, th
 running stage from its newest epoch checkpoint), so it never starts again from scratch.
 
 Fault injection (tests only): `DISTREC_TUNE_CRASH="I@E[,I@E...]"` makes trial number I
-(Ray's creation order, from 0) raise once, right after it has reported epoch E.
+(Ray's creation order, from 0) raise once, right after it has reported epoch E;
+`I@E*` makes it raise on every attempt, after the first epoch >= E it reports.
 """
 
 from __future__ import annotations
@@ -56,13 +57,20 @@ def epoch_metrics(history_entry: dict, last: bool) -> dict[str, Any]:
     return out
 
 
-def crash_plan(trial: int) -> int | None:
-    """The epoch after which trial `trial` must crash once, if the env asks for it."""
+def crash_plan(trial: int) -> tuple[int, bool] | None:
+    """(epoch, every attempt?) after which trial `trial` must crash, if the env asks for it."""
     for part in filter(None, os.environ.get(CRASH_ENV, "").split(",")):
         index, _, epoch = part.partition("@")
         if int(index) == trial:
-            return int(epoch)
+            return int(epoch.rstrip("*")), epoch.endswith("*")
     return None
+
+
+def should_crash(plan: tuple[int, bool] | None, epoch: int, marker: Path) -> bool:
+    if plan is None:
+        return False
+    at, always = plan
+    return epoch >= at if always else (epoch == at and not marker.exists())
 
 
 def trial_folder() -> Path:
@@ -124,15 +132,16 @@ def train_one(params, spec: TrialSpec, folder: Path, run_dir: Path, resume, tria
     from distrec.train.entry import run_training
 
     config = write_trial_config(folder, spec, params, run_dir)
-    crash_after = crash_plan(trial)
+    crash = crash_plan(trial)
     marker = folder / "injected-crash"
 
     def on_epoch(stage: str, entry: dict, last: bool) -> None:
         if stage != spec.stage:
             return
         report(epoch_metrics(entry, last))
-        if crash_after == entry["epoch"] and not marker.exists():
-            marker.write_text(f"crashed after epoch {entry['epoch']}\n")
+        if should_crash(crash, entry["epoch"], marker):
+            with marker.open("a") as f:
+                f.write(f"crashed after epoch {entry['epoch']}\n")
             raise InjectedCrash(f"{CRASH_ENV}: injected crash after epoch {entry['epoch']}")
 
     code = run_training(str(config), resume=resume, on_epoch=on_epoch)
