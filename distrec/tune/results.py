@@ -113,7 +113,13 @@ def write_csv(path: Path, records: list[TrialRecord], params: list[Param], metri
 
 
 def best_config(
-    tree: dict, best: TrialRecord, out_dir: Path, metric: str, mode: str, threads: int
+    tree: dict,
+    best: TrialRecord,
+    out_dir: Path,
+    metric: str,
+    mode: str,
+    threads: int,
+    workers: int = 1,
 ) -> str:
     """best.yaml's text: the user's tree + the best values, tune dropped, its own output.dir."""
     values = {k: v for k, v in best.params.items()}
@@ -128,6 +134,11 @@ def best_config(
         f"# train.threads={threads} as in the trials (float sums depend on the thread count).",
         "# Run `distrec train --config <this file>` from the directory the sweep started in.",
     ]
+    if workers > 1:
+        header.append(
+            f"# Trials ran {workers} processes each: retrain with the same number, e.g. "
+            f"`accelerate launch --num_processes {workers} -m distrec.train --config <this file>`."
+        )
     return "\n".join(header) + "\n" + yaml.safe_dump(cfg_tree, sort_keys=False)
 
 
@@ -228,7 +239,7 @@ def write_results(
     top = ranked(records, metric, mode)
     if top and not math.isnan(top[0].best(metric, mode)):
         (out_dir / "best.yaml").write_text(
-            best_config(tree, top[0], out_dir, metric, mode, threads)
+            best_config(tree, top[0], out_dir, metric, mode, threads, cfg.tune.workers_per_trial)
         )
         lines.append(f"Best: {top[0].trial_id} -> {out_dir / 'best.yaml'}")
     else:

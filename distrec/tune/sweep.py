@@ -225,11 +225,13 @@ def _run(
         # RAY_ADDRESS (a cluster) is honoured by ray.init; locally it starts one.
         ray.init(include_dashboard=False, log_to_driver=verbose, configure_logging=verbose)
     fn = run_trial if t.workers_per_trial == 1 else run_trial_workers
-    # With Ray Train workers the trial itself only drives them; the workers ask for the CPUs.
+    # With Ray Train workers the trial itself only drives them and the workers ask for the
+    # CPUs/GPUs. Ray refuses an all-zero request, and any CPU share for the driver would
+    # leave the last worker unschedulable on a full node: one byte of memory it is.
     resources = (
         {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial}
         if t.workers_per_trial == 1
-        else {"cpu": 0}
+        else {"cpu": 0, "memory": 1}
     )
     trainable = tune.with_resources(tune.with_parameters(fn, spec=spec), resources)
     path = f"{state['storage'].rstrip('/')}/{state['experiment']}"

@@ -8,7 +8,7 @@ distrec's own resume path (`--resume auto`: finished stages from stages.json, th
 running stage from its newest epoch checkpoint), so it never starts again from scratch.
 
 Fault injection (tests only): `DISTREC_TUNE_CRASH="I@E[,I@E...]"` makes trial number I
-(Ray's creation order, from 0) raise once, right after it has reported epoch E;
+(Ray's creation order from 0; random search, whose trial ids carry it) raise once, right after it has reported epoch E;
 `I@E*` makes it raise on every attempt, after the first epoch >= E it reports.
 """
 
@@ -45,9 +45,11 @@ class TrialSpec:
     max_failures: int = 0
 
 
-def trial_index(trial_id: str) -> int:
-    """Ray trial ids end in the creation index (`3f2a1_00004` -> 4)."""
-    return int(trial_id.rsplit("_", 1)[-1])
+def trial_index(trial_id: str) -> int | None:
+    """Ray's trial ids end in the creation index under random search (`3f2a1_00004` -> 4);
+    searchers such as Optuna hand out bare hex ids (None: fault injection does not apply)."""
+    head, _, tail = trial_id.rpartition("_")
+    return int(tail) if head and tail.isdigit() else None
 
 
 def epoch_metrics(history_entry: dict, last: bool) -> dict[str, Any]:
@@ -57,11 +59,11 @@ def epoch_metrics(history_entry: dict, last: bool) -> dict[str, Any]:
     return out
 
 
-def crash_plan(trial: int) -> tuple[int, bool] | None:
+def crash_plan(trial: int | None) -> tuple[int, bool] | None:
     """(epoch, every attempt?) after which trial `trial` must crash, if the env asks for it."""
     for part in filter(None, os.environ.get(CRASH_ENV, "").split(",")):
         index, _, epoch = part.partition("@")
-        if int(index) == trial:
+        if trial is not None and int(index) == trial:
             return int(epoch.rstrip("*")), epoch.endswith("*")
     return None
 
@@ -127,7 +129,9 @@ def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
     train_one(params, spec, folder, run_dir, resume, trial, report)
 
 
-def train_one(params, spec: TrialSpec, folder: Path, run_dir: Path, resume, trial: int, report):
+def train_one(
+    params, spec: TrialSpec, folder: Path, run_dir: Path, resume, trial: int | None, report
+):
     """The distrec run of one trial (or of one worker of a multi-worker trial)."""
     from distrec.train.entry import run_training
 

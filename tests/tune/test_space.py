@@ -204,3 +204,17 @@ def test_shipped_demo_sweep_is_valid():
     assert cfg.tune.num_samples >= 8 and cfg.tune.scheduler == "asha"
     assert {p.key for p in params} >= {"train.lr"}
     validate_space(t, params)
+
+
+def test_fault_injection_is_keyed_by_trial_index(monkeypatch, tmp_path):
+    from distrec.tune.trainable import crash_plan, should_crash, trial_index
+
+    assert trial_index("3f2a1_00004") == 4 and trial_index("0f63799e") is None
+    monkeypatch.setenv("DISTREC_TUNE_CRASH", "1@2,4@3*")
+    assert crash_plan(1) == (2, False) and crash_plan(4) == (3, True)
+    assert crash_plan(0) is None and crash_plan(None) is None
+    marker = tmp_path / "marker"
+    assert should_crash((2, False), 2, marker) and not should_crash((2, False), 3, marker)
+    marker.write_text("crashed once")
+    assert not should_crash((2, False), 2, marker)  # once only
+    assert should_crash((3, True), 5, marker)  # every attempt
