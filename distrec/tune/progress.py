@@ -15,16 +15,29 @@ from distrec.utils.progress import log
 
 
 class SweepProgress(Callback):
+    """Also tells the driver whether the sweep ended or was interrupted (Ctrl-C): Ray then
+    returns from fit() too, with the interrupted trials already marked terminated."""
+
+    # The instance of the running sweep: after Tuner.restore Ray uses an unpickled copy.
+    active: SweepProgress | None = None
+
     def __init__(self, total: int, metric: str, mode: str) -> None:
         self.total, self.metric, self.mode = total, metric, mode
         self.start = time.monotonic()
         self.best: float | None = None
+        self.live: set[str] = set()
 
     def setup(self, **info) -> None:
-        # Also runs after Tuner.restore, which unpickles this object: restart the clock.
         self.start = time.monotonic()
+        self.live = set()
+        SweepProgress.active = self
+
+    def unfinished(self) -> int:
+        """Trials started by this driver that neither finished nor failed for good."""
+        return len(self.live)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.live.add(trial.trial_id)
         self._line(trials, f"started {trial.trial_id} {_params(trial.config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
@@ -35,6 +48,7 @@ class SweepProgress(Callback):
             self.best = value
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.live.discard(trial.trial_id)
         last = trial.last_result or {}
         how = "finished" if last.get("final") else "stopped early"
         self._line(
@@ -42,6 +56,7 @@ class SweepProgress(Callback):
         )
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.live.discard(trial.trial_id)
         self._line(trials, f"{trial.trial_id} failed for good (retries exhausted)", trial, True)
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:

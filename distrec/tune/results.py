@@ -203,7 +203,10 @@ def plot_sweep(path: Path, records: list[TrialRecord], params: list[Param], metr
             ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
         ax.scatter(xs, ys, c=[colors[r.status] for r in done])
         if p.kind == "loguniform":
+            from matplotlib.ticker import NullFormatter
+
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap
         ax.set(title=f"best {metric} vs {p.key}", xlabel=p.key, ylabel=metric)
     for ax in flat[panels:]:
         ax.set_visible(False)

@@ -250,6 +250,17 @@ def _run(
         progress = SweepProgress(t.num_samples * grid_size(params), t.metric, t.mode)
         tuner = build_tuner(trainable, cfg, params, state, progress)
     grid = tuner.fit()
+    progress = SweepProgress.active
+    expected = t.num_samples * grid_size(params)
+    unfinished = (progress.unfinished() if progress else 0) + max(0, expected - len(grid))
+    if unfinished:
+        # Ctrl-C / SIGUSR1: Ray saved the experiment and returned early. Results now would
+        # call running trials finished, so there are none until the sweep ends.
+        log(
+            f"sweep interrupted with {unfinished} trial(s) unfinished; continue with "
+            f"`distrec tune --resume {out_dir}`"
+        )
+        return 130
     records = records_from_grid(grid, t.metric)
     summary = write_results(
         records, out_dir, state["tree"], params, cfg, state["threads"], time.perf_counter() - start
@@ -275,7 +286,10 @@ def build_tuner(trainable, cfg: RunConfig, params: list[Param], state: dict, pro
     scheduler = (
         ASHAScheduler(
             time_attr="epoch",
-            max_t=max_t,
+            # +1: ASHA stops a trial that reaches max_t at once, before the run writes its
+            # metrics.json and report; one epoch further is never reached, and adds no rung
+            # that could be (a rung at max_t + 1 is past the last epoch).
+            max_t=max_t + 1,
             grace_period=min(t.grace_period, max_t),
             reduction_factor=t.reduction_factor,
         )
