@@ -109,7 +109,10 @@ def write_trial_config(
     # keep_last=1: each Ray checkpoint is a copy of the run folder, older epochs add nothing.
     tree["output"] = {**tree.get("output", {}), "dir": str(run_dir), "keep_last": 1}
     path = folder / "trial.yaml"
-    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    # Every worker of a multi-worker trial writes the same file: rename, so none reads half.
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(yaml.safe_dump(tree, sort_keys=False))
+    os.replace(tmp, path)
     return path
 
 
@@ -212,6 +215,8 @@ def _worker_loop(config: dict) -> None:
 
     def report(metrics: dict) -> None:
         ckpt = ray.train.Checkpoint.from_directory(str(run_dir)) if rank == 0 else None
+        # Measured, not configured: shows the trial really trained as one process group.
+        metrics["world_size"] = dist.get_world_size()
         ray.train.report(metrics, checkpoint=ckpt)
 
     train_one(config["params"], spec, folder, run_dir, resume, config["trial"], report)

@@ -167,3 +167,32 @@ def test_killed_driver_resumes_unfinished_trials_from_their_checkpoints(tmp_path
     assert set(at_kill) <= set(final)  # the same trials, not new ones in their place
     for trial in unfinished:
         assert at_kill[trial] == final[trial][: len(at_kill[trial])]
+
+
+@pytest.mark.slow
+def test_a_trial_can_train_with_two_ray_train_workers(tmp_path, synth_dir):
+    config = sweep_config(
+        tmp_path,
+        synth_dir,
+        epochs=2,
+        num_samples=1,
+        max_concurrent=1,
+        workers_per_trial=2,
+        search_space={"train.lr": {"choice": [1e-3]}},
+    )
+    out = tmp_path / "sweep"
+    proc = subprocess.run(
+        tune_cmd("--config", str(config), "--out", str(out)),
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (row,) = rows(out)
+    assert row["status"] == "completed" and row["epochs"] == "2"
+    (result,) = (out / "trials").glob("run_trial_workers_*/result.json")
+    reports = [json.loads(line) for line in result.read_text().splitlines() if line]
+    assert [r["epoch"] for r in reports] == [1, 2]
+    assert {r["world_size"] for r in reports} == {2}
+    assert "Trials ran 2 processes each" in (out / "best.yaml").read_text()
