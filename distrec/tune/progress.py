@@ -38,7 +38,7 @@ class SweepProgress(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.live.add(trial.trial_id)
-        self._line(trials, f"started {trial.trial_id} {_params(trial.config)}")
+        self._line(trials, f"started {trial.trial_id} {_params(trial.config)}", starting=trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         value = result.get(self.metric)
@@ -62,11 +62,11 @@ class SweepProgress(Callback):
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         self._line(trials, f"{trial.trial_id} failed; retrying from its last checkpoint")
 
-    def _line(self, trials, event: str, ending=None, failed: bool = False) -> None:
-        # Ray calls the completion hooks before it updates the ending trial's status.
-        others = [t for t in trials if t is not ending]
+    def _line(self, trials, event: str, ending=None, failed: bool = False, starting=None) -> None:
+        # Ray calls the start/completion hooks before it updates that trial's status.
+        others = [t for t in trials if t is not ending and t is not starting]
         done = sum(t.status in ("TERMINATED", "ERROR") for t in others) + (ending is not None)
-        running = sum(t.status == "RUNNING" for t in others)
+        running = sum(t.status == "RUNNING" for t in others) + (starting is not None)
         errors = sum(t.status == "ERROR" for t in others) + failed
         elapsed = time.monotonic() - self.start
         total = max(self.total, len(trials))

@@ -217,6 +217,7 @@ def _run(
         t.cpus_per_trial,
         t.gpus_per_trial,
         t.max_failures,
+        f"{state['storage'].rstrip('/')}/train",
     )
     # Per-epoch checkpoints of short trials trip Ray's "snapshotting too often" warning
     # every few seconds; the snapshots are what --resume needs, so the warning is noise.

@@ -1,15 +1,18 @@
 """One trial = one real `distrec train` run with the sampled overrides.
 
-The run lives in its own folder (`<trial dir>/run`). After every epoch of the swept
-stage, `fit` calls back (`Run.on_epoch`) once its checkpoint is on disk, and the trial
-reports `valid.<metric>` for that epoch together with the whole run folder as a Ray
-checkpoint. A retried or restored trial gets that folder back and continues through
-distrec's own resume path (`--resume auto`: finished stages from stages.json, the
-running stage from its newest epoch checkpoint), so it never starts again from scratch.
+The run lives in the trial's working directory (`run/`; Ray gives each trial its own,
+on whichever node runs it). After every epoch of the swept stage, `fit` calls back
+(`Run.on_epoch`) once its own checkpoint is on disk, and the trial reports
+`valid.<metric>` for that epoch with the whole run folder as the Ray checkpoint (the
+trial's `checkpoint_*/` in sweep storage is that folder). A retried or restored trial
+gets the folder back and continues through distrec's resume path (`--resume auto`:
+finished stages from stages.json, the running stage from its newest epoch checkpoint),
+so it never starts again from scratch; it reports `restores`, how often that happened.
 
 Fault injection (tests only): `DISTREC_TUNE_CRASH="I@E[,I@E...]"` makes trial number I
-(Ray's creation order from 0; random search, whose trial ids carry it) raise once, right after it has reported epoch E;
-`I@E*` makes it raise on every attempt, after the first epoch >= E it reports.
+(Ray's creation order from 0; random search, whose trial ids carry it) raise right after
+reporting epoch E on its first attempt; `I@E*` makes it raise on every attempt, after the
+first epoch >= E it reports.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import yaml
 from distrec.tune.space import apply_params
 
 CRASH_ENV = "DISTREC_TUNE_CRASH"
+RESTORES_FILE = "tune-restores"
 
 
 class InjectedCrash(RuntimeError):
@@ -43,6 +47,8 @@ class TrialSpec:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     max_failures: int = 0
+    # Multi-worker trials: where Ray Train keeps each trial's run (sweep storage/train).
+    train_storage: str = ""
 
 
 def trial_index(trial_id: str) -> int | None:
@@ -52,10 +58,15 @@ def trial_index(trial_id: str) -> int | None:
     return int(tail) if head and tail.isdigit() else None
 
 
-def epoch_metrics(history_entry: dict, last: bool) -> dict[str, Any]:
+def epoch_metrics(history_entry: dict, last: bool, restores: int) -> dict[str, Any]:
     """What a trial reports per epoch: every validation metric as `valid.<name>`."""
     out = {f"valid.{k}": float(v) for k, v in history_entry["valid"].items()}
-    out.update(epoch=int(history_entry["epoch"]), loss=float(history_entry["loss"]), final=last)
+    out.update(
+        epoch=int(history_entry["epoch"]),
+        loss=float(history_entry["loss"]),
+        final=last,
+        restores=restores,
+    )
     return out
 
 
@@ -68,35 +79,26 @@ def crash_plan(trial: int | None) -> tuple[int, bool] | None:
     return None
 
 
-def should_crash(plan: tuple[int, bool] | None, epoch: int, marker: Path) -> bool:
+def should_crash(plan: tuple[int, bool] | None, epoch: int, restores: int) -> bool:
     if plan is None:
         return False
     at, always = plan
-    return epoch >= at if always else (epoch == at and not marker.exists())
+    return epoch >= at if always else (epoch == at and restores == 0)
 
 
-def trial_folder() -> Path:
-    """The trial's folder in sweep storage when that is local (the run's outputs then sit
-    next to Ray's result files); the local working dir for remote storage."""
-    from ray import tune
-
-    ctx = tune.get_context()
-    trial_dir = ctx.get_trial_dir()
-    if "://" not in trial_dir:
-        return Path(trial_dir)
-    return Path.cwd()
-
-
-def prepare_run_dir(run_dir: Path, checkpoint) -> str | None:
-    """Restore `checkpoint` (a Ray checkpoint or None) into `run_dir`; returns distrec's
-    resume mode."""
+def prepare_run_dir(run_dir: Path, checkpoint) -> tuple[str | None, int]:
+    """Restore `checkpoint` (a Ray checkpoint or None) into `run_dir`. Returns distrec's
+    resume mode and how many times this trial's run has now been restored."""
     # A folder left by an attempt that crashed before its first checkpoint holds nothing
     # worth keeping, and the checkpoint (when there is one) is the state to continue from.
     shutil.rmtree(run_dir, ignore_errors=True)
     if checkpoint is None:
-        return None
+        return None, 0
     checkpoint.to_directory(str(run_dir))
-    return "auto"
+    counter = run_dir / RESTORES_FILE
+    restores = (int(counter.read_text()) if counter.exists() else 0) + 1
+    counter.write_text(str(restores))  # travels with the next checkpoint
+    return "auto", restores
 
 
 def write_trial_config(
@@ -120,35 +122,34 @@ def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
     """Ray Tune function trainable (bound to `spec` with tune.with_parameters)."""
     from ray import tune
 
-    folder = trial_folder()
-    folder.mkdir(parents=True, exist_ok=True)
+    # Ray starts each trial in its own working directory (RAY_CHDIR_TO_TRIAL_DIR).
+    folder = Path.cwd()
     run_dir = folder / "run"
-    resume = prepare_run_dir(run_dir, tune.get_checkpoint())
+    restored = prepare_run_dir(run_dir, tune.get_checkpoint())
     trial = trial_index(tune.get_context().get_trial_id())
 
     def report(metrics: dict) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(run_dir)))
 
-    train_one(params, spec, folder, run_dir, resume, trial, report)
+    train_one(params, spec, folder, run_dir, restored, trial, report)
 
 
 def train_one(
-    params, spec: TrialSpec, folder: Path, run_dir: Path, resume, trial: int | None, report
+    params, spec: TrialSpec, folder: Path, run_dir: Path, restored, trial: int | None, report
 ):
-    """The distrec run of one trial (or of one worker of a multi-worker trial)."""
+    """The distrec run of one trial (or of one worker of a multi-worker trial);
+    `restored` is prepare_run_dir's answer."""
     from distrec.train.entry import run_training
 
+    resume, restores = restored
     config = write_trial_config(folder, spec, params, run_dir)
     crash = crash_plan(trial)
-    marker = folder / "injected-crash"
 
     def on_epoch(stage: str, entry: dict, last: bool) -> None:
         if stage != spec.stage:
             return
-        report(epoch_metrics(entry, last))
-        if should_crash(crash, entry["epoch"], marker):
-            with marker.open("a") as f:
-                f.write(f"crashed after epoch {entry['epoch']}\n")
+        report(epoch_metrics(entry, last, restores))
+        if should_crash(crash, entry["epoch"], restores):
             raise InjectedCrash(f"{CRASH_ENV}: injected crash after epoch {entry['epoch']}")
 
     code = run_training(str(config), resume=resume, on_epoch=on_epoch)
@@ -161,16 +162,17 @@ def run_trial_workers(params: dict[str, Any], spec: TrialSpec) -> None:
     group, the workers' ranks are distrec's ranks) driven from this Tune trial.
 
     Metrics reach Tune through Ray Train's TuneReportCallback; checkpoints are Ray Train's,
-    stored under the trial folder. A retried trial builds a trainer with the same name and
-    storage, and Ray Train (v2) continues that run from its latest checkpoint.
+    in `<sweep storage>/train/train-<trial id>`. A retried trial builds a trainer with the
+    same name and storage, and Ray Train (v2) continues that run from its latest
+    checkpoint. The workers share the trial's working directory: one node, or a shared
+    filesystem, as any multi-process distrec run needs.
     """
     import ray.train
     from ray import tune
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    folder = trial_folder()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path.cwd()
     trial_id = tune.get_context().get_trial_id()
     trainer = TorchTrainer(
         _worker_loop,
@@ -187,7 +189,7 @@ def run_trial_workers(params: dict[str, Any], spec: TrialSpec) -> None:
         ),
         run_config=ray.train.RunConfig(
             name=f"train-{trial_id}",
-            storage_path=str(folder),
+            storage_path=spec.train_storage,
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
@@ -206,12 +208,10 @@ def _worker_loop(config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     # One run folder shared by the workers (one node here; a shared filesystem on a
     # cluster, as for any multi-process distrec run): rank 0 restores it, the others wait.
-    resume = None
+    restored = [None]
     if rank == 0:
-        resume = prepare_run_dir(run_dir, ray.train.get_checkpoint())
-    flag = [resume]
-    dist.broadcast_object_list(flag, src=0)
-    resume = flag[0]
+        restored[0] = prepare_run_dir(run_dir, ray.train.get_checkpoint())
+    dist.broadcast_object_list(restored, src=0)
 
     def report(metrics: dict) -> None:
         ckpt = ray.train.Checkpoint.from_directory(str(run_dir)) if rank == 0 else None
@@ -219,4 +219,4 @@ def _worker_loop(config: dict) -> None:
         metrics["world_size"] = dist.get_world_size()
         ray.train.report(metrics, checkpoint=ckpt)
 
-    train_one(config["params"], spec, folder, run_dir, resume, config["trial"], report)
+    train_one(config["params"], spec, folder, run_dir, restored[0], config["trial"], report)

@@ -206,15 +206,13 @@ def test_shipped_demo_sweep_is_valid():
     validate_space(t, params)
 
 
-def test_fault_injection_is_keyed_by_trial_index(monkeypatch, tmp_path):
+def test_fault_injection_is_keyed_by_trial_index(monkeypatch):
     from distrec.tune.trainable import crash_plan, should_crash, trial_index
 
     assert trial_index("3f2a1_00004") == 4 and trial_index("0f63799e") is None
     monkeypatch.setenv("DISTREC_TUNE_CRASH", "1@2,4@3*")
     assert crash_plan(1) == (2, False) and crash_plan(4) == (3, True)
     assert crash_plan(0) is None and crash_plan(None) is None
-    marker = tmp_path / "marker"
-    assert should_crash((2, False), 2, marker) and not should_crash((2, False), 3, marker)
-    marker.write_text("crashed once")
-    assert not should_crash((2, False), 2, marker)  # once only
-    assert should_crash((3, True), 5, marker)  # every attempt
+    assert should_crash((2, False), 2, 0) and not should_crash((2, False), 3, 0)
+    assert not should_crash((2, False), 2, 1)  # first attempt only, not once restored
+    assert should_crash((3, True), 5, 2) and not should_crash((3, True), 2, 0)  # every attempt

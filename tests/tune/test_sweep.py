@@ -66,14 +66,18 @@ def rows(out: Path) -> list[dict]:
     return list(csv.DictReader((out / "results.csv").open()))
 
 
-def reported_epochs(out: Path) -> dict[str, list[int]]:
-    """Every epoch each trial reported to Ray, in order, across drivers and retries, keyed
+def reports_of(out: Path) -> dict[str, list[dict]]:
+    """Every result each trial reported to Ray, in order, across drivers and retries, keyed
     by the trial's folder name (`run_trial_<id>_<index>_<params>_<date>`)."""
     found = {}
     for result in sorted((out / "trials").glob("run_trial_*/result.json")):
-        lines = [json.loads(ln) for ln in result.read_text().splitlines() if ln.strip()]
-        found[result.parent.name] = [ln["epoch"] for ln in lines]
+        lines = result.read_text().splitlines()
+        found[result.parent.name] = [json.loads(line) for line in lines if line.strip()]
     return found
+
+
+def reported_epochs(out: Path) -> dict[str, list[int]]:
+    return {t: [r["epoch"] for r in rs] for t, rs in reports_of(out).items()}
 
 
 def test_crashed_trials_are_retried_from_checkpoints_and_best_yaml_reproduces(tmp_path, synth_dir):
@@ -93,13 +97,18 @@ def test_crashed_trials_are_retried_from_checkpoints_and_best_yaml_reproduces(tm
     assert table["00000"]["status"] == "error"  # the sweep went on without it
     assert table["00001"]["status"] == "completed" and table["00001"]["epochs"] == "4"
     assert table["00002"]["status"] == "completed" and table["00002"]["epochs"] == "4"
-    epochs = reported_epochs(out)
-    retried = next(t for t in epochs if "_00001_" in t)
-    # Crashed after reporting epoch 2, resumed from that checkpoint: nothing reported twice.
-    assert epochs[retried] == [1, 2, 3, 4]
-    assert (out / "trials" / retried / "injected-crash").read_text().count("crashed") == 1
-    failed = next(t for t in epochs if "_00000_" in t)
-    assert (out / "trials" / failed / "injected-crash").read_text().count("crashed") == 2
+    reports = reports_of(out)
+    retried = next(t for t in reports if "_00001_" in t)
+    # Crashed after reporting epoch 2, restored from that checkpoint: nothing reported twice.
+    assert [(r["epoch"], r["restores"]) for r in reports[retried]] == [
+        (1, 0),
+        (2, 0),
+        (3, 1),
+        (4, 1),
+    ]
+    failed = next(t for t in reports if "_00000_" in t)
+    # Attempt 1 reports 1, 2 and crashes; attempt 2 resumes, reports 3 and crashes for good.
+    assert [(r["epoch"], r["restores"]) for r in reports[failed]] == [(1, 0), (2, 0), (3, 1)]
     assert "1 failed" in proc.stdout and "| trial | status |" in proc.stdout
 
     # best.yaml retrains to the best trial's validation NDCG@10.
@@ -159,14 +168,17 @@ def test_killed_driver_resumes_unfinished_trials_from_their_checkpoints(tmp_path
     assert len(table) == 4
     assert all(r["status"] == "completed" and r["epochs"] == str(epochs) for r in table), table
     final = reported_epochs(out)
-    for trial, reported in final.items():
+    for trial, seen in final.items():
         # No trial started again from scratch: epoch 1 once, then forward only (a resumed
         # trial may repeat at most the epoch that was running when the driver died).
-        assert reported.count(1) == 1, (trial, reported)
-        assert sorted(set(reported)) == list(range(1, epochs + 1)), (trial, reported)
+        assert seen.count(1) == 1, (trial, seen)
+        assert sorted(set(seen)) == list(range(1, epochs + 1)), (trial, seen)
     assert set(at_kill) <= set(final)  # the same trials, not new ones in their place
+    after = reports_of(out)
     for trial in unfinished:
         assert at_kill[trial] == final[trial][: len(at_kill[trial])]
+        if at_kill[trial]:  # it had a checkpoint: what came after was restored from it
+            assert all(r["restores"] == 1 for r in after[trial][len(at_kill[trial]) :])
 
 
 @pytest.mark.slow
