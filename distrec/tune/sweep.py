@@ -222,6 +222,9 @@ def _run(
     # Per-epoch checkpoints of short trials trip Ray's "snapshotting too often" warning
     # every few seconds; the snapshots are what --resume needs, so the warning is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if "://" not in state["storage"]:
+        # See build_tuner: the experiment state must never name a deleted checkpoint.
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     if not ray.is_initialized():
         # RAY_ADDRESS (a cluster) is honoured by ray.init; locally it starts one.
         ray.init(include_dashboard=False, log_to_driver=verbose, configure_logging=verbose)
@@ -284,6 +287,7 @@ def build_tuner(trainable, cfg: RunConfig, params: list[Param], state: dict, pro
 
     t = cfg.tune
     max_t = max_epochs(state["tree"], cfg, params)
+    local = "://" not in state["storage"]
     scheduler = (
         ASHAScheduler(
             time_attr="epoch",
@@ -325,7 +329,14 @@ def build_tuner(trainable, cfg: RunConfig, params: list[Param], state: dict, pro
             name=state["experiment"],
             storage_path=state["storage"],
             failure_config=tune.FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Ray deletes a trial's old checkpoint when it registers a new one, and
+            # writes the experiment state (what --resume restores from) only afterwards:
+            # with num_to_keep=1 a driver killed in between leaves a state naming a
+            # deleted checkpoint, and that trial fails to restore (seen here). Keeping two,
+            # and saving the state on every driver step (local storage: cheap), means the
+            # state always names the newest or the one before, both on disk.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            sync_config=tune.SyncConfig(sync_period=0 if local else 300),
             callbacks=[progress],
             verbose=0,
         ),
