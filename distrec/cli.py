@@ -101,6 +101,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.config, args.overrides, processes=args.processes)
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from distrec.tune.sweep import resume_sweep, start_sweep
+
+    if args.resume is not None:
+        if args.config or args.overrides or args.out:
+            raise ConfigError(
+                "--resume DIR continues a sweep as it was started; drop --config/--out/overrides"
+            )
+        return resume_sweep(args.resume, verbose=args.verbose)
+    if args.config is None:
+        raise ConfigError("distrec tune needs --config FILE (or --resume DIR)")
+    return start_sweep(args.config, args.overrides, args.out, verbose=args.verbose)
+
+
 def _unavailable(what: str, issue: int) -> Callable[[argparse.Namespace], int]:
     def run(_: argparse.Namespace) -> int:
         print(
@@ -188,9 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="Ray Tune sweep over a run config's tune: section")
     _add_config_args(p, required=False)
-    p.add_argument("--out", default=None)
-    p.add_argument("--resume", default=None)
-    p.set_defaults(func=_unavailable("tune", 6))
+    p.add_argument("--out", default=None, help="sweep folder (default: runs/tune-<config name>)")
+    p.add_argument("--resume", default=None, metavar="DIR", help="continue the sweep in DIR")
+    p.add_argument("--verbose", action="store_true", help="also print the trials' own logs")
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("bench", help="throughput / MFU / memory benchmarks (perf/)")
     p.add_argument("--suite", choices=["quick", "full"], default="quick")

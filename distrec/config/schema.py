@@ -154,6 +154,9 @@ class TrainConfig(Section):
     # crash can cost. None: epoch ends only.
     checkpoint_every_steps: int | None = Field(default=None, ge=1)
     log_every: int = Field(default=20, ge=1)
+    # Torch intra-op threads per process (None = torch's default). Float sums, and so
+    # metrics, change with it; `distrec tune` pins it so best.yaml retrains identically.
+    threads: int | None = Field(default=None, ge=1)
 
 
 class EvalConfig(Section):
@@ -174,18 +177,32 @@ class DistributedConfig(Section):
 
 
 class TuneConfig(Section):
+    """`distrec tune`: a Ray Tune sweep over this run config (see distrec/tune/).
+
+    `search_space` maps dotted run-config keys to one spec each, e.g.
+    `train.lr: {loguniform: [1e-4, 1e-2]}`; it is checked against the run config
+    before Ray starts. `stage` names the stage whose per-epoch validation metric
+    is reported to Ray (and that ASHA stops early).
+    """
+
     search_space: dict[str, Any] = {}
-    metric: str = "valid.ndcg@10"
+    metric: str = Field(default="valid.ndcg@10", pattern=r"^valid\.(recall|ndcg|mrr)@\d+$")
     mode: Literal["max", "min"] = "max"
+    stage: Literal["pretrain", "adapt", "baseline_text_target_only", "baseline_id_target_only"] = (
+        "adapt"
+    )
     scheduler: Literal["asha", "fifo"] = "asha"
     search_alg: Literal["random", "optuna"] = "random"
     num_samples: int = Field(default=8, ge=1)
     max_concurrent: int = Field(default=2, ge=1)
     cpus_per_trial: float = Field(default=1.0, gt=0.0)
     gpus_per_trial: float = Field(default=0.0, ge=0.0)
+    # >1: each trial is a Ray Train TorchTrainer with this many workers (one process group).
+    workers_per_trial: int = Field(default=1, ge=1)
     max_failures: int = Field(default=1, ge=0)
     grace_period: int = Field(default=1, ge=1)
     reduction_factor: int = Field(default=2, ge=2)
+    # Local folder or any URI Ray's storage layer reads (s3://, gs://, ...); None = --out.
     storage: str | None = None
 
 

@@ -29,7 +29,10 @@ class Preempted(RuntimeError):
 
 
 def install_preemption_handler() -> None:
-    signal.signal(signal.SIGTERM, lambda *_: PREEMPTED.set())
+    # Only the main thread may install handlers. A Ray Tune trial trains in a worker
+    # thread; Ray stops and restores it itself (from the checkpoints reported per epoch).
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: PREEMPTED.set())
 
 
 def preemption_requested() -> bool:

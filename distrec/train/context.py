@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +78,9 @@ class Run:
     tokenizer: object | None = None
     feature_dim: int = 0
     resume: bool = False
+    # Called on every rank after each epoch's checkpoint with (stage, history entry,
+    # whether the stage ends here); `distrec tune` reports to Ray Tune through it.
+    on_epoch: Callable[[str, dict, bool], None] | None = None
 
     @property
     def rank_world(self) -> tuple[int, int]:

@@ -12,11 +12,19 @@ import time
 from distrec.config import check_environment, load_config
 
 
-def run_training(config: str, overrides: list[str] | None = None, resume: str | None = None) -> int:
+def run_training(
+    config: str, overrides: list[str] | None = None, resume: str | None = None, on_epoch=None
+) -> int:
+    """Run every enabled stage; `on_epoch(stage, history_entry, last)` is called after each
+    epoch's checkpoint (how `distrec tune` reports to Ray). Returns the exit code."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     cfg = load_config(config, overrides)
     check_environment(cfg)
+    if cfg.train.threads is not None:
+        import torch
+
+        torch.set_num_threads(cfg.train.threads)
 
     from distrec.distributed.accelerator import build_accelerator, live_strategy
     from distrec.train.checkpoint import Preempted, install_preemption_handler
@@ -33,7 +41,7 @@ def run_training(config: str, overrides: list[str] | None = None, resume: str | 
         out = prepare_output_dir(cfg, resume is not None)
         if cfg.output.tensorboard:
             accelerator.init_trackers("events")
-        run = Run(cfg, accelerator, precision, out, resume=resume is not None)
+        run = Run(cfg, accelerator, precision, out, resume=resume is not None, on_epoch=on_epoch)
         install_preemption_handler()
         names = [*cfg.data.sources, *([cfg.data.target] if cfg.data.target else [])]
         load_domains(run, names)

@@ -186,6 +186,8 @@ def fit(
         if state.result.best_epoch == state.epoch:
             acc.save_state(str(best_dir))
         checkpoint()
+        if run.on_epoch is not None:  # after the save: a sweep hands this checkpoint on
+            run.on_epoch(plan.name, h, stop or state.epoch >= plan.epochs)
         if stop:
             break
     if state.result.best_epoch >= 0:

@@ -4,6 +4,7 @@ other exits non-zero within the collective timeout, saying which rank it is."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -124,10 +125,8 @@ def test_a_dead_or_frozen_rank_never_hangs_the_other(how, port, even_dir, tmp_pa
         _, stderr = launcher.communicate(timeout=120)
     finally:
         if victim:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(victim, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         launcher.kill()
     assert launcher.returncode != 0
     assert elapsed <= TIMEOUT_S + 30

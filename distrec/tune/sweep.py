@@ -1,0 +1,343 @@
+"""`distrec tune`: check the sweep, warm shared caches, build and run (or restore) the Tuner.
+
+A sweep folder (`--out`) holds `sweep.json` (what was asked: config, overrides, the
+resolved run-config tree), Ray's experiment (`trials/`, unless `tune.storage` points
+elsewhere) and, at the end, results.csv, best.yaml, sweep.png and summary.md.
+`distrec tune --resume DIR` reads sweep.json and continues with `Tuner.restore`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from distrec.config import ConfigError, RunConfig, check_environment
+from distrec.config.load import apply_override, config_from_dict, read_yaml
+from distrec.tune.space import Param, check_searcher, parse_space, ray_space, validate_space
+from distrec.tune.trainable import TrialSpec
+from distrec.utils.progress import log
+
+SWEEP_FILE = "sweep.json"
+EXPERIMENT = "trials"
+# Preparation and cache locations are shared by every trial; sweeping them would make
+# trials race on (and disagree about) the prepared data.
+UNSWEEPABLE = ("data.domains", "data.prepared_dir", "data.raw_dir", "cache_dir")
+STAGE_EPOCHS = {
+    "pretrain": "stages.pretrain.epochs",
+    "adapt": "stages.adapt.epochs",
+    "baseline_text_target_only": "stages.text_baseline_epochs",
+    "baseline_id_target_only": "stages.id_baseline_epochs",
+}
+
+
+def load_sweep_tree(config: str, overrides: list[str]) -> tuple[dict, RunConfig]:
+    tree = read_yaml(config)
+    for item in overrides:
+        apply_override(tree, item)
+    return tree, config_from_dict(tree, source=config)
+
+
+def check_sweep(tree: dict, cfg: RunConfig) -> list[Param]:
+    """Everything that can be wrong with a sweep, before Ray starts."""
+    params = parse_space(cfg.tune.search_space)
+    for p in params:
+        if any(p.key == k or p.key.startswith(k + ".") for k in UNSWEEPABLE):
+            raise ConfigError(
+                f"tune.search_space.{p.key}: the data preparation and caches are shared by all "
+                f"trials and cannot be swept; prepare each variant as its own domain instead"
+            )
+    validate_space(tree, params)
+    check_searcher(params, cfg.tune.search_alg)
+    check_stage(cfg)
+    metric = cfg.tune.metric.removeprefix("valid.")
+    if metric not in {f"{m}@{k}" for m in ("recall", "ndcg") for k in cfg.eval.ks} | {
+        f"mrr@{k}" for k in (10,)
+    }:
+        raise ConfigError(
+            f"tune.metric={cfg.tune.metric!r}: validation reports recall/ndcg@K for K in "
+            f"eval.ks={cfg.eval.ks} and mrr@10; pick one of those"
+        )
+    if cfg.tune.search_alg == "optuna":
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "tune.search_alg=optuna needs Optuna, an optional dependency: "
+                "pip install 'distrec[optuna]' (or use tune.search_alg=random)"
+            ) from None
+    return params
+
+
+def check_stage(cfg: RunConfig) -> None:
+    st, stage = cfg.stages, cfg.tune.stage
+    enabled = {
+        "pretrain": st.pretrain.enabled,
+        "adapt": st.adapt.enabled and st.pretrain.enabled and cfg.data.target is not None,
+        "baseline_text_target_only": "text_target_only" in st.baselines,
+        "baseline_id_target_only": "id_target_only" in st.baselines,
+    }[stage]
+    if not enabled:
+        raise ConfigError(
+            f"tune.stage={stage!r} reports that stage's validation metric, but the run config "
+            f"does not run it; enable it under stages or pick another tune.stage"
+        )
+
+
+def max_epochs(tree: dict, cfg: RunConfig, params: list[Param]) -> int:
+    """ASHA's max_t: the swept stage's epoch budget (the largest one, if it is swept)."""
+    key = STAGE_EPOCHS[cfg.tune.stage]
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    swept = [p for p in params if p.key == key]
+    return max([int(node), *(int(v) for p in swept for v in p.candidates())])
+
+
+def absolute_paths(tree: dict, cfg: RunConfig, base: Path) -> dict:
+    """Trials run in their own folders: every path in the tree is made absolute."""
+    import copy
+
+    out = copy.deepcopy(tree)
+
+    def fix(value: str) -> str:
+        return value if "://" in value else str((base / value).resolve())
+
+    out["cache_dir"] = fix(cfg.cache_dir)
+    data = out.setdefault("data", {})
+    data["prepared_dir"] = fix(cfg.data.prepared_dir)
+    data["raw_dir"] = fix(cfg.data.raw_dir)
+    for d_tree, d in zip(data.get("domains", []), cfg.data.domains, strict=True):
+        for field in ("interactions", "items"):
+            if getattr(d, field):
+                d_tree[field] = fix(getattr(d, field))
+    if cfg.distributed.launcher:
+        out.setdefault("distributed", {})["launcher"] = fix(cfg.distributed.launcher)
+    enc = cfg.model.item_encoder
+    if not enc.startswith("embedded:") and (base / enc).exists():
+        out.setdefault("model", {})["item_encoder"] = fix(enc)
+    return out
+
+
+def warm_caches(cfg: RunConfig) -> None:
+    """Prepare the data and compute the LM item features (or token tables) once, here, so
+    concurrent trials read them instead of racing to write them."""
+    from distrec.data.prepare import prepare_domains
+    from distrec.distributed.accelerator import build_accelerator
+    from distrec.train.context import Run, load_domains
+
+    prepare_domains(cfg)
+    accelerator, precision = build_accelerator(cfg)
+    run = Run(cfg, accelerator, precision, Path(cfg.output.dir))
+    load_domains(run, [*cfg.data.sources, *([cfg.data.target] if cfg.data.target else [])])
+
+
+def check_out_dir(out: Path) -> None:
+    if (out / SWEEP_FILE).exists():
+        raise ConfigError(
+            f"--out {out}: already holds a sweep; continue it with `distrec tune --resume {out}` "
+            f"or choose another --out"
+        )
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(
+            f"--out {out}: exists and is not a sweep folder (no {SWEEP_FILE}); nothing there is "
+            f"overwritten: choose an empty or new folder"
+        )
+
+
+def storage_of(cfg: RunConfig, out: Path) -> str:
+    """Where Ray keeps trials and checkpoints: tune.storage (any URI Ray reads) or --out."""
+    if cfg.tune.storage is None:
+        return str(out.resolve())
+    s = cfg.tune.storage
+    return s if "://" in s else str(Path(s).resolve())
+
+
+def start_sweep(config: str, overrides: list[str], out: str | None, verbose: bool = False) -> int:
+    tree, cfg = load_sweep_tree(config, overrides)
+    params = check_sweep(tree, cfg)
+    check_environment(cfg)
+    out_dir = Path(out or f"runs/tune-{Path(config).stem}")
+    check_out_dir(out_dir)
+    trial_tree = absolute_paths(tree, cfg, Path.cwd())
+    log(f"sweep {out_dir}: {len(params)} swept keys, checked against {config}")
+    warm_caches(config_from_dict(trial_tree, source=config))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {
+        "config": str(config),
+        "overrides": overrides,
+        "cwd": str(Path.cwd()),
+        "tree": tree,
+        "trial_tree": trial_tree,
+        "storage": storage_of(cfg, out_dir),
+        "experiment": EXPERIMENT if cfg.tune.storage is None else out_dir.resolve().name,
+        "threads": trial_threads(cfg),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (out_dir / SWEEP_FILE).write_text(json.dumps(state, indent=2))
+    return _run(out_dir, state, params, cfg, restore=False, verbose=verbose)
+
+
+def resume_sweep(out: str, verbose: bool = False) -> int:
+    out_dir = Path(out)
+    if not (out_dir / SWEEP_FILE).exists():
+        raise ConfigError(
+            f"--resume {out}: no {SWEEP_FILE} there, so it is not a sweep started by distrec tune"
+        )
+    state = json.loads((out_dir / SWEEP_FILE).read_text())
+    cfg = config_from_dict(state["tree"], source=str(out_dir / SWEEP_FILE))
+    params = parse_space(cfg.tune.search_space)
+    return _run(out_dir, state, params, cfg, restore=True, verbose=verbose)
+
+
+def trial_threads(cfg: RunConfig) -> int:
+    """Torch threads per trial: train.threads if the config pins it, else the trial's CPU
+    share (at least one). Written into every trial's config and into best.yaml."""
+    return cfg.train.threads or max(1, int(cfg.tune.cpus_per_trial))
+
+
+def _run(
+    out_dir: Path, state: dict, params: list[Param], cfg: RunConfig, restore: bool, verbose: bool
+) -> int:
+    import ray
+    from ray import tune
+
+    from distrec.tune.progress import SweepProgress
+    from distrec.tune.results import records_from_grid, write_results
+    from distrec.tune.trainable import run_trial, run_trial_workers
+
+    t = cfg.tune
+    spec = TrialSpec(
+        state["trial_tree"],
+        t.stage,
+        state["threads"],
+        t.workers_per_trial,
+        t.cpus_per_trial,
+        t.gpus_per_trial,
+        t.max_failures,
+        f"{state['storage'].rstrip('/')}/train",
+    )
+    # Per-epoch checkpoints of short trials trip Ray's "snapshotting too often" warning
+    # every few seconds; the snapshots are what --resume needs, so the warning is noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if "://" not in state["storage"]:
+        # See build_tuner: the experiment state must never name a deleted checkpoint.
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    if not ray.is_initialized():
+        # RAY_ADDRESS (a cluster) is honoured by ray.init; locally it starts one.
+        ray.init(include_dashboard=False, log_to_driver=verbose, configure_logging=verbose)
+    fn = run_trial if t.workers_per_trial == 1 else run_trial_workers
+    # With Ray Train workers the trial itself only drives them and the workers ask for the
+    # CPUs/GPUs. Ray refuses an all-zero request, and any CPU share for the driver would
+    # leave the last worker unschedulable on a full node: one byte of memory it is.
+    resources = (
+        {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial}
+        if t.workers_per_trial == 1
+        else {"cpu": 0, "memory": 1}
+    )
+    trainable = tune.with_resources(tune.with_parameters(fn, spec=spec), resources)
+    path = f"{state['storage'].rstrip('/')}/{state['experiment']}"
+    start = time.perf_counter()
+    if restore:
+        if not tune.Tuner.can_restore(path):
+            raise ConfigError(f"--resume {out_dir}: no Ray experiment to restore at {path}")
+        log(f"resuming sweep from {path}")
+        # Finished and failed trials stay as they are; running and pending ones continue
+        # (a running one from its last checkpoint). The progress callback comes back with
+        # the pickled RunConfig.
+        tuner = tune.Tuner.restore(
+            path, trainable=trainable, resume_unfinished=True, resume_errored=False
+        )
+    else:
+        progress = SweepProgress(t.num_samples * grid_size(params), t.metric, t.mode)
+        tuner = build_tuner(trainable, cfg, params, state, progress)
+    grid = tuner.fit()
+    progress = SweepProgress.active
+    expected = t.num_samples * grid_size(params)
+    unfinished = (progress.unfinished() if progress else 0) + max(0, expected - len(grid))
+    if unfinished:
+        # Ctrl-C / SIGUSR1: Ray saved the experiment and returned early. Results now would
+        # call running trials finished, so there are none until the sweep ends.
+        log(
+            f"sweep interrupted with {unfinished} trial(s) unfinished; continue with "
+            f"`distrec tune --resume {out_dir}`"
+        )
+        return 130
+    records = records_from_grid(grid, t.metric)
+    summary = write_results(
+        records, out_dir, state["tree"], params, cfg, state["threads"], time.perf_counter() - start
+    )
+    print(summary, end="")
+    return 0
+
+
+def grid_size(params: list[Param]) -> int:
+    n = 1
+    for p in params:
+        if p.kind == "grid":
+            n *= len(p.values)
+    return n
+
+
+def build_tuner(trainable, cfg: RunConfig, params: list[Param], state: dict, progress):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    t = cfg.tune
+    max_t = max_epochs(state["tree"], cfg, params)
+    local = "://" not in state["storage"]
+    scheduler = (
+        ASHAScheduler(
+            time_attr="epoch",
+            # +1: ASHA stops a trial that reaches max_t at once, before the run writes its
+            # metrics.json and report; one epoch further is never reached, and adds no rung
+            # that could be (a rung at max_t + 1 is past the last epoch).
+            max_t=max_t + 1,
+            grace_period=min(t.grace_period, max_t),
+            reduction_factor=t.reduction_factor,
+        )
+        if t.scheduler == "asha"
+        else FIFOScheduler()
+    )
+    if t.search_alg == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        search = ConcurrencyLimiter(OptunaSearch(seed=cfg.seed), max_concurrent=t.max_concurrent)
+    else:
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        # Seeded: the same config samples the same trials.
+        search = BasicVariantGenerator(random_state=cfg.seed, max_concurrent=t.max_concurrent)
+    return tune.Tuner(
+        trainable,
+        param_space=ray_space(params),
+        tune_config=tune.TuneConfig(
+            metric=t.metric,
+            mode=t.mode,
+            scheduler=scheduler,
+            search_alg=search,
+            num_samples=t.num_samples,
+            # Concurrency is the search algorithm's job (BasicVariantGenerator's
+            # max_concurrent, ConcurrencyLimiter); Ray ignores max_concurrent_trials then.
+            # A fresh process per trial: Accelerate's state is a per-process singleton.
+            reuse_actors=False,
+        ),
+        run_config=tune.RunConfig(
+            name=state["experiment"],
+            storage_path=state["storage"],
+            failure_config=tune.FailureConfig(max_failures=t.max_failures),
+            # Ray deletes a trial's old checkpoint when it registers a new one, and
+            # writes the experiment state (what --resume restores from) only afterwards:
+            # with num_to_keep=1 a driver killed in between leaves a state naming a
+            # deleted checkpoint, and that trial fails to restore (seen here). Keeping two,
+            # and saving the state on every driver step (local storage: cheap), means the
+            # state always names the newest or the one before, both on disk.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            sync_config=tune.SyncConfig(sync_period=0 if local else 300),
+            callbacks=[progress],
+            verbose=0,
+        ),
+    )

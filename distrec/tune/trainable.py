@@ -1,0 +1,222 @@
+"""One trial = one real `distrec train` run with the sampled overrides.
+
+The run lives in the trial's working directory (`run/`; Ray gives each trial its own,
+on whichever node runs it). After every epoch of the swept stage, `fit` calls back
+(`Run.on_epoch`) once its own checkpoint is on disk, and the trial reports
+`valid.<metric>` for that epoch with the whole run folder as the Ray checkpoint (the
+trial's `checkpoint_*/` in sweep storage is that folder). A retried or restored trial
+gets the folder back and continues through distrec's resume path (`--resume auto`:
+finished stages from stages.json, the running stage from its newest epoch checkpoint),
+so it never starts again from scratch; it reports `restores`, how often that happened.
+
+Fault injection (tests only): `DISTREC_TUNE_CRASH="I@E[,I@E...]"` makes trial number I
+(Ray's creation order from 0; random search, whose trial ids carry it) raise right after
+reporting epoch E on its first attempt; `I@E*` makes it raise on every attempt, after the
+first epoch >= E it reports.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distrec.tune.space import apply_params
+
+CRASH_ENV = "DISTREC_TUNE_CRASH"
+RESTORES_FILE = "tune-restores"
+
+
+class InjectedCrash(RuntimeError):
+    """Raised by the test-only fault injection."""
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What every trial shares: the run-config tree (paths made absolute by the driver),
+    the stage it reports, and how many torch threads it trains with."""
+
+    tree: dict[str, Any]
+    stage: str
+    threads: int
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_failures: int = 0
+    # Multi-worker trials: where Ray Train keeps each trial's run (sweep storage/train).
+    train_storage: str = ""
+
+
+def trial_index(trial_id: str) -> int | None:
+    """Ray's trial ids end in the creation index under random search (`3f2a1_00004` -> 4);
+    searchers such as Optuna hand out bare hex ids (None: fault injection does not apply)."""
+    head, _, tail = trial_id.rpartition("_")
+    return int(tail) if head and tail.isdigit() else None
+
+
+def epoch_metrics(history_entry: dict, last: bool, restores: int) -> dict[str, Any]:
+    """What a trial reports per epoch: every validation metric as `valid.<name>`."""
+    out = {f"valid.{k}": float(v) for k, v in history_entry["valid"].items()}
+    out.update(
+        epoch=int(history_entry["epoch"]),
+        loss=float(history_entry["loss"]),
+        final=last,
+        restores=restores,
+    )
+    return out
+
+
+def crash_plan(trial: int | None) -> tuple[int, bool] | None:
+    """(epoch, every attempt?) after which trial `trial` must crash, if the env asks for it."""
+    for part in filter(None, os.environ.get(CRASH_ENV, "").split(",")):
+        index, _, epoch = part.partition("@")
+        if trial is not None and int(index) == trial:
+            return int(epoch.rstrip("*")), epoch.endswith("*")
+    return None
+
+
+def should_crash(plan: tuple[int, bool] | None, epoch: int, restores: int) -> bool:
+    if plan is None:
+        return False
+    at, always = plan
+    return epoch >= at if always else (epoch == at and restores == 0)
+
+
+def prepare_run_dir(run_dir: Path, checkpoint) -> tuple[str | None, int]:
+    """Restore `checkpoint` (a Ray checkpoint or None) into `run_dir`. Returns distrec's
+    resume mode and how many times this trial's run has now been restored."""
+    # A folder left by an attempt that crashed before its first checkpoint holds nothing
+    # worth keeping, and the checkpoint (when there is one) is the state to continue from.
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if checkpoint is None:
+        return None, 0
+    checkpoint.to_directory(str(run_dir))
+    counter = run_dir / RESTORES_FILE
+    restores = (int(counter.read_text()) if counter.exists() else 0) + 1
+    counter.write_text(str(restores))  # travels with the next checkpoint
+    return "auto", restores
+
+
+def write_trial_config(
+    folder: Path, spec: TrialSpec, params: dict[str, Any], run_dir: Path
+) -> Path:
+    tree = apply_params(spec.tree, params)
+    tree.pop("tune", None)
+    # Pinned for every trial and kept in best.yaml: float sums, so metrics, depend on it.
+    tree["train"] = {**tree.get("train", {}), "threads": spec.threads}
+    # keep_last=1: each Ray checkpoint is a copy of the run folder, older epochs add nothing.
+    tree["output"] = {**tree.get("output", {}), "dir": str(run_dir), "keep_last": 1}
+    path = folder / "trial.yaml"
+    # Every worker of a multi-worker trial writes the same file: rename, so none reads half.
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(yaml.safe_dump(tree, sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
+    """Ray Tune function trainable (bound to `spec` with tune.with_parameters)."""
+    from ray import tune
+
+    # Ray starts each trial in its own working directory (RAY_CHDIR_TO_TRIAL_DIR).
+    folder = Path.cwd()
+    run_dir = folder / "run"
+    restored = prepare_run_dir(run_dir, tune.get_checkpoint())
+    trial = trial_index(tune.get_context().get_trial_id())
+
+    def report(metrics: dict) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(run_dir)))
+
+    train_one(params, spec, folder, run_dir, restored, trial, report)
+
+
+def train_one(
+    params, spec: TrialSpec, folder: Path, run_dir: Path, restored, trial: int | None, report
+):
+    """The distrec run of one trial (or of one worker of a multi-worker trial);
+    `restored` is prepare_run_dir's answer."""
+    from distrec.train.entry import run_training
+
+    resume, restores = restored
+    config = write_trial_config(folder, spec, params, run_dir)
+    crash = crash_plan(trial)
+
+    def on_epoch(stage: str, entry: dict, last: bool) -> None:
+        if stage != spec.stage:
+            return
+        report(epoch_metrics(entry, last, restores))
+        if should_crash(crash, entry["epoch"], restores):
+            raise InjectedCrash(f"{CRASH_ENV}: injected crash after epoch {entry['epoch']}")
+
+    code = run_training(str(config), resume=resume, on_epoch=on_epoch)
+    if code != 0:
+        raise RuntimeError(f"distrec training exited with {code} (run folder {run_dir})")
+
+
+def run_trial_workers(params: dict[str, Any], spec: TrialSpec) -> None:
+    """A trial of `spec.workers` processes: a Ray Train TorchTrainer (one gloo/NCCL process
+    group, the workers' ranks are distrec's ranks) driven from this Tune trial.
+
+    Metrics reach Tune through Ray Train's TuneReportCallback; checkpoints are Ray Train's,
+    in `<sweep storage>/train/train-<trial id>`. A retried trial builds a trainer with the
+    same name and storage, and Ray Train (v2) continues that run from its latest
+    checkpoint. The workers share the trial's working directory: one node, or a shared
+    filesystem, as any multi-process distrec run needs.
+    """
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    folder = Path.cwd()
+    trial_id = tune.get_context().get_trial_id()
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={
+            "params": params,
+            "spec": spec,
+            "folder": str(folder),
+            "trial": trial_index(trial_id),
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=spec.workers,
+            use_gpu=spec.gpus_per_worker > 0,
+            resources_per_worker={"CPU": spec.cpus_per_worker, "GPU": spec.gpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"train-{trial_id}",
+            storage_path=spec.train_storage,
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    trainer.fit()
+
+
+def _worker_loop(config: dict) -> None:
+    import ray.train
+    import torch.distributed as dist
+
+    spec: TrialSpec = config["spec"]
+    folder = Path(config["folder"])
+    run_dir = folder / "run"
+    rank = ray.train.get_context().get_world_rank()
+    # One run folder shared by the workers (one node here; a shared filesystem on a
+    # cluster, as for any multi-process distrec run): rank 0 restores it, the others wait.
+    restored = [None]
+    if rank == 0:
+        restored[0] = prepare_run_dir(run_dir, ray.train.get_checkpoint())
+    dist.broadcast_object_list(restored, src=0)
+
+    def report(metrics: dict) -> None:
+        ckpt = ray.train.Checkpoint.from_directory(str(run_dir)) if rank == 0 else None
+        # Measured, not configured: shows the trial really trained as one process group.
+        metrics["world_size"] = dist.get_world_size()
+        ray.train.report(metrics, checkpoint=ckpt)
+
+    train_one(config["params"], spec, folder, run_dir, restored[0], config["trial"], report)
