@@ -72,7 +72,9 @@ def measure_peak(sizes: list[int], seconds: float = 1.0) -> dict:
         "config": {"sizes": sizes, "seconds_per_size": seconds, "device": device},
         "measured": per_dtype,
         "vendor": vendor_peak(gpu),
-        "vendor_note": None if gpu else "no vendor peak is stated for CPUs; MFU uses the measured peak",
+        "vendor_note": None
+        if gpu
+        else "no vendor peak is stated for CPUs; MFU uses the measured peak",
         "threads": torch.get_num_threads(),
         "load_average": load_average(),
     }
@@ -88,7 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=None)
     p.add_argument("--seconds", type=float, default=1.0)
     args = p.parse_args(argv)
-    print(f"wrote {write_result(args.out, measure_peak(args.sizes or default_sizes(), args.seconds))}")
+    print(
+        f"wrote {write_result(args.out, measure_peak(args.sizes or default_sizes(), args.seconds))}"
+    )
 
 
 if __name__ == "__main__":

@@ -133,8 +133,15 @@ def distrec_step_losses(run, model, plan, steps: int) -> list[float]:
     model, optimizer, scheduler, state = prepared_trainer(run, model, plan, steps)
     before: list[float] = []  # on_step runs before the step's loss is added to the sum
     train_epoch(
-        run, model, optimizer, scheduler, loader, plan, state,
-        lambda _m, _s: before.append(state.epoch_loss), steps,
+        run,
+        model,
+        optimizer,
+        scheduler,
+        loader,
+        plan,
+        state,
+        lambda _m, _s: before.append(state.epoch_loss),
+        steps,
     )
     after = [*before[1:], state.epoch_loss]
     return [b - a for a, b in zip(before, after, strict=True)]
@@ -249,9 +256,7 @@ def _profiler(skip: int, active: int):
     if torch.cuda.is_available():
         activities.append(ProfilerActivity.CUDA)
     # The profiled steps come after the measured ones, so profiling never slows a window.
-    return profile(
-        activities=activities, schedule=schedule(wait=skip - 1, warmup=1, active=active)
-    )
+    return profile(activities=activities, schedule=schedule(wait=skip - 1, warmup=1, active=active))
 
 
 def summarize_profile(prof, wall_s: float, model_flops: float, peak: float, steps: int) -> dict:
@@ -263,9 +268,7 @@ def summarize_profile(prof, wall_s: float, model_flops: float, peak: float, step
         return e.self_device_time_total if on_gpu else e.self_cpu_time_total
 
     events = [
-        e
-        for e in prof.key_averages()
-        if self_time(e) > 0 and not e.key.startswith("ProfilerStep")
+        e for e in prof.key_averages() if self_time(e) > 0 and not e.key.startswith("ProfilerStep")
     ]
     total_us = sum(self_time(e) for e in events)
     matmul_us = sum(self_time(e) for e in events if e.key in MATMUL_OPS)

@@ -52,12 +52,19 @@ def tower_shape(model: torch.nn.Module, dim: int, user_layers: int) -> dict:
     base = getattr(base, "model", base)
     proj = linear_params(base.item_tower.proj, exclude=("lora_",)) if base.item_tower.proj else 0
     user = linear_params(base.user_tower, exclude=("lora_",))
-    return {"proj_weights": proj, "user_tower_weights": user, "dim": dim, "user_layers": user_layers}
+    return {
+        "proj_weights": proj,
+        "user_tower_weights": user,
+        "dim": dim,
+        "user_layers": user_layers,
+    }
 
 
 def lm_train_flops(lm: dict, tokens: float, sum_sq_len: float) -> float:
     frozen = lm["matmul_weights"]
-    return (4 * frozen + 6 * lm["lora_params"]) * tokens + 12 * lm["layers"] * lm["hidden"] * sum_sq_len
+    return (4 * frozen + 6 * lm["lora_params"]) * tokens + 12 * lm["layers"] * lm[
+        "hidden"
+    ] * sum_sq_len
 
 
 def lm_forward_flops(lm: dict, tokens: float, sum_sq_len: float) -> float:

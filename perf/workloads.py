@@ -155,6 +155,19 @@ def full_workload(work: Path, overrides: list[str], encoder: str | None) -> Work
             "model.pooling=last",
         ]
     cfg = load_config(FULL_CONFIG, [*extra, *overrides])
+    # The config's relative paths mean the checkout (where the config lives), not the
+    # folder `distrec bench` happens to be started from.
+    anchored = [
+        f"{key}={ROOT / value}"
+        for key, value in (
+            ("data.prepared_dir", cfg.data.prepared_dir),
+            ("data.raw_dir", cfg.data.raw_dir),
+            ("cache_dir", cfg.cache_dir),
+        )
+        if not Path(value).is_absolute()
+    ]
+    if anchored:
+        cfg = load_config(FULL_CONFIG, [*extra, *overrides, *anchored])
     prepare_domains(cfg)
     source, target = cfg.data.sources[0], cfg.data.target
     label = cfg.model.item_encoder if encoder is None else f"{encoder} (random init)"

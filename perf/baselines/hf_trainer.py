@@ -97,7 +97,9 @@ class TwoTowerForTrainer(nn.Module):
         flat = item_ids[real]
         uniq, inverse = torch.unique(flat, return_inverse=True)
         first = torch.full((uniq.numel(),), flat.numel(), device=flat.device)
-        first = first.scatter_reduce(0, inverse, torch.arange(flat.numel(), device=flat.device), "amin")
+        first = first.scatter_reduce(
+            0, inverse, torch.arange(flat.numel(), device=flat.device), "amin"
+        )
         cand = vecs[first]
         bias = self.rec._bias(self.popularity[uniq], cand)
         out = {
@@ -125,9 +127,7 @@ def train_with_trainer(run, peft_model, examples: list[dict], steps: int, work: 
     """Fine-tune with HF Trainer over `examples` in order; returns (model wrapper, clock, memory)."""
     cfg = run.cfg
     domain = run.domains[examples[0]["domain"]]
-    model = TwoTowerForTrainer(
-        peft_model, domain, cfg.model.temperature, cfg.model.logq_correction
-    )
+    model = TwoTowerForTrainer(peft_model, domain, cfg.model.temperature, cfg.model.logq_correction)
     args = TrainingArguments(
         output_dir=str(work / "hf_trainer"),
         per_device_train_batch_size=cfg.train.batch_size,
@@ -193,7 +193,11 @@ def bench_baseline(run, peft_model, plan, steps: tuple[int, int, int], work: Pat
         users = sum(e["valid"] for e in examples[first * bs : (last + 1) * bs])
         items = sum(per_step_items[first * bs : (last + 1) * bs])
         rows.append(
-            {"seconds": seconds, "users_per_s": users / seconds, "items_encoded_per_s": items / seconds}
+            {
+                "seconds": seconds,
+                "users_per_s": users / seconds,
+                "items_encoded_per_s": items / seconds,
+            }
         )
     result = {
         "implementation": "transformers.Trainer + peft.get_peft_model, per-example encoding",
