@@ -302,20 +302,28 @@ def summarize_profile(prof, wall_s: float, model_flops: float, peak: float, step
 
 
 def explain_mfu(result: dict, target: float = 0.30) -> str | None:
-    """A sentence built from the profile saying where the time below the target goes."""
+    """Sentences built from the profile and the batch shapes saying where the time goes."""
     prof = result.get("profile")
     mfu = result["median"]["mfu"]
     if mfu >= target or prof is None:
         return None
     s = prof["shares"]
     parts = ", ".join(f"{k} {v:.0%}" for k, v in sorted(s.items(), key=lambda kv: -kv[1]))
-    return (
+    text = (
         f"MFU {mfu:.1%} < {target:.0%}. Step time by op family: {parts}. The matmul kernels "
         f"themselves ran at {prof['matmul_kernel_efficiency_vs_peak']:.0%} of the measured "
         f"peak (model FLOPs / matmul kernel time), so MFU is bounded by the matmul share of "
         f"the step times that efficiency; top op: {prof['top_ops'][0]['op']} "
         f"({prof['top_ops'][0]['share']:.0%})."
     )
+    step = result["per_step_mean"]
+    if step["padded_tokens"]:
+        pad = 1 - step["tokens"] / step["padded_tokens"]
+        text += (
+            f" {pad:.0%} of the LM token positions computed are padding (each batch's distinct "
+            f"items are padded to its longest text); MFU counts real tokens only."
+        )
+    return text
 
 
 def train_plan(run, source: str):

@@ -21,7 +21,7 @@ FORMULA = (
     "step FLOPs = LM: (4·N_lm_frozen + 6·N_lora)·tokens + 12·L·h·Σ_items s_i²  "
     "[frozen weights: fwd 2N + activation-grad 2N, no weight grads; LoRA: 6N; "
     "attention scores fwd 4·s·h per token per layer, bwd 2x fwd] "
-    "+ towers: 6·N_proj·items + 6·N_user_tower·positions + 12·layers·d·Σ_rows len² "
+    "+ towers: 6·N_proj·items (4·N for the first layer over cached features: no input grad) + 6·N_user_tower·positions + 12·layers·d·Σ_rows len² "
     "+ logits: 6·d·positions·candidates. "
     "N counts matmul weights only (no embeddings, norms, biases); tokens = real tokens; "
     "the unused BERT pooler (2h² per item) is omitted."
@@ -50,10 +50,13 @@ def lm_shape(lm: torch.nn.Module) -> dict:
 def tower_shape(model: torch.nn.Module, dim: int, user_layers: int) -> dict:
     base = getattr(model, "base_model", model)
     base = getattr(base, "model", base)
-    proj = linear_params(base.item_tower.proj, exclude=("lora_",)) if base.item_tower.proj else 0
+    proj = base.item_tower.proj
     user = linear_params(base.user_tower, exclude=("lora_",))
     return {
-        "proj_weights": proj,
+        "proj_weights": linear_params(proj, exclude=("lora_",)) if proj is not None else 0,
+        "proj_first_layer_weights": proj.fc_in.weight.numel() if proj is not None else 0,
+        # Cached features are constants: the first projection layer needs no input gradient.
+        "proj_input_grad": base.item_tower.lm is not None,
         "user_tower_weights": user,
         "dim": dim,
         "user_layers": user_layers,
@@ -76,8 +79,9 @@ def tower_train_flops(
     towers: dict, items: float, positions: float, sum_sq_rows: float, candidates_x_positions: float
 ) -> float:
     d = towers["dim"]
+    no_input_grad = 0 if towers["proj_input_grad"] else towers["proj_first_layer_weights"]
     return (
-        6 * towers["proj_weights"] * items
+        (6 * towers["proj_weights"] - 2 * no_input_grad) * items
         + 6 * towers["user_tower_weights"] * positions
         + 12 * towers["user_layers"] * d * sum_sq_rows
         + 6 * d * candidates_x_positions

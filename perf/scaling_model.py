@@ -110,6 +110,11 @@ def predict(
         "comm_parts_s": parts,
         "step_s": step,
         "tokens_per_s": world * w.tokens_per_step / step,
+        # Frozen base weights held per GPU (activations and optimizer state not included).
+        "weights_gb_per_gpu": w.params
+        * w.weight_bytes
+        / (world if backend == "zero3" else 1)
+        / 1e9,
         "scaling_efficiency": w.compute_s / step,
     }
 
@@ -158,14 +163,16 @@ def table(w: Workload, links: Links, overlap: float, max_gpus: int = 64) -> list
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| GPUs (per node x nodes) | backend | compute s | comm s | step s | tokens/s | efficiency |",
-        "|---|---|---|---|---|---|---|",
+        "| GPUs (per node x nodes) | backend | compute s | comm s | step s | tokens/s | efficiency "
+        "| weights GB/GPU |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['world']} ({r['gpus_per_node']}x{r['nodes']}) | {r['backend']} | "
             f"{r['compute_s']:.3f} | {r['comm_s']:.3f} | {r['step_s']:.3f} | "
-            f"{r['tokens_per_s']:,.0f} | {r['scaling_efficiency']:.0%} |"
+            f"{r['tokens_per_s']:,.0f} | {r['scaling_efficiency']:.0%} | "
+            f"{r['weights_gb_per_gpu']:.1f} |"
         )
     return "\n".join(lines)
 

@@ -231,7 +231,7 @@ class Suite:
         return baseline, equal
 
     def data(self, e2e_run) -> dict:
-        from perf.bench_data import loader_rows
+        from perf.bench_data import dedup_ratios, loader_rows
 
         w = self.workload
         d = e2e_run.domains[w.source]
@@ -245,6 +245,14 @@ class Suite:
             w.steps.data_batches,
             w.config.data.max_history,
         )
+        dedup = dedup_ratios(
+            d.manifest,
+            d.tokens,
+            e2e_run.tokenizer.pad_token_id,
+            w.config.data.max_history,
+            [w.config.train.batch_size, 64, 256],
+            5,
+        )
         return self.save(
             "bench_data",
             {
@@ -257,6 +265,7 @@ class Suite:
                     "run": w.describe(),
                 },
                 "results": rows,
+                "dedup_by_batch_size": dedup,
             },
         )
 

@@ -83,6 +83,10 @@ def build_summary(
             if r["sequences_per_s"] > best.get(r["mode"], {}).get("sequences_per_s", 0):
                 best[r["mode"]] = {"workers": r["workers"], "sequences_per_s": r["sequences_per_s"]}
         s["loader_best"] = best
+        s["dedup_by_batch_size"] = {
+            r["batch_size"]: r["occurrences_per_distinct"]
+            for r in data.get("dedup_by_batch_size", [])
+        }
     if memory is not None:
         s["peak_memory_bytes"] = {k: v["peak_bytes"] for k, v in memory["per_mode"].items()}
         s["zero_memory"] = memory["zero"]
