@@ -32,13 +32,13 @@ MATMUL_OPS = {
     "aten::_scaled_dot_product_cudnn_attention_backward",
 }
 CATEGORIES = {
-    "dtype casts (autocast copies of fp32 weights/activations)": {
+    "dtype casts (autocast copies)": {
         "aten::copy_",
         "aten::_to_copy",
         "aten::to",
     },
     "dropout masks": {"aten::bernoulli_", "aten::native_dropout", "aten::native_dropout_backward"},
-    "optimizer (AdamW foreach)": {
+    "optimizer (AdamW)": {
         "aten::_foreach_sqrt",
         "aten::_foreach_add_",
         "aten::_foreach_mul_",
@@ -277,9 +277,7 @@ def summarize_profile(prof, wall_s: float, model_flops: float, peak: float, step
         for name, ops in CATEGORIES.items()
     }
     shares = {"matmul and attention kernels": matmul_us / total_us, **shares}
-    shares["everything else (elementwise, norms, softmax, gelu, indexing)"] = 1.0 - sum(
-        shares.values()
-    )
+    shares["other (elementwise, norms, softmax, gelu, indexing)"] = 1.0 - sum(shares.values())
     top = sorted(events, key=self_time, reverse=True)[:15]
     matmul_eff = model_flops / (matmul_us / 1e6) / peak if matmul_us else 0.0
     return {

@@ -344,10 +344,20 @@ class Suite:
             )
         return self.save("scaling", result)
 
-    def scaling_measurement(self) -> dict:
+    def scaling_measurement(self) -> dict | None:
+        import torch
+
         a = self.args
         common = ["--suite", a.suite, "--work", str(self.work), *a.overrides]
-        env = {"OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+        if torch.cuda.is_available():
+            if torch.cuda.device_count() < 2:
+                self.skipped["scaling_measurement"] = "one GPU: nothing to compare 1 process with"
+                return None
+            env, template = {}, ["--multi_gpu"]
+        else:
+            # One thread per process: each process plays one device (a core).
+            env = {"OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+            template = ["--config_file", str(ROOT / "launch" / "cpu_multiprocess.yaml")]
         one = self.work / "scaling-1.json"
         self.subprocess(
             [sys.executable, "-m", "perf.bench_scaling", *common, "--out", str(one)],
@@ -356,18 +366,10 @@ class Suite:
         )
         two = self.work / "scaling-2.json"
         launch = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--config_file",
-            str(ROOT / "launch" / "cpu_multiprocess.yaml"),
-            "--num_processes",
-            "2",
-            "--main_process_port",
-            str(free_port()),
-            "-m",
-            "perf.bench_scaling",
-        ]
+            sys.executable, "-m", "accelerate.commands.launch", *template,
+            "--num_processes", "2", "--main_process_port", str(free_port()),
+            "-m", "perf.bench_scaling",
+        ]  # fmt: skip
         self.subprocess([*launch, *common, "--out", str(two)], "scaling: 2 processes", env)
         return {"1": json.loads(one.read_text()), "2": json.loads(two.read_text())}
 

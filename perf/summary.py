@@ -110,7 +110,8 @@ def build_summary(
         "the issue's targets are stated for --suite full (the demo's MiniLM on MovieLens); "
         "the quick suite's tiny random model only checks the machinery"
         if suite == "quick"
-        else "measured side by side in this run"
+        else f"measured side by side in this run; load average at start {load_start} on "
+        f"{device_description()}"
     )
     s["skipped"] = skipped
     s["load_average_start"] = load_start
