@@ -9,7 +9,6 @@ import platform
 import statistics
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,11 +176,3 @@ def build_run(cfg, out: Path, domains: list[str]):
     run = Run(cfg, accelerator, precision, out)
     load_domains(run, domains)
     return run
-
-
-class Stopwatch:
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
-
-    def __call__(self) -> float:
-        return time.perf_counter() - self.t0

@@ -113,90 +113,65 @@ class Suite:
         return json.loads(path.read_text())
 
     def run(self) -> dict:
-        from distrec.train.stages import new_model
         from perf.bench_peak import default_sizes, measure_peak
-        from perf.bench_train import bench_mode, end_to_end_model
-        from perf.common import build_run
-        from perf.workloads import full_workload, quick_workload, with_mode
+        from perf.plots import write_plots
+        from perf.workloads import full_workload, quick_workload
 
         a = self.args
         load_start = load_average()
-        w = (
+        self.workload = w = (
             quick_workload(self.work, a.overrides)
             if a.suite == "quick"
             else full_workload(self.work, a.overrides, a.encoder)
         )
-        self.workload = w
         print(f"[perf] {a.suite} suite on {device_description()}, load {load_start}")
         peak = self.save("peak", measure_peak(default_sizes(), 1.0 if a.suite == "full" else 0.3))
-        peak_bf16 = peak["measured"]["bf16"]["flops_per_s"]
-        domains = [w.source, *([w.target] if w.target != w.source else [])]
-
-        e2e_cfg = w.config
-        cached_cfg = with_mode(w.config, "cached")
-        e2e_run = build_run(e2e_cfg, self.work / "run", domains)
-        pristine = copy.deepcopy(e2e_run.lm)
-        cached_run = build_run(cached_cfg, self.work / "run", domains)
-        peak_for = {"bf16": peak_bf16, "fp32": peak["measured"]["fp32"]["flops_per_s"]}
-
-        cached_model = new_model(cached_run)
-        cached = bench_mode(
-            cached_run,
-            cached_model,
-            w.source,
-            w.steps.cached,
-            peak_for[cached_run.precision],
-            0,
-        )
-        e2e_model = end_to_end_model(e2e_run, pristine)
-        e2e = bench_mode(
-            e2e_run,
-            e2e_model,
-            w.source,
-            w.steps.end_to_end,
-            peak_for[e2e_run.precision],
-            w.steps.profile_steps,
-        )
-        train = self.save(
-            "train",
-            {"benchmark": "train", "config": w.describe(), "cached": cached, "end_to_end": e2e},
-        )
-        baseline = equal = None
+        train, (cached_run, cached_model), (e2e_run, e2e_model), pristine = self.training(peak)
+        baseline = equal = evaluation = None
         if "baseline" not in a.skip:
             baseline, equal = self.baseline(e2e_run, pristine)
-        evaluation = None
         if "eval" not in a.skip:
             from perf.bench_eval import bench_eval
 
-            evaluation = self.save(
-                "eval",
-                {
-                    **bench_eval(cached_run, cached_model, e2e_run, e2e_model, w.target),
-                    "config": w.describe(),
-                },
-            )
+            result = bench_eval(cached_run, cached_model, e2e_run, e2e_model, w.target)
+            evaluation = self.save("eval", {**result, "config": w.describe()})
         data = self.data(e2e_run) if "data" not in a.skip else None
         memory = self.memory(train, baseline) if "memory" not in a.skip else None
-        scaling = self.scaling(train) if "scaling" not in a.skip else None
+        scaling = self.scaling() if "scaling" not in a.skip else None
         summary = build_summary(
-            a.suite,
-            w,
-            peak,
-            train,
-            baseline,
-            equal,
-            evaluation,
-            data,
-            memory,
-            scaling,
-            self.skipped,
-            load_start,
-        )
-        from perf.plots import write_plots
-
+            a.suite, w, peak, train, baseline, equal, evaluation, data, memory, scaling,
+            self.skipped, load_start,
+        )  # fmt: skip
         summary["plots"] = write_plots(self.out, train, baseline, data, scaling, memory)
         summary["files"] = [*self.files, "summary.json", "summary.md", *summary["plots"]]
         return summary
+
+    def training(self, peak: dict):
+        """Cached and end-to-end training throughput, one after the other on the same data;
+        returns the results, both (run, model) pairs and a pristine copy of the LM."""
+        from distrec.train.stages import new_model
+        from perf.bench_train import bench_mode, end_to_end_model
+        from perf.common import build_run
+        from perf.workloads import with_mode
+
+        w = self.workload
+        domains = [w.source, *([w.target] if w.target != w.source else [])]
+        peak_for = {k: v["flops_per_s"] for k, v in peak["measured"].items()}
+        e2e_run = build_run(w.config, self.work / "run", domains)
+        pristine = copy.deepcopy(e2e_run.lm)
+        cached_run = build_run(with_mode(w.config, "cached"), self.work / "run", domains)
+        cached_model = new_model(cached_run)
+        cached = bench_mode(
+            cached_run, cached_model, w.source, w.steps.cached, peak_for[cached_run.precision], 0
+        )
+        e2e_model = end_to_end_model(e2e_run, pristine)
+        e2e = bench_mode(
+            e2e_run, e2e_model, w.source, w.steps.end_to_end, peak_for[e2e_run.precision],
+            w.steps.profile_steps,
+        )  # fmt: skip
+        result = {"benchmark": "train", "config": w.describe(), "cached": cached, "end_to_end": e2e}
+        train = self.save("train", result)
+        return train, (cached_run, cached_model), (e2e_run, e2e_model), pristine
 
     def baseline(self, e2e_run, pristine):
         from perf.baselines.hf_trainer import bench_baseline
@@ -276,7 +251,12 @@ class Suite:
         }
         if baseline is not None:
             per_mode["hf_trainer_baseline_train"] = baseline["memory"]
-        result = {"benchmark": "memory", "per_mode": per_mode, "zero": None}
+        result = {
+            "benchmark": "memory",
+            "per_mode": per_mode,
+            "zero": None,
+            "config": self.workload.describe(),
+        }
         script = ROOT / "perf" / "bench_memory.py"
         if not script.exists():
             self.skipped["memory_zero"] = (
@@ -294,7 +274,7 @@ class Suite:
             result["zero"] = json.loads(path.read_text())
         return self.save("memory", result)
 
-    def scaling(self, train: dict) -> dict:
+    def scaling(self) -> dict:
         from perf.scaling_model import Links, Workload, predict
 
         a = self.args
@@ -315,6 +295,7 @@ class Suite:
             "validation": None,
             "table_7b_lora_h100": table(seven_b, Links(), overlap=0.0),
             "table_assumptions": "python -m perf.scaling_model defaults; see perf/SCALING.md",
+            "config": self.workload.describe(),
         }
         if measured is not None:
             one, two = measured["1"], measured["2"]
