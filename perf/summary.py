@@ -62,6 +62,24 @@ def build_summary(
             "hf_trainer_baseline": baseline["items_encoded_per_user"] if baseline else None,
         },
         "equal_loss": None,
+        "best_window": {
+            "note": "the fastest measured window of each mode: contention on a shared machine "
+            "only slows windows down, so these ratios are the load-robust estimate",
+            "users_per_s": {
+                "cached": cached["best_window"]["users_per_s"],
+                "end_to_end": e2e["best_window"]["users_per_s"],
+                "hf_trainer_baseline": baseline["best_window"]["users_per_s"] if baseline else None,
+            },
+            "mfu_e2e": e2e["best_window"]["mfu"],
+            "cached_over_e2e": cached["best_window"]["users_per_s"]
+            / e2e["best_window"]["users_per_s"],
+            "speedup_vs_hf_trainer": (
+                e2e["best_window"]["users_per_s"] / baseline["best_window"]["users_per_s"]
+                if baseline
+                else None
+            ),
+            "data_wait_fraction_cached": cached["best_window"]["data_wait_fraction"],
+        },
         "data_wait_fraction_cached": cached["median"]["data_wait_fraction"],
         "data_wait_fraction_e2e": e2e["median"]["data_wait_fraction"],
         "mfu_explanation": e2e.get("mfu_explanation"),
@@ -141,16 +159,26 @@ def summary_markdown(s: dict) -> str:
         "",
         "## Targets",
         "",
-        "| metric | value | target | met |",
-        "|---|---|---|---|",
+        "| metric | median of windows | fastest window | target | met (median) |",
+        "|---|---|---|---|---|",
     ]
+    b = s["best_window"]
     for key, t in s["targets"].items():
         lines.append(
-            f"| {key} ({t['what']}) | {_fmt(t['value'])} | {t['target']} | {_fmt(t['met'])} |"
+            f"| {key} ({t['what']}) | {_fmt(t['value'])} | {_fmt(b.get(key))} | {t['target']} "
+            f"| {_fmt(t['met'])} |"
         )
-    lines += ["", f"_{s['targets_note']}_", "", "## Throughput", "", "| | users/s |", "|---|---|"]
+    lines += [
+        "",
+        f"_{s['targets_note']}. Fastest window: {b['note']}._",
+        "",
+        "## Throughput",
+        "",
+        "| | users/s (median) | users/s (fastest window) |",
+        "|---|---|---|",
+    ]
     for k, v in u.items():
-        lines.append(f"| {k} | {_fmt(v)} |")
+        lines.append(f"| {k} | {_fmt(v)} | {_fmt(b['users_per_s'].get(k))} |")
     p = s["peak_flops_per_s"]
     lines += [
         "",

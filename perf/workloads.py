@@ -30,7 +30,7 @@ STEPS = {
     "quick": Steps((3, 3, 5), (1, 3, 2), (1, 3, 2), 1, 6, 200, 20, (0, 1)),
     # End-to-end shapes change every step (distinct items x longest text): oneDNN builds
     # kernels per new shape, so the end-to-end warm-up is longer than one step.
-    "full": Steps((10, 5, 20), (3, 3, 2), (3, 3, 2), 1, 8, 943, 100, (0, 1, 2)),
+    "full": Steps((10, 8, 10), (3, 4, 2), (3, 4, 2), 1, 8, 943, 100, (0, 1, 2)),
 }
 
 # Encoders the suite can build from a config alone (random init): `tiny` for the quick

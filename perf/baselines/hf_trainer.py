@@ -206,6 +206,7 @@ def bench_baseline(run, peft_model, plan, steps: tuple[int, int, int], work: Pat
             k: median_windows([r[k] for r in rows])["median"]
             for k in ("users_per_s", "items_encoded_per_s")
         },
+        "best_window": max(rows, key=lambda r: r["users_per_s"]),
         "windows": rows,
         "items_encoded_per_user": sum(per_step_items) / len(per_step_items),
         "memory": mem.report(),
