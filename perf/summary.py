@@ -235,6 +235,9 @@ def summary_markdown(s: dict) -> str:
             f"- predicted 2-process step {v['predicted_step_s']:.2f} s, measured "
             f"{v['measured_step_s']:.2f} s (error {v['relative_error']:+.0%})",
         ]
+    if s.get("failures"):
+        lines += ["", "## Failed", ""]
+        lines += [f"- {k}: {why.splitlines()[0]}" for k, why in s["failures"].items()]
     if s["skipped"]:
         lines += ["", "## Skipped", ""]
         lines += [f"- {k}: {why}" for k, why in s["skipped"].items()]
