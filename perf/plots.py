@@ -55,7 +55,7 @@ def throughput(path: Path, train, baseline) -> str:
 def step_profile(path: Path, e2e: dict) -> str:
     plt = _plt()
     shares = e2e["profile"]["shares"]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = plt.subplots(figsize=(8.5, 3.5))
     keys = sorted(shares, key=shares.get)
     ax.barh(keys, [shares[k] for k in keys], color="#4c72b0")
     ax.set(
