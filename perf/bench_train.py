@@ -125,14 +125,29 @@ def prepared_trainer(run, model, plan, total: int):
     return model, optimizer, scheduler, state
 
 
+def run_train_epoch(run, model, optimizer, scheduler, loader, plan, state, on_step, total):
+    """The product's `train_epoch`. A benchmark never checkpoints: where the trainer takes a
+    mid-epoch checkpoint callback (added alongside this benchmark), it gets a no-op."""
+    import inspect
+
+    from distrec.train.loop import train_epoch
+
+    extra = {}
+    if "checkpoint" in inspect.signature(train_epoch).parameters:
+        extra["checkpoint"] = lambda: None
+    return train_epoch(
+        run, model, optimizer, scheduler, loader, plan, state, on_step, total, **extra
+    )
+
+
 def distrec_step_losses(run, model, plan, steps: int) -> list[float]:
     """Each step's loss from the product's train_epoch (it keeps a running sum)."""
-    from distrec.train.loop import build_loader, train_epoch
+    from distrec.train.loop import build_loader
 
     loader = build_loader(run, plan)
     model, optimizer, scheduler, state = prepared_trainer(run, model, plan, steps)
     before: list[float] = []  # on_step runs before the step's loss is added to the sum
-    train_epoch(
+    run_train_epoch(
         run,
         model,
         optimizer,
@@ -159,7 +174,7 @@ def time_training(
 ) -> dict:
     """Run the product's train_epoch for warm-up + measured (+ profiled) steps and report
     median-of-window rates, data-wait share, MFU and (optionally) a profile."""
-    from distrec.train.loop import build_loader, train_epoch
+    from distrec.train.loop import build_loader
 
     cfg, acc = run.cfg, run.accelerator
     sizes = {n: d.num_items for n, d in run.domains.items()}
@@ -185,9 +200,11 @@ def time_training(
     with PeakMemory() as mem:
         if prof is not None:
             with prof:
-                train_epoch(run, model, optimizer, scheduler, loader, plan, state, on_step, total)
+                run_train_epoch(
+                    run, model, optimizer, scheduler, loader, plan, state, on_step, total
+                )
         else:
-            train_epoch(run, model, optimizer, scheduler, loader, plan, state, on_step, total)
+            run_train_epoch(run, model, optimizer, scheduler, loader, plan, state, on_step, total)
     if len(marks) < total:
         raise RuntimeError(f"{plan.name}: the trainer stopped after {len(marks)} of {total} steps")
     lm = lm_shape(run.lm) if (cfg.model.mode == "end_to_end" and run.lm is not None) else None
