@@ -4,7 +4,9 @@ Measured on the prepared ML-1M shards and on a synthetic domain ten times the
 demo's data (ML-1M + ML-100K), written by `distrec data synth` through the same
 writer. Writes JSON (and a PNG beside it).
 
-    python perf/bench_data.py --out perf/results/bench_data.json
+    python -m perf.bench_data --out perf/results/bench_data.json
+
+The suite (`python -m perf`) runs `loader_rows` on its own workload's source domain.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-
-from common import write_result
 
 from distrec.config import load_config
 from distrec.data.loader import StreamLoader
@@ -23,10 +23,15 @@ from distrec.data.stream import StreamSpec
 from distrec.data.synth import SynthSpec, synth_domain
 from distrec.data.tokens import AttachTokens, TokenTable
 from distrec.models.encoder import load_encoder
+from perf.common import write_result
 
 
-def measure(manifest, workers: int, batch: int, max_batches: int, transform=None) -> dict:
-    spec = StreamSpec(batch_size=batch, max_history=50, num_workers=workers, shuffle_shards=4)
+def measure(
+    manifest, workers: int, batch: int, max_batches: int, transform=None, max_history: int = 50
+) -> dict:
+    spec = StreamSpec(
+        batch_size=batch, max_history=max_history, num_workers=workers, shuffle_shards=4
+    )
     loader = StreamLoader(manifest, spec, transform=transform)
     it = iter(loader)
     next(it)  # warm-up: worker start and first window
@@ -48,6 +53,26 @@ def measure(manifest, workers: int, batch: int, max_batches: int, transform=None
         "positions_per_s": positions / elapsed,
         "tokens_per_s": tokens / elapsed if tokens else None,
     }
+
+
+def loader_rows(
+    name: str,
+    manifest,
+    table: TokenTable,
+    pad_id: int,
+    workers: tuple[int, ...],
+    batch: int,
+    batches: int,
+    max_history: int,
+) -> list[dict]:
+    """Loader-only rates for each worker count, without and with tokens attached."""
+    rows = []
+    for w in workers:
+        for mode, transform in (("cached", None), ("end_to_end", AttachTokens(table, pad_id))):
+            r = measure(manifest, w, batch, batches, transform, max_history)
+            rows.append({"dataset": name, "mode": mode, **r})
+            print(f"[perf] loader {name} {mode} workers={w}: {r['sequences_per_s']:.0f} seq/s")
+    return rows
 
 
 def main() -> None:
@@ -144,3 +169,34 @@ def plot(path: Path, rows: list[dict]) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def dedup_ratios(
+    manifest, table: TokenTable, pad_id: int, max_history: int, sizes: list[int], batches: int
+) -> list[dict]:
+    """Item occurrences per distinct item in a batch, by batch size: how much LM work
+    end-to-end mode saves over encoding every history item of every user."""
+    rows = []
+    for size in sizes:
+        spec = StreamSpec(batch_size=size, max_history=max_history, num_workers=0, shuffle_shards=4)
+        loader = StreamLoader(manifest, spec, transform=AttachTokens(table, pad_id))
+        occurrences = distinct = users = 0
+        for n, b in enumerate(loader):
+            real = b["targets"] > 0
+            # every history item a per-example pipeline encodes: inputs + the last target
+            occurrences += int(real.sum() + (real.sum(1) > 0).sum())
+            distinct += len(b["items"])
+            users += int(b["valid"].sum())
+            if n + 1 >= batches:
+                break
+        rows.append(
+            {
+                "batch_size": size,
+                "batches": n + 1,
+                "items_per_user_every_occurrence": occurrences / users,
+                "items_per_user_distinct": distinct / users,
+                "occurrences_per_distinct": occurrences / distinct,
+            }
+        )
+        print(f"[perf] dedup at batch {size}: {occurrences / distinct:.2f} occurrences per item")
+    return rows

@@ -231,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.out:
         p.error("--out FILE is required")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import write_result
+    sys.path.insert(0, str(ROOT))
+    from perf.common import write_result
 
     with tempfile.TemporaryDirectory() as tmp:
         for i, strategy in enumerate(TEMPLATES):

@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from common import write_result  # perf/common.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from perf.common import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/tune/demo.yaml"

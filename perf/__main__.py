@@ -1,0 +1,5 @@
+import sys
+
+from perf.suite import main
+
+sys.exit(main())

@@ -1,0 +1,104 @@
+"""The suite's PNGs: throughput side by side, where the end-to-end step goes, loader rates,
+peak memory per mode and the scaling model's prediction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_plots(out: Path, train, baseline, data, scaling, memory) -> list[str]:
+    names = [throughput(out / "throughput.png", train, baseline)]
+    if "profile" in train["end_to_end"]:
+        names.append(step_profile(out / "e2e_step_profile.png", train["end_to_end"]))
+    if data is not None:
+        from perf.bench_data import plot
+
+        plot(out / "bench_data.png", data["results"])
+        names.append("bench_data.png")
+    if memory is not None:
+        names.append(memory_plot(out / "memory.png", memory))
+    if scaling is not None and scaling.get("table_7b_lora_h100"):
+        names.append(scaling_plot(out / "scaling.png", scaling["table_7b_lora_h100"]))
+    return names
+
+
+def throughput(path: Path, train, baseline) -> str:
+    plt = _plt()
+    labels = ["cached", "end-to-end LoRA"]
+    values = [
+        train["cached"]["median"]["users_per_s"],
+        train["end_to_end"]["median"]["users_per_s"],
+    ]
+    if baseline is not None:
+        labels.append("HF Trainer + PEFT")
+        values.append(baseline["median"]["users_per_s"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bars = ax.bar(labels, values, color=["#4c72b0", "#dd8452", "#8c8c8c"][: len(values)])
+    ax.set_yscale("log")
+    ax.bar_label(bars, labels=[f"{v:,.1f}" for v in values])
+    ax.set(ylabel="users / s (log)", title="training throughput, same model and batch")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def step_profile(path: Path, e2e: dict) -> str:
+    plt = _plt()
+    shares = e2e["profile"]["shares"]
+    fig, ax = plt.subplots(figsize=(8.5, 3.5))
+    keys = sorted(shares, key=shares.get)
+    ax.barh(keys, [shares[k] for k in keys], color="#4c72b0")
+    ax.set(
+        xlabel="share of profiled step time",
+        title=f"end-to-end LoRA step: MFU {e2e['median']['mfu']:.1%}",
+    )
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def memory_plot(path: Path, memory: dict) -> str:
+    plt = _plt()
+    per = memory["per_mode"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(list(per), [v["peak_bytes"] / 2**30 for v in per.values()], color="#55a868")
+    ax.set(ylabel=f"GiB ({next(iter(per.values()))['kind']})", title="peak memory per mode")
+    ax.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def scaling_plot(path: Path, rows: list[dict]) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for backend in ("ddp", "zero2", "zero3"):
+        sel = [r for r in rows if r["backend"] == backend]
+        ax.plot(
+            [r["world"] for r in sel], [r["tokens_per_s"] for r in sel], marker="o", label=backend
+        )
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="H100 GPUs (8 per node beyond 8)",
+        ylabel="predicted LM tokens / s",
+        title="7B item encoder, LoRA: scaling model",
+    )
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name

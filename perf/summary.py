@@ -1,0 +1,245 @@
+"""summary.json (the headline numbers and the issue's targets) and summary.md from the
+benchmarks' results."""
+
+from __future__ import annotations
+
+from perf.common import device_description, load_average
+
+TARGETS = {
+    "mfu_e2e": (">=", 0.30, "end-to-end LoRA step MFU vs measured bf16 matmul peak"),
+    "speedup_vs_hf_trainer": (">=", 3.0, "distrec end-to-end users/s / HF Trainer + PEFT"),
+    "cached_over_e2e": (">=", 50.0, "cached users/s / end-to-end users/s"),
+    "data_wait_fraction_cached": ("<", 0.05, "share of cached-mode step time waiting for data"),
+}
+
+
+def _met(value, op: str, bound: float) -> bool | None:
+    if value is None:
+        return None
+    return value >= bound if op == ">=" else value < bound
+
+
+def build_summary(
+    suite,
+    workload,
+    peak,
+    train,
+    baseline,
+    equal,
+    evaluation,
+    data,
+    memory,
+    scaling,
+    skipped,
+    load_start,
+) -> dict:
+    e2e, cached = train["end_to_end"], train["cached"]
+    users = {"cached": cached["median"]["users_per_s"], "end_to_end": e2e["median"]["users_per_s"]}
+    if baseline is not None:
+        users["hf_trainer_baseline"] = baseline["median"]["users_per_s"]
+    s = {
+        "suite": suite,
+        "device": device_description(),
+        "precision": e2e["precision"],
+        "peak_flops_per_s": {
+            "fp32_measured": peak["measured"]["fp32"]["flops_per_s"],
+            "bf16_measured": peak["measured"]["bf16"]["flops_per_s"],
+            "vendor": peak["vendor"],
+        },
+        "mfu_e2e": e2e["median"]["mfu"],
+        "mfu_cached": cached["median"]["mfu"],
+        "users_per_s": users,
+        "items_encoded_per_s_e2e": e2e["median"]["items_encoded_per_s"],
+        "tokens_per_s_e2e": e2e["median"]["tokens_per_s"],
+        "model_flops_per_s_e2e": e2e["median"]["model_flops_per_s"],
+        "cached_over_e2e": users["cached"] / users["end_to_end"],
+        "speedup_vs_hf_trainer": (
+            users["end_to_end"] / users["hf_trainer_baseline"] if baseline is not None else None
+        ),
+        "dedup_items_per_user": {
+            "distrec": e2e["per_step_mean"]["items_encoded"]
+            / max(1, e2e["per_step_mean"]["users"]),
+            "hf_trainer_baseline": baseline["items_encoded_per_user"] if baseline else None,
+        },
+        "equal_loss": None,
+        "best_window": {
+            "note": "the fastest measured window of each mode: contention on a shared machine "
+            "only slows windows down, so these ratios are the load-robust estimate",
+            "users_per_s": {
+                "cached": cached["best_window"]["users_per_s"],
+                "end_to_end": e2e["best_window"]["users_per_s"],
+                "hf_trainer_baseline": baseline["best_window"]["users_per_s"] if baseline else None,
+            },
+            "mfu_e2e": e2e["best_window"]["mfu"],
+            "cached_over_e2e": cached["best_window"]["users_per_s"]
+            / e2e["best_window"]["users_per_s"],
+            "speedup_vs_hf_trainer": (
+                e2e["best_window"]["users_per_s"] / baseline["best_window"]["users_per_s"]
+                if baseline
+                else None
+            ),
+            "data_wait_fraction_cached": cached["best_window"]["data_wait_fraction"],
+        },
+        "data_wait_fraction_cached": cached["median"]["data_wait_fraction"],
+        "data_wait_fraction_e2e": e2e["median"]["data_wait_fraction"],
+        "mfu_explanation": e2e.get("mfu_explanation"),
+    }
+    if equal is not None:
+        s["equal_loss"] = {
+            k: equal[k] for k in ("losses_match", "max_rel_diff", "max_abs_diff", "rtol")
+        } | {"steps": equal["config"]["steps"]}
+    if evaluation is not None:
+        s["eval"] = {
+            "catalog_items_per_s_e2e": evaluation["catalog_end_to_end"]["items_per_s"],
+            "catalog_items_per_s_cached": evaluation["catalog_cached"]["items_per_s"],
+            "users_ranked_per_s": evaluation["ranking"]["users_ranked_per_s"],
+            "catalog_items": evaluation["ranking"]["catalog_items"],
+        }
+    if data is not None:
+        best = {}
+        for r in data["results"]:
+            if r["sequences_per_s"] > best.get(r["mode"], {}).get("sequences_per_s", 0):
+                best[r["mode"]] = {"workers": r["workers"], "sequences_per_s": r["sequences_per_s"]}
+        s["loader_best"] = best
+        s["dedup_by_batch_size"] = {
+            r["batch_size"]: r["occurrences_per_distinct"]
+            for r in data.get("dedup_by_batch_size", [])
+        }
+    if memory is not None:
+        s["peak_memory_bytes"] = {k: v["peak_bytes"] for k, v in memory["per_mode"].items()}
+        s["zero_memory"] = memory["zero"]
+    if scaling is not None and scaling.get("validation"):
+        v = scaling["validation"]
+        s["scaling_validation"] = {
+            "predicted_step_s": v["prediction"]["step_s"],
+            "measured_step_s": v["measured_step_s"],
+            "relative_error": v["relative_error"],
+        }
+    s["targets"] = {
+        key: {
+            "value": s.get(key),
+            "target": f"{op} {bound}",
+            "met": _met(s.get(key), op, bound),
+            "what": what,
+        }
+        for key, (op, bound, what) in TARGETS.items()
+    }
+    s["targets_note"] = (
+        "the issue's targets are stated for --suite full (the demo's MiniLM on MovieLens); "
+        "the quick suite's tiny random model only checks the machinery"
+        if suite == "quick"
+        else f"measured side by side in this run; load average at start {load_start} on "
+        f"{device_description()}"
+    )
+    s["skipped"] = skipped
+    s["load_average_start"] = load_start
+    s["load_average_end"] = load_average()
+    s["config"] = workload.describe()
+    return s
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, bool):
+        return "yes" if v else "NO"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def summary_markdown(s: dict) -> str:
+    u = s["users_per_s"]
+    lines = [
+        f"# distrec bench — {s['suite']} suite",
+        "",
+        f"Device: {s['device']}; precision {s['precision']}; load average at start "
+        f"{s['load_average_start']}, at end {s['load_average_end']}; "
+        f"{s.get('wall_s', 0):.0f} s wall. Encoder: {s['config']['encoder']}.",
+        "",
+        "## Targets",
+        "",
+        "| metric | median of windows | fastest window | target | met (median) |",
+        "|---|---|---|---|---|",
+    ]
+    b = s["best_window"]
+    for key, t in s["targets"].items():
+        lines.append(
+            f"| {key} ({t['what']}) | {_fmt(t['value'])} | {_fmt(b.get(key))} | {t['target']} "
+            f"| {_fmt(t['met'])} |"
+        )
+    lines += [
+        "",
+        f"_{s['targets_note']}. Fastest window: {b['note']}._",
+        "",
+        "## Throughput",
+        "",
+        "| | users/s (median) | users/s (fastest window) |",
+        "|---|---|---|",
+    ]
+    for k, v in u.items():
+        lines.append(f"| {k} | {_fmt(v)} | {_fmt(b['users_per_s'].get(k))} |")
+    p = s["peak_flops_per_s"]
+    lines += [
+        "",
+        f"- end-to-end: {_fmt(s['items_encoded_per_s_e2e'])} items encoded/s, "
+        f"{_fmt(s['tokens_per_s_e2e'])} tokens/s, {s['model_flops_per_s_e2e'] / 1e9:.1f} GFLOP/s "
+        f"model FLOPs = MFU {s['mfu_e2e']:.1%} of the measured bf16 peak "
+        f"({p['bf16_measured'] / 1e9:.0f} GFLOP/s; fp32 {p['fp32_measured'] / 1e9:.0f} GFLOP/s)",
+        f"- items encoded per user: distrec {_fmt(s['dedup_items_per_user']['distrec'])} "
+        f"(distinct items of the batch), HF Trainer baseline "
+        f"{_fmt(s['dedup_items_per_user']['hf_trainer_baseline'])} (every history item)",
+        f"- data-wait fraction: cached {s['data_wait_fraction_cached']:.1%}, end-to-end "
+        f"{s['data_wait_fraction_e2e']:.1%}",
+    ]
+    if s.get("equal_loss"):
+        e = s["equal_loss"]
+        lines.append(
+            f"- equal-loss check ({e['steps']} steps, tiny case, fp32): losses match "
+            f"{_fmt(e['losses_match'])}, max relative difference {e['max_rel_diff']:.1e} "
+            f"(tolerance {e['rtol']:.0e})"
+        )
+    if s.get("mfu_explanation"):
+        lines += ["", "## Where the end-to-end step time goes", "", s["mfu_explanation"]]
+    if s.get("eval"):
+        e = s["eval"]
+        lines += [
+            "",
+            "## Evaluation",
+            "",
+            f"- catalog encoding: {_fmt(e['catalog_items_per_s_e2e'])} items/s end-to-end (LM "
+            f"forward), {_fmt(e['catalog_items_per_s_cached'])} items/s cached (projection)",
+            f"- full-catalog ranking ({e['catalog_items']} items): "
+            f"{_fmt(e['users_ranked_per_s'])} users/s",
+        ]
+    if s.get("loader_best"):
+        lines += ["", "## Data", ""]
+        for mode, b in s["loader_best"].items():
+            lines.append(
+                f"- loader alone, {mode}: {_fmt(b['sequences_per_s'])} sequences/s ({b['workers']} workers)"
+            )
+    if s.get("peak_memory_bytes"):
+        lines += ["", "## Memory (peak)", ""]
+        for k, v in s["peak_memory_bytes"].items():
+            lines.append(f"- {k}: {v / 2**30:.2f} GiB")
+        if s.get("zero_memory"):
+            z = s["zero_memory"]
+            for k, v in z.get("per_rank_state_bytes", {}).items():
+                lines.append(f"- ZeRO benchmark, {k}: {v / 2**20:.1f} MiB model state per rank")
+    if s.get("scaling_validation"):
+        v = s["scaling_validation"]
+        lines += [
+            "",
+            "## Scaling model check (1 vs 2 processes)",
+            "",
+            f"- predicted 2-process step {v['predicted_step_s']:.2f} s, measured "
+            f"{v['measured_step_s']:.2f} s (error {v['relative_error']:+.0%})",
+        ]
+    if s.get("failures"):
+        lines += ["", "## Failed", ""]
+        lines += [f"- {k}: {why.splitlines()[0]}" for k, why in s["failures"].items()]
+    if s["skipped"]:
+        lines += ["", "## Skipped", ""]
+        lines += [f"- {k}: {why}" for k, why in s["skipped"].items()]
+    lines += ["", "Plots: " + ", ".join(s.get("plots", [])), ""]
+    return "\n".join(lines)
