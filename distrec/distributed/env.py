@@ -21,11 +21,12 @@ def rank_and_world() -> tuple[int, int]:
 # What torch.distributed's backends say when a peer died or a collective ran past
 # the process group's timeout (gloo raises plain RuntimeErrors with these).
 _PEER_FAILURE = (
-    "Connection closed by peer",
-    "Connection reset by peer",
-    "Timed out",
+    "connection closed by peer",
+    "connection reset by peer",
+    "pair closure",
     "timed out",
-    "NCCL",
+    "timeout",
+    "nccl",
     "gloo",
 )
 
@@ -35,7 +36,7 @@ def is_peer_failure(err: BaseException) -> bool:
     dist_error = getattr(dist, "DistError", None)
     if dist_error is not None and isinstance(err, dist_error):
         return True
-    return isinstance(err, RuntimeError) and any(s in str(err) for s in _PEER_FAILURE)
+    return isinstance(err, RuntimeError) and any(s in str(err).lower() for s in _PEER_FAILURE)
 
 
 def peer_failure_message(err: BaseException, timeout_s: int) -> str:

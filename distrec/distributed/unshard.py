@@ -35,12 +35,16 @@ def meta_shell(model: nn.Module) -> nn.Module:
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every key of `model.state_dict()` as a whole, private CPU tensor, on every rank.
 
-    Collective under ZeRO-3 (every rank must call it): each partitioned parameter is
+    Collective under ZeRO-3 and FSDP2 (every rank must call it): each partitioned parameter is
     gathered in turn, so peak extra memory is one parameter, not the model."""
+    from torch.distributed.tensor import DTensor
+
     state = model.state_dict(keep_vars=True)
     out = {}
     for key, tensor in state.items():
-        if hasattr(tensor, "ds_id"):  # a ZeRO-3 partitioned parameter
+        if isinstance(tensor, DTensor):  # FSDP2's sharded parameters
+            out[key] = tensor.detach().full_tensor().cpu().clone()
+        elif hasattr(tensor, "ds_id"):  # a ZeRO-3 partitioned parameter
             import deepspeed
 
             with deepspeed.zero.GatheredParameters([tensor], modifier_rank=None):

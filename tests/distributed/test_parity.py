@@ -10,15 +10,15 @@ every reader gets the same number of full batches.
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from distrec.data.synth import SynthSpec, synth_domain
-from tests.conftest import CACHE, ROOT, tiny_run_config
+from tests.conftest import CACHE, ROOT, python, tiny_run_config
 from tests.distributed.launching import (
     check,
     env_for,
-    launch_cmd,
     metrics,
     run_launch,
     run_single,
@@ -107,24 +107,66 @@ def test_backend_matches_single_process(backend, port, reference, even_dir, tmp_
     assert_same(curve(tmp_path / "run"), reference)
 
 
-def test_two_nodes_on_loopback_match_single_process(reference, even_dir, tmp_path):
-    """Two `accelerate launch` invocations, --num_machines 2, one process each: the
-    static-rendezvous multi-node path, on 127.0.0.1."""
+def node_command(way: str, cfg, rank: int, port: int) -> tuple[list[str], dict]:
+    env = env_for("ddp")
+    if way == "slurm":  # the per-node script multinode.sbatch runs through srun
+        env.update(
+            SLURM_NNODES="2",
+            SLURM_NODEID=str(rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            GPUS="1",
+            ACCELERATE_CONFIG="launch/cpu_multiprocess.yaml",
+            PATH=f"{Path(python()).parent}:{env['PATH']}",
+        )
+        return ["bash", "launch/slurm/node.sh", str(cfg)], env
+    # the static-rendezvous template, pointed at loopback (not `--cpu`: that makes each
+    # node a separate one-process run; ACCELERATE_USE_CPU=1 from env_for keeps it on CPU)
+    cmd = [
+        python(),
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        "launch/multinode_static.yaml",
+        "--num_machines",
+        "2",
+        "--num_processes",
+        "2",
+        "--machine_rank",
+        str(rank),
+        "--main_process_ip",
+        "127.0.0.1",
+        "--main_process_port",
+        str(port),
+        "-m",
+        "distrec.train",
+        "--config",
+        str(cfg),
+    ]
+    return cmd, env
+
+
+@pytest.mark.parametrize(("way", "port"), [("static", 29644), ("slurm", 29645)])
+def test_two_nodes_on_loopback_match_single_process(way, port, reference, even_dir, tmp_path):
+    """Two per-node launches, --num_machines 2, one process each, on 127.0.0.1: the
+    static-rendezvous template and the Slurm per-node script."""
     cfg = write_config(
         tmp_path / "c.yaml",
         parity_config(even_dir, tmp_path / "run", distributed={"strategy": "ddp"}),
     )
-    nodes = [
-        subprocess.Popen(
-            launch_cmd("ddp", cfg, 29644, num_machines=2, machine_rank=rank, num_processes=2),
-            cwd=ROOT,
-            env=env_for("ddp"),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+    nodes = []
+    for rank in (0, 1):
+        cmd, env = node_command(way, cfg, rank, port)
+        nodes.append(
+            subprocess.Popen(
+                cmd,
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
         )
-        for rank in (0, 1)
-    ]
     outputs = [node.communicate(timeout=600) for node in nodes]
     for node, (stdout, stderr) in zip(nodes, outputs, strict=True):
         assert node.returncode == 0, (stdout[-2000:], stderr[-4000:])
