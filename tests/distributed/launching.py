@@ -9,7 +9,10 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import ROOT, python
+from tests.conftest import ROOT, python, tiny_run_config
+
+# Backends must agree this closely (fp32) on losses and validation metrics.
+TOL = 1e-4
 
 # One template per backend; the run config is the same for all of them.
 TEMPLATES = {
@@ -117,3 +120,27 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def parity_config(even_dir: Path, out: Path, **sections) -> dict:
+    """The `even` domain alone, dropout off, fp32: every backend must reproduce it exactly."""
+    cfg = tiny_run_config(even_dir, out)
+    cfg["data"].update(
+        domains=[{"name": "even", "format": "prepared"}],
+        sources=["even"],
+        target=None,
+        num_workers=1,
+        shuffle_shards=2,
+    )
+    cfg["model"].update(id_dropout=0.0, user_tower={"layers": 1, "heads": 2, "dropout": 0.0})
+    cfg["stages"] = {
+        "pretrain": {"epochs": 2},
+        "zero_shot": False,
+        "adapt": {"enabled": False},
+        "baselines": [],
+    }
+    cfg["train"].update(batch_size=16, precision="fp32", early_stopping_patience=5)
+    cfg["output"]["tensorboard"] = False
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value}
+    return cfg

@@ -21,11 +21,11 @@ from tests.distributed.launching import (
     env_for,
     launch_cmd,
     metrics,
+    parity_config,
     rank_pid,
     run_launch,
     write_config,
 )
-from tests.distributed.test_parity import even_dir, parity_config  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,7 @@ def checkpoint_at(out, stage: str, batches: int):
 
 
 def test_sigkill_of_one_rank_then_resume_ends_exactly_as_an_uninterrupted_run(
-    even_dir,  # noqa: F811
+    even_dir,
     tmp_path,
 ):
     def config(name):
@@ -102,7 +102,7 @@ def test_sigkill_of_one_rank_then_resume_ends_exactly_as_an_uninterrupted_run(
 
 
 @pytest.mark.parametrize(("how", "port"), [(signal.SIGKILL, 29664), (signal.SIGSTOP, 29665)])
-def test_a_dead_or_frozen_rank_never_hangs_the_other(how, port, even_dir, tmp_path):  # noqa: F811
+def test_a_dead_or_frozen_rank_never_hangs_the_other(how, port, even_dir, tmp_path):
     out = tmp_path / "run"
     cfg = parity_config(
         even_dir,

@@ -14,62 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from distrec.data.synth import SynthSpec, synth_domain
-from tests.conftest import CACHE, ROOT, python, tiny_run_config
+from tests.conftest import ROOT, python
 from tests.distributed.launching import (
+    TOL,
     check,
     env_for,
     metrics,
+    parity_config,
     run_launch,
     run_single,
     write_config,
 )
 
 pytestmark = pytest.mark.integration
-
-TOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def even_dir():
-    # 16 shards x 20 users, batch 16: 8 shards and 10 full batches per reader.
-    out = CACHE / "synth"
-    synth_domain(
-        SynthSpec(
-            name="even",
-            users=320,
-            items=60,
-            mean_length=10,
-            min_length=3,
-            users_per_shard=20,
-            seed=5,
-        ),
-        out,
-    )
-    return out
-
-
-def parity_config(even_dir, out, **sections) -> dict:
-    cfg = tiny_run_config(even_dir, out)
-    cfg["data"].update(
-        domains=[{"name": "even", "format": "prepared"}],
-        sources=["even"],
-        target=None,
-        num_workers=1,
-        shuffle_shards=2,
-    )
-    cfg["model"].update(id_dropout=0.0, user_tower={"layers": 1, "heads": 2, "dropout": 0.0})
-    cfg["stages"] = {
-        "pretrain": {"epochs": 2},
-        "zero_shot": False,
-        "adapt": {"enabled": False},
-        "baselines": [],
-    }
-    cfg["train"].update(batch_size=16, precision="fp32", early_stopping_patience=5)
-    cfg["output"]["tensorboard"] = False
-    for key, value in sections.items():
-        cfg[key] = {**cfg.get(key, {}), **value}
-    return cfg
 
 
 def curve(out) -> tuple[list[float], float]:
@@ -96,14 +53,13 @@ def assert_same(got, want) -> None:
 
 @pytest.mark.parametrize(("backend", "port"), [("ddp", 29641), ("zero2", 29642), ("zero3", 29643)])
 def test_backend_matches_single_process(backend, port, reference, even_dir, tmp_path):
-    strategy = {"ddp": "ddp", "zero2": "zero2", "zero3": "zero3"}[backend]
     cfg = write_config(
         tmp_path / "c.yaml",
-        parity_config(even_dir, tmp_path / "run", distributed={"strategy": strategy}),
+        parity_config(even_dir, tmp_path / "run", distributed={"strategy": backend}),
     )
     check(run_launch(backend, cfg, port))
     m = metrics(tmp_path / "run")
-    assert m["world_size"] == 2 and m["strategy"] == strategy
+    assert m["world_size"] == 2 and m["strategy"] == backend
     assert_same(curve(tmp_path / "run"), reference)
 
 

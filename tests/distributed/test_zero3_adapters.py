@@ -12,14 +12,21 @@ from safetensors.torch import load_file
 
 from distrec.data.synth import SynthSpec, synth_domain
 from tests.conftest import CACHE
-from tests.distributed.launching import check, metrics, run_launch, run_single, write_config
-from tests.distributed.test_parity import TOL, even_dir, parity_config  # noqa: F401
+from tests.distributed.launching import (
+    TOL,
+    check,
+    metrics,
+    parity_config,
+    run_launch,
+    run_single,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def target_dir(even_dir):  # noqa: F811
+def target_dir(even_dir):
     # 8 shards x 20 users, batch 16: 4 shards and 5 full batches per reader.
     synth_domain(
         SynthSpec(

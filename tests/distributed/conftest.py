@@ -1,0 +1,27 @@
+"""Fixtures shared by the multi-process tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from distrec.data.synth import SynthSpec, synth_domain
+from tests.conftest import CACHE
+
+
+@pytest.fixture(scope="session")
+def even_dir():
+    # 16 shards x 20 users, batch 16: 8 shards and 10 full batches per reader.
+    out = CACHE / "synth"
+    synth_domain(
+        SynthSpec(
+            name="even",
+            users=320,
+            items=60,
+            mean_length=10,
+            min_length=3,
+            users_per_shard=20,
+            seed=5,
+        ),
+        out,
+    )
+    return out
