@@ -65,7 +65,10 @@ class BatchStats:
     token_sq: int  # sum over encoded items of (real tokens)^2: LM attention
 
 
-def batch_stats(batch: dict, catalog_size: int) -> BatchStats:
+def batch_stats(batch: dict, catalog_size: int, buckets: int = 1) -> BatchStats:
+    """`buckets`: the model's length groups (model.length_buckets), for the padded count."""
+    from distrec.models.encoder import length_groups
+
     valid = batch["valid"]
     lengths = (batch["inputs"] > 0).sum(1)[valid]
     positions = int(((batch["targets"] > 0) & valid[:, None]).sum())
@@ -77,7 +80,7 @@ def batch_stats(batch: dict, catalog_size: int) -> BatchStats:
             row_sq=int((lengths**2).sum()),
             items=len(batch["items"]),
             tokens=int(per_item.sum()),
-            padded_tokens=batch["attention_mask"].numel(),
+            padded_tokens=sum(len(g) * w for g, w in length_groups(per_item, buckets)),
             token_sq=int((per_item**2).sum()),
         )
     return BatchStats(int(valid.sum()), positions, int((lengths**2).sum()), catalog_size, 0, 0, 0)
@@ -86,13 +89,13 @@ def batch_stats(batch: dict, catalog_size: int) -> BatchStats:
 class RecordingLoader:
     """The trainer's own loader, passed through unchanged, noting each batch's size."""
 
-    def __init__(self, loader, catalog_sizes: dict[str, int]) -> None:
-        self.loader, self.catalog_sizes = loader, catalog_sizes
+    def __init__(self, loader, catalog_sizes: dict[str, int], buckets: int = 1) -> None:
+        self.loader, self.catalog_sizes, self.buckets = loader, catalog_sizes, buckets
         self.stats: list[BatchStats] = []
 
     def __iter__(self):
         for batch in self.loader:
-            self.stats.append(batch_stats(batch, self.catalog_sizes[batch["domain"]]))
+            self.stats.append(batch_stats(batch, self.catalog_sizes[batch["domain"]], self.buckets))
             yield batch
 
     def __len__(self) -> int:
@@ -172,7 +175,7 @@ def time_training(
 
     cfg, acc = run.cfg, run.accelerator
     sizes = {n: d.num_items for n, d in run.domains.items()}
-    loader = RecordingLoader(build_loader(run, plan), sizes)
+    loader = RecordingLoader(build_loader(run, plan), sizes, run.cfg.model.length_buckets)
     measured = windows * per_window
     total = warmup + measured + profile_steps
     if len(loader) < total:
@@ -334,8 +337,9 @@ def explain_mfu(result: dict, target: float = 0.30) -> str | None:
     if step["padded_tokens"]:
         pad = 1 - step["tokens"] / step["padded_tokens"]
         text += (
-            f" {pad:.0%} of the LM token positions computed are padding (each batch's distinct "
-            f"items are padded to its longest text); MFU counts real tokens only."
+            f" {pad:.0%} of the LM token positions computed are padding (each of the "
+            f"model.length_buckets groups of a batch's distinct items is padded to its longest "
+            f"text); MFU counts real tokens only."
         )
     return text
 

@@ -150,12 +150,16 @@ def _fmt(v) -> str:
 
 def summary_markdown(s: dict) -> str:
     u = s["users_per_s"]
+    rc = s["config"]["run_config"]
     lines = [
         f"# distrec bench — {s['suite']} suite",
         "",
         f"Device: {s['device']}; precision {s['precision']}; load average at start "
         f"{s['load_average_start']}, at end {s['load_average_end']}; "
-        f"{s.get('wall_s', 0):.0f} s wall. Encoder: {s['config']['encoder']}.",
+        f"{s.get('wall_s', 0):.0f} s wall. Encoder: {s['config']['encoder']}. "
+        f"Batch: {rc['train']['batch_size']} users per step (distrec and the baseline alike); "
+        f"model.length_buckets {rc['model']['length_buckets']}; "
+        f"model.lm_dropout {rc['model']['lm_dropout']} (None = the checkpoint's own).",
         "",
         "## Targets",
         "",

@@ -85,6 +85,12 @@ class ModelConfig(Section):
     max_text_tokens: int = Field(default=48, ge=4)
     dim: int = Field(default=128, ge=8)
     mode: Literal["cached", "end_to_end"] = "cached"
+    # End-to-end mode: a batch's distinct items are sorted by text length and encoded in
+    # this many groups, each padded only to its own longest text (1 = one padded batch).
+    length_buckets: int = Field(default=4, ge=1)
+    # End-to-end mode: replaces the LM checkpoint's own dropout probabilities (None keeps
+    # them). 0 is common for LoRA fine-tuning, which has its own peft.dropout.
+    lm_dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
     head: Literal["retrieval", "ctr", "rating"] = "retrieval"
     item_id_embeddings: bool = True
     # Training-time probability of hiding an item's ID row so its text alone must

@@ -32,9 +32,26 @@ def resolve_model_path(name: str) -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / sub)
 
 
-def load_encoder(name: str, trust_remote_code: bool = False, dtype: torch.dtype | None = None):
-    """(model, tokenizer) from a local folder or the offline HF cache; never downloads."""
-    from transformers import AutoModel, AutoTokenizer
+def dropout_overrides(config, dropout: float) -> dict[str, float]:
+    """Every dropout probability the architecture's config declares (BERT's hidden and
+    attention dropouts, Qwen2/Llama's attention_dropout, GPT-2's resid/embd/attn_pdrop...)."""
+    names = {
+        k
+        for k, v in config.to_dict().items()
+        if isinstance(v, float) and ("dropout" in k or k.endswith("_pdrop"))
+    }
+    return {k: dropout for k in sorted(names)}
+
+
+def load_encoder(
+    name: str,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype | None = None,
+    dropout: float | None = None,
+):
+    """(model, tokenizer) from a local folder or the offline HF cache; never downloads.
+    `dropout` replaces the checkpoint's own dropout probabilities (None keeps them)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     path = resolve_model_path(name)
     local = Path(path)
@@ -43,8 +60,18 @@ def load_encoder(name: str, trust_remote_code: bool = False, dtype: torch.dtype 
         tokenizer = AutoTokenizer.from_pretrained(
             path, trust_remote_code=trust_remote_code, local_files_only=offline
         )
+        config = AutoConfig.from_pretrained(
+            path, trust_remote_code=trust_remote_code, local_files_only=offline
+        )
+        if dropout is not None:
+            for key, value in dropout_overrides(config, dropout).items():
+                setattr(config, key, value)
         model = AutoModel.from_pretrained(
-            path, trust_remote_code=trust_remote_code, local_files_only=offline, dtype=dtype
+            path,
+            config=config,
+            trust_remote_code=trust_remote_code,
+            local_files_only=offline,
+            dtype=dtype,
         )
     except (OSError, ValueError) as err:
         where = str(local.resolve()) if local.exists() else f"{local.resolve()} and the HF cache"
@@ -71,11 +98,51 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor
     raise ValueError(f"model.pooling={pooling!r}: expected cls, mean or last")
 
 
+def length_groups(lengths: torch.Tensor, buckets: int) -> list[tuple[torch.Tensor, int]]:
+    """(indices, width) of each group `encode_tokens` makes: texts sorted by length, split
+    into `buckets` groups of near-equal count. An empty group (fewer texts than buckets) gets
+    the longest text again, so the number of LM calls never depends on the data."""
+    order = torch.argsort(lengths, stable=True)
+    groups = []
+    for group in torch.tensor_split(order, buckets):
+        if group.numel() == 0:
+            group = order[-1:]
+        groups.append((group, max(1, int(lengths[group].max()))))
+    return groups
+
+
 def encode_tokens(
-    lm: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str
+    lm: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    pooling: str,
+    buckets: int = 1,
 ) -> torch.Tensor:
-    out = lm(input_ids=input_ids, attention_mask=attention_mask)
-    return pool(out.last_hidden_state, attention_mask, pooling)
+    """Pooled LM states of right-padded texts.
+
+    With `buckets` > 1 the texts are encoded in length groups (`length_groups`), each cut
+    to its own longest text, so short titles stop paying for the longest one's padding.
+    The call count stays `buckets` because sharded backends (ZeRO-3, FSDP) need every rank
+    to make the same calls.
+    """
+    if buckets <= 1:
+        out = lm(input_ids=input_ids, attention_mask=attention_mask)
+        return pool(out.last_hidden_state, attention_mask, pooling)
+    pooled = None
+    seen = 0
+    for group, width in length_groups(attention_mask.sum(1), buckets):
+        ids, mask = input_ids[group, :width], attention_mask[group, :width]
+        vec = pool(lm(input_ids=ids, attention_mask=mask).last_hidden_state, mask, pooling)
+        if pooled is None:
+            pooled = vec.new_zeros(input_ids.shape[0], vec.shape[-1])
+        if seen < input_ids.shape[0]:
+            pooled = pooled.index_copy(0, group, vec)
+            seen += group.numel()
+        else:
+            # A repeated group: kept in the graph (every rank's backward visits the same
+            # parameters) without changing any output.
+            pooled = pooled + 0.0 * vec.sum()
+    return pooled
 
 
 def hidden_size(lm: torch.nn.Module) -> int:

@@ -42,6 +42,7 @@ class Recommender(nn.Module):
             lm=lm,
             pooling=cfg.pooling,
             id_dropout=cfg.id_dropout,
+            length_buckets=cfg.length_buckets,
         )
         self.user_tower = UserTower(
             cfg.dim,

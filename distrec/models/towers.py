@@ -36,11 +36,12 @@ class ItemTower(nn.Module):
         pooling: str = "mean",
         hidden: int = 512,
         id_dropout: float = 0.0,
+        length_buckets: int = 1,
     ) -> None:
         super().__init__()
         self.use_text, self.use_ids, self.pooling = use_text, use_ids, pooling
         self.id_dropout = id_dropout if use_text else 0.0
-        self.lm = lm
+        self.lm, self.length_buckets = lm, length_buckets
         # An MLP, not a single Linear: it must be able to tell apart (and remember)
         # items whose frozen LM features are close, which is what transfers.
         self.proj = (
@@ -80,7 +81,9 @@ class ItemTower(nn.Module):
         out = None
         if self.use_text:
             if features is None:
-                features = encode_tokens(self.lm, input_ids, attention_mask, self.pooling)
+                features = encode_tokens(
+                    self.lm, input_ids, attention_mask, self.pooling, self.length_buckets
+                )
             out = self.proj(features.to(self.proj.fc_in.weight.dtype))
         if self.use_ids:
             ids = self.ids[id_table_key(domain)](items)

@@ -147,7 +147,9 @@ def needs_text(cfg: RunConfig) -> bool:
 
 def _load_lm(run: Run) -> None:
     cfg = run.cfg.model
-    lm, tok = load_encoder(cfg.item_encoder, trust_remote_code=cfg.trust_remote_code)
+    lm, tok = load_encoder(
+        cfg.item_encoder, trust_remote_code=cfg.trust_remote_code, dropout=cfg.lm_dropout
+    )
     run.lm, run.tokenizer, run.feature_dim = lm.to(run.device), tok, hidden_size(lm)
 
 

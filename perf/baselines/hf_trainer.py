@@ -68,6 +68,9 @@ class TwoTowerForTrainer(nn.Module):
         super().__init__()
         self.model = peft_model
         self.rec = peft_model.base_model.model  # the Recommender, LoRA layers injected
+        # A hand-written forward encodes all texts in one call, padded to the batch's
+        # longest (what its collator made); length groups are distrec's.
+        self.rec.item_tower.length_buckets = 1
         self.domain = domain.name
         self.register_buffer("popularity", domain.popularity, persistent=False)
         self.register_buffer("log_q", domain.log_q, persistent=False)

@@ -7,7 +7,9 @@ from transformers import LlamaConfig, LlamaModel, Qwen2Config, Qwen2Model
 from distrec.config import ConfigError
 from distrec.models.encoder import (
     default_lm_targets,
+    dropout_overrides,
     encode_tokens,
+    length_groups,
     load_encoder,
     pool,
     resolve_model_path,
@@ -75,3 +77,51 @@ def test_missing_model_says_where_it_looked(tmp_path):
 def test_unknown_embedded_model():
     with pytest.raises(ConfigError, match="embedded models are"):
         resolve_model_path("embedded:gpt-17")
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last", "cls"])
+def test_length_groups_give_the_same_vectors_and_gradients_as_one_padded_call(pooling):
+    lm, tok = load_encoder("embedded:all-MiniLM-L6-v2")
+    lm.eval()  # no dropout: the two paths must be comparable
+    texts = ["Heat (1995)", "A", "Toy Story (1995). Genres: Animation Children's Comedy"] * 3
+    batch = tok(texts[:-1], padding=True, return_tensors="pt")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    results = []
+    for buckets in (1, 4):
+        lm.zero_grad()
+        vec = encode_tokens(lm, ids, mask, pooling, buckets)
+        vec.pow(2).sum().backward()
+        results.append((vec.detach(), lm.embeddings.word_embeddings.weight.grad.clone()))
+    (one, g_one), (grouped, g_grouped) = results
+    assert torch.allclose(one, grouped, atol=1e-5)
+    assert torch.allclose(g_one, g_grouped, rtol=1e-4, atol=1e-5 * float(g_one.abs().max()))
+
+
+def test_length_groups_keep_the_call_count_when_texts_are_fewer_than_buckets():
+    lengths = torch.tensor([5, 2])
+    groups = length_groups(lengths, 4)
+    assert len(groups) == 4
+    assert [g.tolist() for g, _ in groups[:2]] == [[1], [0]]
+    assert [w for _, w in groups] == [2, 5, 5, 5]
+    calls = []
+
+    def lm(input_ids, attention_mask):
+        calls.append(input_ids.shape)
+        hidden = input_ids[..., None].float().expand(-1, -1, 3)
+        return type("Out", (), {"last_hidden_state": hidden})()
+
+    ids = torch.tensor([[7, 8, 9, 1, 1], [3, 4, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    out = encode_tokens(lm, ids, mask, "cls", 4)
+    assert len(calls) == 4 and calls[0] == (1, 2)
+    assert out[:, 0].tolist() == [7.0, 3.0]
+
+
+def test_lm_dropout_replaces_every_dropout_of_the_checkpoint():
+    lm, _ = load_encoder("embedded:all-MiniLM-L6-v2")
+    assert lm.config.hidden_dropout_prob == 0.1  # the checkpoint's own
+    lm, _ = load_encoder("embedded:all-MiniLM-L6-v2", dropout=0.0)
+    assert lm.config.hidden_dropout_prob == lm.config.attention_probs_dropout_prob == 0.0
+    rates = {m.p for m in lm.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates <= {0.0}
+    assert dropout_overrides(Qwen2Config(), 0.2) == {"attention_dropout": 0.2}
