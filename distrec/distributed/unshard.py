@@ -20,15 +20,23 @@ SHARDING = {"zero2", "zero3", "zero3_offload", "fsdp"}
 
 
 def meta_shell(model: nn.Module) -> nn.Module:
-    """A deep copy of `model` whose parameters and buffers live on the meta device
-    (no memory): the memo hands deepcopy an empty stand-in for every tensor."""
+    """A deep copy of `model` whose parameters live on the meta device (no memory): the memo
+    hands deepcopy an empty stand-in for every parameter."""
     memo: dict[int, object] = {}
     for p in model.parameters():
+        # A checkpoint loaded under ZeRO-3 (transformers' zero.Init) is already partitioned:
+        # its parameters are empty and `ds_shape` holds the real shape.
+        shape = getattr(p, "ds_shape", p.shape)
         memo.setdefault(
-            id(p), nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+            id(p),
+            nn.Parameter(
+                torch.empty(shape, dtype=p.dtype, device="meta"), requires_grad=p.requires_grad
+            ),
         )
     for b in model.buffers():
-        memo.setdefault(id(b), torch.empty_like(b, device="meta"))
+        # Buffers are small and never partitioned; copied for real because non-persistent
+        # ones (BERT's position_ids) are not in the state dict that fills the shell.
+        memo.setdefault(id(b), b.detach().clone())
     return copy.deepcopy(model, memo)
 
 

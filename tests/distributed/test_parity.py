@@ -129,3 +129,31 @@ def test_two_nodes_on_loopback_match_single_process(way, port, reference, even_d
     m = metrics(tmp_path / "run")
     assert m["world_size"] == 2
     assert_same(curve(tmp_path / "run"), reference)
+
+
+def test_end_to_end_lora_under_zero3_matches_single_process(even_dir, tmp_path):
+    """LoRA on the LM itself, ZeRO-3 sharding it: each rank encodes its batch's distinct
+    items in length groups (a different number of items per rank, the same number of LM
+    calls), and the result equals one process reading the same batches."""
+    sections = {
+        "model": {
+            "mode": "end_to_end",
+            "max_text_tokens": 16,
+            "length_buckets": 3,
+            "lm_dropout": 0.0,
+            "id_dropout": 0.0,
+            "user_tower": {"layers": 1, "heads": 2, "dropout": 0.0},
+        },
+        "peft": {"method": "lora", "r": 4, "dropout": 0.0},
+        # Negatives from the other rank have no single-process equivalent with accumulation.
+        "distributed": {"cross_rank_negatives": False},
+        "eval": {"batch_size": 64, "max_users": 64},
+    }
+    single = write_config(
+        tmp_path / "s.yaml", parity_config(even_dir, tmp_path / "single", **sections)
+    )
+    check(run_single(single, "data.num_workers=2", "train.grad_accum=2"))
+    sharded = parity_config(even_dir, tmp_path / "zero3", **sections)
+    sharded["distributed"]["strategy"] = "zero3"
+    check(run_launch("zero3", write_config(tmp_path / "z.yaml", sharded), 29646))
+    assert_same(curve(tmp_path / "zero3"), curve(tmp_path / "single"))
