@@ -23,6 +23,7 @@ from distrec.data.stream import StreamSpec
 from distrec.data.synth import SynthSpec, synth_domain
 from distrec.data.tokens import AttachTokens, TokenTable
 from distrec.models.encoder import load_encoder
+from distrec.utils.plotting import pyplot, save_figure
 from perf.common import write_result
 
 
@@ -140,10 +141,7 @@ def main() -> None:
 
 
 def plot(path: Path, rows: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name in sorted({r["dataset"] for r in rows}):
@@ -162,9 +160,7 @@ def plot(path: Path, rows: list[dict]) -> None:
         xticks=[0, 1, 2],
     )
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from distrec.utils.plotting import pyplot, save_figure
+
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = {
     "ddp": "launch/cpu_multiprocess.yaml",
@@ -186,10 +188,7 @@ def summarize(result_dir: Path) -> dict:
 
 
 def plot(summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(TEMPLATES)
     gib = 1024**3
@@ -211,9 +210,7 @@ def plot(summary: dict, path: Path) -> None:
     ax.set_ylabel("GiB per rank")
     ax.set_title(f"{summary['params'] / 1e6:.0f}M params, 2 ranks, fp32 AdamW")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:

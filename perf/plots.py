@@ -5,14 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from distrec.utils.plotting import pyplot, save_figure
 
 
 def write_plots(out: Path, train, baseline, data, scaling, memory) -> list[str]:
@@ -32,7 +25,7 @@ def write_plots(out: Path, train, baseline, data, scaling, memory) -> list[str]:
 
 
 def throughput(path: Path, train, baseline) -> str:
-    plt = _plt()
+    plt = pyplot()
     labels = ["cached", "end-to-end LoRA"]
     values = [
         train["cached"]["median"]["users_per_s"],
@@ -46,14 +39,11 @@ def throughput(path: Path, train, baseline) -> str:
     ax.set_yscale("log")
     ax.bar_label(bars, labels=[f"{v:,.1f}" for v in values])
     ax.set(ylabel="users / s (log)", title="training throughput, same model and batch")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return save_figure(fig, path)
 
 
 def step_profile(path: Path, e2e: dict) -> str:
-    plt = _plt()
+    plt = pyplot()
     shares = e2e["profile"]["shares"]
     fig, ax = plt.subplots(figsize=(8.5, 3.5))
     keys = sorted(shares, key=shares.get)
@@ -63,27 +53,21 @@ def step_profile(path: Path, e2e: dict) -> str:
         title=f"end-to-end LoRA step: MFU {e2e['median']['mfu']:.1%}",
     )
     ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return save_figure(fig, path)
 
 
 def memory_plot(path: Path, memory: dict) -> str:
-    plt = _plt()
+    plt = pyplot()
     per = memory["per_mode"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.bar(list(per), [v["peak_bytes"] / 2**30 for v in per.values()], color="#55a868")
     ax.set(ylabel=f"GiB ({next(iter(per.values()))['kind']})", title="peak memory per mode")
     ax.tick_params(axis="x", labelsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return save_figure(fig, path)
 
 
 def scaling_plot(path: Path, rows: list[dict]) -> str:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for backend in ("ddp", "zero2", "zero3"):
         sel = [r for r in rows if r["backend"] == backend]
@@ -98,7 +82,4 @@ def scaling_plot(path: Path, rows: list[dict]) -> str:
         title="7B item encoder, LoRA: scaling model",
     )
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return save_figure(fig, path)

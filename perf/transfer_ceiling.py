@@ -23,6 +23,7 @@ validation split and report the test split at that alpha.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from perf.common import ROOT, load_average, write_result
+from perf.common import ROOT, build_run, load_average, write_result
 
 ALPHAS = (0.0, 0.1, 0.3, 0.5, 1.0)
 WINDOW_DAYS = 30
@@ -70,7 +71,7 @@ def ndcg10(sequences, num_items: int, split: str, score_user) -> float:
     by_index = {s["index"]: s for s in sequences}
     cases = eval_cases(sequences, split)
     batch = 256
-    calls = iter(range(len(cases)))
+    calls = itertools.count()
 
     def score(history, last):
         start = next(calls) * batch
@@ -84,18 +85,11 @@ def ndcg10(sequences, num_items: int, split: str, score_user) -> float:
 def load(config: str):
     from distrec.config import load_config
     from distrec.data.prepare import prepare_domains
-    from distrec.distributed.accelerator import build_accelerator
-    from distrec.train.context import Run, load_domains
 
-    cfg = load_config(
-        ROOT / config,
-        ["distributed.strategy=auto", "output.dir=/tmp/distrec-transfer-ceiling"],
-    )
+    out = "/tmp/distrec-transfer-ceiling"
+    cfg = load_config(ROOT / config, ["distributed.strategy=auto", f"output.dir={out}"])
     prepare_domains(cfg)
-    accelerator, precision = build_accelerator(cfg)
-    run = Run(cfg, accelerator, precision, Path("/tmp/distrec-transfer-ceiling"))
-    load_domains(run, [*cfg.data.sources, cfg.data.target])
-    return cfg, run
+    return cfg, build_run(cfg, Path(out), [*cfg.data.sources, cfg.data.target])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -129,19 +129,13 @@ def encode_tokens(
         out = lm(input_ids=input_ids, attention_mask=attention_mask)
         return pool(out.last_hidden_state, attention_mask, pooling)
     pooled = None
-    seen = 0
     for group, width in length_groups(attention_mask.sum(1), buckets):
         ids, mask = input_ids[group, :width], attention_mask[group, :width]
         vec = pool(lm(input_ids=ids, attention_mask=mask).last_hidden_state, mask, pooling)
         if pooled is None:
             pooled = vec.new_zeros(input_ids.shape[0], vec.shape[-1])
-        if seen < input_ids.shape[0]:
-            pooled = pooled.index_copy(0, group, vec)
-            seen += group.numel()
-        else:
-            # A repeated group: kept in the graph (every rank's backward visits the same
-            # parameters) without changing any output.
-            pooled = pooled + 0.0 * vec.sum()
+        # A repeated group (fewer texts than buckets) writes the same text's vector again.
+        pooled = pooled.index_copy(0, group, vec)
     return pooled
 
 

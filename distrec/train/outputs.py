@@ -7,6 +7,7 @@ from pathlib import Path
 
 from distrec.config import RunConfig
 from distrec.train.context import write_json
+from distrec.utils.plotting import pyplot, save_figure
 
 ROWS = [
     ("adapt", "adapted (source -> target adapter)"),
@@ -120,10 +121,7 @@ def write_report(out: Path, cfg: RunConfig, stages: dict, extra: dict) -> None:
 
 
 def plot_report(path: Path, stages: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for key, record in stages.items():
@@ -143,6 +141,4 @@ def plot_report(path: Path, stages: dict) -> None:
     for y, v in enumerate(values[::-1]):
         right.text(v, y, f" {v:.4f}", va="center", fontsize=8)
     right.set(title="test NDCG@10 on the target", xlabel="NDCG@10")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -22,6 +22,7 @@ import yaml
 
 from distrec.config import RunConfig
 from distrec.tune.space import Param, apply_params
+from distrec.utils.plotting import pyplot, save_figure
 
 STATUSES = ("completed", "early_stopped", "error")
 
@@ -173,10 +174,7 @@ def counts(records: list[TrialRecord]) -> dict[str, int]:
 
 def plot_sweep(path: Path, records: list[TrialRecord], params: list[Param], metric: str, mode: str):
     """Left: the metric per epoch for every trial; then one panel per swept key."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = 1 + len(params)
     cols = min(3, panels)
@@ -210,9 +208,7 @@ def plot_sweep(path: Path, records: list[TrialRecord], params: list[Param], metr
         ax.set(title=f"best {metric} vs {p.key}", xlabel=p.key, ylabel=metric)
     for ax in flat[panels:]:
         ax.set_visible(False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def write_results(
