@@ -60,6 +60,10 @@ class DataConfig(Section):
     # Sampling weight per source domain in the pretraining mixture (default 1.0 each).
     mixture: dict[str, float] = {}
     max_history: int = Field(default=50, ge=1)
+    # Which max_history+1 items of each user's training prefix an epoch trains on:
+    # `random` a fresh window from anywhere each epoch, `all` every window (stride
+    # max_history: each target once per epoch), `last` only the newest (ablation).
+    train_window: Literal["random", "all", "last"] = "random"
     num_workers: int = Field(default=1, ge=0)
     shuffle_shards: int = Field(default=4, ge=1)
     resampled: bool = False
@@ -96,7 +100,13 @@ class ModelConfig(Section):
     # Training-time probability of hiding an item's ID row so its text alone must
     # carry it: keeps the text path strong enough to transfer zero-shot.
     id_dropout: float = Field(default=0.5, ge=0.0, lt=1.0)
+    # `cosine`: both towers' vectors L2-normalised, score = cos / temperature; `dot`: the
+    # raw inner product / temperature (vector norms carry confidence and popularity).
+    score: Literal["cosine", "dot"] = "cosine"
     temperature: float = Field(default=0.05, gt=0.0)
+    # Learn the temperature (as log 1/temperature, starting at `temperature`, capped at
+    # 1/100) instead of fixing it.
+    learn_temperature: bool = False
     logq_correction: bool = True
     # Score offset = learned weight x standardised log training popularity of the item
     # in its own domain; learned on sources, it transfers with the target's counts.
@@ -154,8 +164,13 @@ class TrainConfig(Section):
     warmup_ratio: float = Field(default=0.05, ge=0.0, lt=1.0)
     max_grad_norm: float | None = Field(default=1.0, gt=0.0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Early stopping on eval.metric (validation split), checked at every epoch end: stop
+    # after `patience` evaluations without an improvement larger than `min_delta`.
     early_stopping_patience: int = Field(default=3, ge=1)
-    max_steps_per_stage: int | None = Field(default=None, ge=1)
+    early_stopping_min_delta: float = Field(default=0.0, ge=0.0)
+    # An optimizer-step budget per training stage instead of epochs: the stage trains
+    # until this many steps (or early stopping), however many epochs that takes.
+    max_steps: int | None = Field(default=None, ge=1)
     # A mid-epoch checkpoint every N optimizer steps (epoch ends always get one); what a
     # crash can cost. None: epoch ends only.
     checkpoint_every_steps: int | None = Field(default=None, ge=1)

@@ -122,6 +122,7 @@ class StreamLoader:
             "num_workers": max(1, self.stream.spec.num_workers),
             "world_size": self.stream.world_size,
             "batch_size": self.stream.spec.batch_size,
+            "train_window": self.stream.spec.train_window,
             "fingerprint": self.stream.manifest.fingerprint,
         }
 
@@ -159,6 +160,10 @@ class MixtureLoader:
         if self.total is None:
             self.total = sum(len(self.loaders[n]) for n in self.names)
         return self.total
+
+    def targets_per_epoch(self) -> int:
+        """Next-item targets one epoch of every domain trains on (the run log states it)."""
+        return sum(loader.stream.targets_per_epoch() for loader in self.loaders.values())
 
     def batches_left(self) -> int:
         """Batches the next `iter()` yields (a finished epoch rolls over to the next)."""

@@ -9,7 +9,7 @@ from typing import Any
 
 from distrec.config.checks import ConfigError
 
-SCHEMA_VERSION = 2  # 2: packed binary samples (seq.bin) in USTAR tars
+SCHEMA_VERSION = 3  # 2: packed binary samples (seq.bin) in USTAR tars; 3: per-user lengths
 MANIFEST = "manifest.json"
 CATALOG = "catalog.parquet"
 
@@ -18,6 +18,7 @@ CATALOG = "catalog.parquet"
 class ShardInfo:
     name: str
     users: int
+    lengths: list[int]  # each user's sequence length, in shard order
     sha256: str
     bytes: int
 

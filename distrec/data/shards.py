@@ -78,7 +78,7 @@ def decode_sample(sample: dict) -> dict:
 def write_shards(
     sequences: Iterable[UserSequence], out_dir: Path, users_per_shard: int
 ) -> list[dict]:
-    """Write shards of `users_per_shard` users; returns [{name, users, sha256, bytes}]."""
+    """Write shards of `users_per_shard` users; returns [{name, users, lengths, sha256, bytes}]."""
     out_dir.mkdir(parents=True, exist_ok=True)
     infos: list[dict] = []
     for number, chunk in enumerate(_chunks(sequences, users_per_shard)):
@@ -93,6 +93,8 @@ def write_shards(
             {
                 "name": name,
                 "users": len(chunk),
+                # Whole-sequence lengths: the stream sizes epochs of any train window from them.
+                "lengths": [len(seq.items) for seq in chunk],
                 "sha256": sha256_file(path),
                 "bytes": path.stat().st_size,
             }

@@ -4,7 +4,8 @@ Order of an epoch (same on every run with the same seed):
   shards permuted by (seed, epoch) -> split by rank (`rank::world`) -> split by
   worker (`worker::num_workers`) -> each worker reads its shards `shuffle_shards`
   at a time (a window), permutes the window's samples by (seed, epoch, reader,
-  window) and batches them.
+  window) and batches them. Each user becomes one or more training examples per
+  epoch by `data.train_window` (distrec/data/windows.py).
 A reader is one (rank, worker) pair, numbered `rank + world * worker`: exactly
 the stride its shards are taken at. Readers, not ranks, own the order, so one
 process with W workers and W-step gradient accumulation sees the same global
@@ -31,6 +32,7 @@ from distrec.config.checks import ConfigError
 from distrec.data.collate import collate_sequences
 from distrec.data.manifest import Manifest
 from distrec.data.shards import read_shard
+from distrec.data.windows import targets_per_user, window_bounds, windows_per_user
 from distrec.data.writer import train_length
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class StreamSpec:
     corrupt: str = "fail"
     train_fraction: float = 1.0
     shard_url: str | None = None
+    train_window: str = "random"
 
 
 @dataclass
@@ -116,7 +119,7 @@ class DomainStream(IterableDataset):
         self.world_size = world_size
         self.transform = transform
         self.urls = manifest.shard_urls(spec.shard_url)
-        self.sizes = self._kept_per_shard([s.users for s in manifest.shards])
+        self.sizes = self._examples_per_shard(manifest.shards)
         if len(self.urls) < world_size * max(1, spec.num_workers) and not spec.resampled:
             logger.warning(
                 "%s: %d shards for %d ranks x %d workers: some readers get none; "
@@ -155,11 +158,28 @@ class DomainStream(IterableDataset):
             best = max(best, total)
         return best
 
-    def _kept_per_shard(self, users_per_shard: list[int]) -> list[int]:
-        """Users each shard contributes; exact under few-shot filtering because the
-        writer fills shards with consecutive user indices."""
-        bounds = np.cumsum([0, *users_per_shard])
-        return [int(self._keep_mask(list(range(lo, hi))).sum()) for lo, hi in pairwise(bounds)]
+    def _kept_lengths(self, shards: list) -> list[list[int]]:
+        """Per shard, the training-prefix lengths of the users the stream keeps; exact under
+        few-shot filtering because the writer fills shards with consecutive user indices."""
+        bounds = np.cumsum([0, *(s.users for s in shards)])
+        out = []
+        for shard, (lo, hi) in zip(shards, pairwise(bounds), strict=True):
+            keep = self._keep_mask(list(range(lo, hi)))
+            out.append([train_length(n) for n, k in zip(shard.lengths, keep, strict=True) if k])
+        return out
+
+    def _examples_per_shard(self, shards: list) -> list[int]:
+        """Training examples (windows) each shard yields per epoch."""
+        h, mode = self.spec.max_history, self.spec.train_window
+        return [
+            sum(windows_per_user(n, h, mode) for n in kept) for kept in self._kept_lengths(shards)
+        ]
+
+    def targets_per_epoch(self) -> int:
+        """Next-item targets one epoch trains on, over all ranks (the run log states it)."""
+        h, mode = self.spec.max_history, self.spec.train_window
+        kept = self._kept_lengths(self.manifest.shards)
+        return sum(targets_per_user(n, h, mode) for lengths in kept for n in lengths)
 
     # -- iteration (worker process) ----------------------------------------------------------
     def __iter__(self) -> Iterator[dict]:
@@ -210,7 +230,13 @@ class DomainStream(IterableDataset):
         rng = np.random.default_rng([self.spec.seed, plan.epoch, reader, 0, window])
         order = rng.permutation(len(samples))
         keep = self._keep_mask([s["index"] for s in samples])
-        return [self._training_example(samples[i]) if keep[i] else None for i in order]
+        examples: list[dict | None] = []
+        for i in order:
+            if keep[i]:
+                examples.extend(self._training_examples(samples[i], plan.epoch))
+            else:
+                examples.append(None)
+        return examples
 
     def _keep_mask(self, indices: list[int]) -> np.ndarray:
         """Few-shot: a fixed subset of users (by a hash of the user index and seed)."""
@@ -237,14 +263,23 @@ class DomainStream(IterableDataset):
             self.skipped_shards.append(url)
             return []
 
-    def _training_example(self, sample: dict) -> dict:
-        """The training prefix (leave-one-out), oldest items dropped beyond max_history + 1."""
-        keep = train_length(len(sample["items"]))
-        start = max(0, keep - (self.spec.max_history + 1))
-        example = {"index": sample["index"], "items": sample["items"][start:keep]}
-        if "ratings" in sample:
-            example["ratings"] = sample["ratings"][start:keep]
-        return example
+    def _training_examples(self, sample: dict, epoch: int) -> list[dict]:
+        """The epoch's windows of the user's training prefix (leave-one-out)."""
+        bounds = window_bounds(
+            train_length(len(sample["items"])),
+            self.spec.max_history,
+            self.spec.train_window,
+            seed=self.spec.seed,
+            epoch=epoch,
+            user=sample["index"],
+        )
+        examples = []
+        for start, end in bounds:
+            example = {"index": sample["index"], "items": sample["items"][start:end]}
+            if "ratings" in sample:
+                example["ratings"] = sample["ratings"][start:end]
+            examples.append(example)
+        return examples
 
     def _emit(
         self, samples: list[dict], plan: WorkerPlan, position: tuple[int, int], done: int
@@ -286,6 +321,7 @@ def check_resumable(saved: dict, stream: DomainStream) -> None:
         "world_size": stream.world_size,
         "fingerprint": stream.manifest.fingerprint,
         "batch_size": stream.spec.batch_size,
+        "train_window": stream.spec.train_window,
     }
     for key, value in want.items():
         if saved.get(key) != value:

@@ -72,6 +72,38 @@ def rank_cases(
     return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.float64)
 
 
+@dataclass(frozen=True)
+class UserRanks:
+    """Each evaluated user's index [U] and the 0-based fractional rank of their target [U]
+    (what ranks.parquet stores, so any two runs can be compared user by user)."""
+
+    users: torch.Tensor
+    ranks: torch.Tensor
+
+
+def rank_sharded(
+    cases: list[EvalCase],
+    num_items: int,
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    max_history: int,
+    rank: int = 0,
+    world: int = 1,
+    gather: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
+    batch_size: int = 256,
+) -> UserRanks:
+    """Each rank ranks users rank::world; ranks are gathered so every rank holds every
+    user's rank, identical to a single-process evaluation."""
+    per_rank = -(-len(cases) // world)
+    mine = cases[rank::world]
+    ranks = rank_cases(
+        mine, num_items, score, max_history, batch_size, num_batches=-(-per_rank // batch_size)
+    )
+    users = torch.tensor([c.user for c in mine], dtype=torch.long)
+    if world > 1 and gather:
+        return UserRanks(torch.cat(gather(users)), torch.cat(gather(ranks)))
+    return UserRanks(users, ranks)
+
+
 def evaluate_sharded(
     cases: list[EvalCase],
     num_items: int,
@@ -83,16 +115,6 @@ def evaluate_sharded(
     gather: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
     batch_size: int = 256,
 ) -> dict[str, float]:
-    """Each rank ranks users rank::world; ranks are gathered so every rank gets the same
-    metrics, identical to a single-process evaluation."""
-    per_rank = -(-len(cases) // world)
-    mine = rank_cases(
-        cases[rank::world],
-        num_items,
-        score,
-        max_history,
-        batch_size,
-        num_batches=-(-per_rank // batch_size),
-    )
-    everything = torch.cat(gather(mine)) if (world > 1 and gather) else mine
-    return metrics_from_ranks(everything, ks)
+    """Metrics of `rank_sharded`: the same on every rank."""
+    found = rank_sharded(cases, num_items, score, max_history, rank, world, gather, batch_size)
+    return metrics_from_ranks(found.ranks, ks)

@@ -8,6 +8,8 @@ the user vector after each history's last item. Losses live in distrec.train.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,9 +18,12 @@ from transformers import PretrainedConfig
 from distrec.config.schema import ModelConfig
 from distrec.models.towers import ItemTower, UserTower
 
+MAX_LOGIT_SCALE = 100.0  # a learned 1/temperature is capped here (as CLIP does)
+
 
 class Recommender(nn.Module):
-    """Scores are cosine similarities over a temperature: both towers' outputs are L2-normalised."""
+    """Score = <user, item> x scale + item bias, where scale = 1/temperature (fixed or
+    learned) and, with `model.score: cosine`, both towers' outputs are L2-normalised."""
 
     def __init__(
         self,
@@ -63,6 +68,14 @@ class Recommender(nn.Module):
         # Shape [1], not a scalar: DeepSpeed broadcasts parameters as byte views, which
         # a 0-dim tensor cannot give.
         self.pop_weight = nn.Parameter(torch.ones(1)) if cfg.popularity_prior else None
+        self.cosine = cfg.score == "cosine"
+        # Shape [1] for the same DeepSpeed reason as pop_weight.
+        self.log_scale = (
+            nn.Parameter(torch.full((1,), math.log(1.0 / cfg.temperature)))
+            if cfg.learn_temperature
+            else None
+        )
+        self.fixed_scale = 1.0 / cfg.temperature
         # DeepSpeed derives its "auto" ZeRO-3 bucket sizes from model.config.hidden_size.
         self.config = lm.config if lm is not None else PretrainedConfig(hidden_size=cfg.dim)
 
@@ -71,8 +84,8 @@ class Recommender(nn.Module):
             return self._train(domain, **kw)
         if task == "catalog":
             popularity = kw.pop("popularity", None)
-            items = F.normalize(self.item_tower(domain, **kw), dim=-1)
-            return {"items": items, "bias": self._bias(popularity, items)}
+            items = self._unit(self.item_tower(domain, **kw))
+            return {"items": items, "bias": self._bias(popularity, items), "scale": self.scale()}
         if task == "users":
             return {"users": self._users(domain, **kw)}
         raise ValueError(f"unknown task {task!r}")
@@ -91,20 +104,21 @@ class Recommender(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """`items` are the candidate catalog indices (whole catalog, or a batch's unique items);
         `inputs`/`targets` index into [pad] + items, i.e. 0 is padding."""
-        cand = F.normalize(
+        cand = self._unit(
             self.item_tower(
                 domain, items, features=features, input_ids=input_ids, attention_mask=attention_mask
-            ),
-            dim=-1,
+            )
         )
         table = torch.cat([cand.new_zeros(1, cand.size(1)), cand])
-        users = F.normalize(self.user_tower(table[inputs], domain), dim=-1)
+        users = self._unit(self.user_tower(table[inputs], domain))
         real = (targets > 0) & valid[:, None]
         out = {
             "users": users[real],
             "targets": targets[real] - 1,
             "candidates": cand,
+            "candidate_items": items,
             "bias": self._bias(popularity, cand),
+            "scale": self.scale(),
         }
         if self.rating_head is not None:
             out["rating"] = self.rating(out["users"], cand[out["targets"]])
@@ -114,8 +128,17 @@ class Recommender(nn.Module):
         self, domain: str, history: torch.Tensor, last: torch.Tensor, table: torch.Tensor
     ) -> torch.Tensor:
         """User vectors after each history; `table` = catalog vectors with a pad row 0."""
-        states = F.normalize(self.user_tower(table[history], domain), dim=-1)
+        states = self._unit(self.user_tower(table[history], domain))
         return states[torch.arange(history.size(0), device=history.device), last]
+
+    def _unit(self, vectors: torch.Tensor) -> torch.Tensor:
+        return F.normalize(vectors, dim=-1) if self.cosine else vectors
+
+    def scale(self) -> torch.Tensor:
+        """1/temperature as a [1] tensor (a parameter when the temperature is learned)."""
+        if self.log_scale is None:
+            return torch.full((1,), self.fixed_scale, device=self.user_tower.pos.weight.device)
+        return self.log_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
     def _bias(self, popularity: torch.Tensor | None, items: torch.Tensor) -> torch.Tensor:
         """Per-item score offset: learned weight x the item's standardised log popularity."""

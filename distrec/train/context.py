@@ -48,16 +48,16 @@ class DomainData:
         )
 
     @property
-    def log_q(self) -> torch.Tensor:
-        """log of each item's share of training interactions (+1 smoothing), for logQ correction."""
+    def share(self) -> torch.Tensor:
+        """[N+1] each item's share of training interactions (+1 smoothing; row 0 unused)."""
         c = self.train_counts + 1.0
-        return torch.log(c / c[1:].sum())
+        return c / c[1:].sum()
 
     @property
     def popularity(self) -> torch.Tensor:
         """[N+1] log share of the domain's training interactions (+1 smoothing): a feature any
         logged catalog has, so the prior learned on sources applies to a new domain's counts."""
-        z = self.log_q.clone()
+        z = torch.log(self.share)
         z[0] = 0.0
         return z
 

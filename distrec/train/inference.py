@@ -100,7 +100,7 @@ def recommend(run_dir: str, domain: str, titles: list[str], k: int = 10) -> str:
     user = model(task="users", domain=domain, history=hist, last=last, table=catalog.vectors)[
         "users"
     ]
-    scores = catalog.scores(user, run.cfg.model.temperature)[0]
+    scores = catalog.scores(user)[0]
     scores[0] = float("-inf")
     scores[history] = float("-inf")
     top = torch.topk(scores, min(k, d.num_items - len(set(history))))

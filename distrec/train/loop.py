@@ -24,10 +24,17 @@ from distrec.distributed.accelerator import (
     mean_over_ranks,
 )
 from distrec.distributed.unshard import PlainCopy
-from distrec.eval.evaluate import eval_cases, evaluate_sharded
+from distrec.eval.evaluate import UserRanks, eval_cases, rank_sharded
+from distrec.eval.metrics import metrics_from_ranks
 from distrec.train.checkpoint import Preempted, StageCheckpoints, preemption_requested
 from distrec.train.context import DomainData, Run
-from distrec.train.losses import ctr_loss, rating_loss, retrieval_loss
+from distrec.train.losses import (
+    ctr_loss,
+    inclusion_log_prob,
+    item_slots,
+    rating_loss,
+    retrieval_loss,
+)
 from distrec.utils.progress import log, progress
 
 
@@ -52,6 +59,7 @@ class FitResult:
     data_wait_s: float = 0.0
     train_s: float = 0.0
     steps: int = 0
+    train_targets_per_epoch: int = 0
 
 
 def build_loader(run: Run, plan: StagePlan) -> MixtureLoader:
@@ -70,6 +78,7 @@ def build_loader(run: Run, plan: StagePlan) -> MixtureLoader:
             corrupt=cfg.data.corrupt_shards,
             train_fraction=plan.train_fraction,
             shard_url=cfg.data.shard_url,
+            train_window=cfg.data.train_window,
         )
         transform = None
         if cfg.model.mode == "end_to_end" and plan.uses_text:
@@ -107,23 +116,35 @@ def compute_loss(
 ) -> torch.Tensor:
     cfg = run.cfg.model
     if cfg.head == "ctr":
-        return ctr_loss(out, cfg.temperature, gen)
+        return ctr_loss(out, gen)
     if cfg.head == "rating":
         real = (batch["targets"] > 0) & batch["valid"][:, None]
         return rating_loss(out, batch["target_ratings"][real].to(run.device))
     sampled = "items" in batch
-    log_q = d.log_q[batch["items"]].to(run.device) if (sampled and cfg.logq_correction) else None
-    return retrieval_loss(
-        out, cfg.temperature, log_q, cross_rank=sampled and run.cfg.distributed.cross_rank_negatives
-    )
+    cross_rank = sampled and run.cfg.distributed.cross_rank_negatives
+    log_q = None
+    if sampled and cfg.logq_correction:
+        # Every rank's batch is drawn alike, so gathered candidates come from world x slots.
+        world = run.rank_world[1] if cross_rank else 1
+        slots = item_slots(batch["inputs"], batch["targets"]) * world
+        log_q = inclusion_log_prob(d.share[batch["items"]], slots).to(run.device)
+    return retrieval_loss(out, log_q, cross_rank=cross_rank)
 
 
 def planned_steps(run: Run, plan: StagePlan) -> int:
-    """Optimizer steps `fit` will take at most (AdaLoRA's budget schedule needs it up front)."""
+    """Optimizer steps `fit` will take at most (AdaLoRA's budget schedule needs it up front):
+    `train.max_steps` when set (a step budget instead of epochs), else the plan's epochs."""
+    if run.cfg.train.max_steps:
+        return run.cfg.train.max_steps
     per_epoch = math.ceil(len(build_loader(run, plan)) / run.cfg.train.grad_accum)
-    total = max(1, per_epoch * plan.epochs)
-    cap = run.cfg.train.max_steps_per_stage
-    return min(total, cap) if cap else total
+    return max(1, per_epoch * plan.epochs)
+
+
+def epochs_left(run: Run, plan: StagePlan, state: EpochState, total: int) -> bool:
+    """Whether another epoch runs: the step budget (train.max_steps) or the plan's epochs."""
+    if run.cfg.train.max_steps:
+        return state.result.steps < total
+    return state.epoch < plan.epochs
 
 
 def fit(
@@ -155,13 +176,19 @@ def fit(
             f"{state.epoch_batches} batches into it)"
         )
     start = time.perf_counter() - state.result.wall_s
+    state.result.train_targets_per_epoch = loader.targets_per_epoch()
+    budget = f"{total} optimizer steps" if cfg.train.max_steps else f"{plan.epochs} epochs"
+    log(
+        f"{plan.name}: {state.result.train_targets_per_epoch} training targets per epoch "
+        f"(data.train_window={cfg.data.train_window}), budget {budget}"
+    )
 
     def checkpoint() -> None:
         ckpt.save(
             acc, f"step-{state.global_batches:08d}", state.to_json(start), loader.state_dict()
         )
 
-    while state.epoch < plan.epochs:
+    while epochs_left(run, plan, state, total):
         if train_epoch(
             run, model, optimizer, scheduler, loader, plan, state, on_step, total, checkpoint
         ):
@@ -172,22 +199,23 @@ def fit(
             )
         loader.prefetch()  # next epoch's workers read while we evaluate
         valid = evaluate(run, model, plan.eval_domains, "valid", plan.uses_text)
-        stop = state.end_epoch(valid, cfg.train.early_stopping_patience, total)
+        stop = state.end_epoch(valid, EarlyStopping.of(cfg), total)
         h = state.result.history[-1]
+        metric = cfg.eval.metric
         acc.log(
-            {f"{plan.name}/loss": h["loss"], f"{plan.name}/valid_ndcg@10": h["valid_ndcg@10"]},
+            {f"{plan.name}/loss": h["loss"], f"{plan.name}/valid_{metric}": valid[metric]},
             step=state.epoch,
         )
         log(
-            f"{plan.name} epoch {state.epoch}/{plan.epochs}: loss {h['loss']:.4f}  valid ndcg@10 "
-            f"{h['valid_ndcg@10']:.4f}  data wait {h['data_wait_fraction']:.1%}  "
-            f"({time.perf_counter() - start:.0f}s)"
+            f"{plan.name} epoch {state.epoch} ({state.result.steps}/{total} steps): loss "
+            f"{h['loss']:.4f}  valid {metric} {valid[metric]:.4f}  data wait "
+            f"{h['data_wait_fraction']:.1%}  ({time.perf_counter() - start:.0f}s)"
         )
         if state.result.best_epoch == state.epoch:
             acc.save_state(str(best_dir))
         checkpoint()
         if run.on_epoch is not None:  # after the save: a sweep hands this checkpoint on
-            run.on_epoch(plan.name, h, stop or state.epoch >= plan.epochs)
+            run.on_epoch(plan.name, h, stop or not epochs_left(run, plan, state, total))
         if stop:
             break
     if state.result.best_epoch >= 0:
@@ -201,6 +229,20 @@ def fit(
     model = plain.trained(acc, model)
     acc.free_memory()
     return model, result
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop after `patience` evaluations whose `metric` did not beat the best by > min_delta."""
+
+    metric: str
+    patience: int
+    min_delta: float
+
+    @classmethod
+    def of(cls, cfg) -> EarlyStopping:
+        t = cfg.train
+        return cls(cfg.eval.metric, t.early_stopping_patience, t.early_stopping_min_delta)
 
 
 @dataclass
@@ -229,9 +271,9 @@ class EpochState:
         "bad_epochs",
     )
 
-    def end_epoch(self, valid: dict, patience: int, total_steps: int) -> bool:
+    def end_epoch(self, valid: dict, rule: EarlyStopping, total_steps: int) -> bool:
         """Record the finished epoch; True when training should stop (patience or step budget)."""
-        r, score = self.result, valid["ndcg@10"]
+        r, score = self.result, valid[rule.metric]
         self.epoch += 1
         r.data_wait_s += self.epoch_wait_s
         r.train_s += self.epoch_train_s
@@ -239,7 +281,9 @@ class EpochState:
             {
                 "epoch": self.epoch,
                 "loss": self.epoch_loss / max(1, self.epoch_batches),
-                "valid_ndcg@10": score,
+                "valid_ndcg@10": valid["ndcg@10"],
+                "valid_metric": score,
+                "steps": r.steps,
                 "valid": valid,
                 "data_wait_fraction": self.epoch_wait_s / max(self.epoch_train_s, 1e-9),
             }
@@ -250,11 +294,11 @@ class EpochState:
             0.0,
             0.0,
         )
-        if score > r.best_valid:
+        if score > r.best_valid + rule.min_delta or r.best_epoch < 0:
             r.best_valid, r.best_epoch, self.bad_epochs = score, self.epoch, 0
         else:
             self.bad_epochs += 1
-            if self.bad_epochs >= patience:
+            if self.bad_epochs >= rule.patience:
                 log(f"early stop after epoch {self.epoch} (best {r.best_epoch})")
                 return True
         return r.steps >= total_steps
@@ -273,6 +317,7 @@ class EpochState:
                 "data_wait_s": r.data_wait_s,
                 "train_s": r.train_s,
                 "wall_s": time.perf_counter() - start,
+                "train_targets_per_epoch": r.train_targets_per_epoch,
             },
         }
 
@@ -333,13 +378,18 @@ def train_epoch(
 
 @dataclass
 class CatalogVectors:
-    """Item vectors [N+1, d] (row 0 = padding) and each item's learned popularity bias [N+1]."""
+    """Item vectors [N+1, d] (row 0 = padding), each item's learned popularity bias [N+1]
+    and the model's score scale (1/temperature)."""
 
     vectors: torch.Tensor
     bias: torch.Tensor
+    scale: float
 
-    def scores(self, users: torch.Tensor, temperature: float) -> torch.Tensor:
-        return users.float() @ self.vectors.float().T / temperature + self.bias.float()
+    def scores(self, users: torch.Tensor) -> torch.Tensor:
+        """[B, N+1] scores in fp32, even inside an autocast region: bf16 scores would round
+        near-equal items into ties and change ranks."""
+        with torch.autocast(device_type=users.device.type, enabled=False):
+            return users.float() @ self.vectors.float().T * self.scale + self.bias.float()
 
 
 @torch.no_grad()
@@ -381,7 +431,13 @@ def catalog_table(run: Run, model, d: DomainData, uses_text: bool) -> CatalogVec
     for r, part in enumerate(parts):
         table[1 + r :: world][: part.shape[0]] = part
     table = table.to(dev)
-    return CatalogVectors(table[:, :-1], table[:, -1])
+    return CatalogVectors(table[:, :-1], table[:, -1], float(out["scale"].float().reshape(-1)[0]))
+
+
+def mean_metrics(per_domain: list[dict[str, float]]) -> dict[str, float]:
+    """Mean over domains of their metrics; one domain gives its metrics unchanged."""
+    keys = per_domain[0].keys()
+    return {k: sum(p[k] for p in per_domain) / len(per_domain) for k in keys}
 
 
 @torch.no_grad()
@@ -389,18 +445,25 @@ def evaluate(
     run: Run, model, domains: list[str], split: str, uses_text: bool = True
 ) -> dict[str, float]:
     """Mean over `domains` of full-ranking metrics; one domain gives its metrics unchanged."""
-    per = [evaluate_domain(run, model, run.domains[n], split, uses_text) for n in domains]
-    keys = per[0].keys()
-    return {k: sum(p[k] for p in per) / len(per) for k in keys}
+    return mean_metrics(
+        [evaluate_domain(run, model, run.domains[n], split, uses_text) for n in domains]
+    )
 
 
 @torch.no_grad()
 def evaluate_domain(
     run: Run, model, d: DomainData, split: str, uses_text: bool = True
 ) -> dict[str, float]:
+    return metrics_from_ranks(domain_ranks(run, model, d, split, uses_text).ranks, run.cfg.eval.ks)
+
+
+@torch.no_grad()
+def domain_ranks(run: Run, model, d: DomainData, split: str, uses_text: bool = True) -> UserRanks:
+    """Every evaluated user's target rank in `split` (sharded over ranks, gathered)."""
     cfg, acc = run.cfg, run.accelerator
     was_training = model.training
     model.eval()
+    # Towers under autocast (fast); the scores themselves in fp32 (CatalogVectors.scores).
     with acc.autocast():
         catalog = catalog_table(run, model, d, uses_text)
 
@@ -412,15 +475,14 @@ def evaluate_domain(
                 last=last.to(run.device),
                 table=catalog.vectors,
             )["users"]
-            return catalog.scores(users, cfg.model.temperature)
+            return catalog.scores(users)
 
         rank, world = run.rank_world
         cases = eval_cases(d.sequences(), split, cfg.eval.max_users)
-        metrics = evaluate_sharded(
+        found = rank_sharded(
             cases,
             d.num_items,
             score,
-            cfg.eval.ks,
             cfg.data.max_history,
             rank,
             world,
@@ -428,4 +490,4 @@ def evaluate_domain(
             cfg.eval.batch_size,
         )
     model.train(was_training)
-    return metrics
+    return found

@@ -8,31 +8,67 @@ import torch.nn.functional as F
 from distrec.distributed.accelerator import gather_with_grad
 
 
+def inclusion_log_prob(share: torch.Tensor, draws: float) -> torch.Tensor:
+    """log P(item is among a batch's candidates) for logQ correction.
+
+    A batch's candidates are the distinct items of its windows: `draws` item slots
+    (real inputs and targets, over every rank whose candidates are gathered), each
+    drawn from the stream with probability `share` (the item's share of training
+    interactions). So P(i in batch) = 1 - (1 - share_i)^draws, computed in log
+    space (expm1/log1p) so rare items keep their precision. Popular items are in
+    almost every batch (log q -> 0) and stop being over-penalised as negatives.
+    """
+    share = share.double().clamp(min=1e-12, max=1.0 - 1e-12)
+    return torch.log(-torch.expm1(draws * torch.log1p(-share))).float()
+
+
+def item_slots(inputs: torch.Tensor, targets: torch.Tensor) -> int:
+    """Item slots in a batch of windows: every real target plus each window's first input."""
+    return int((targets > 0).sum()) + int((inputs[:, 0] > 0).sum())
+
+
 def retrieval_loss(
-    out: dict, temperature: float, log_q: torch.Tensor | None = None, cross_rank: bool = False
+    out: dict, log_q: torch.Tensor | None = None, cross_rank: bool = False
 ) -> torch.Tensor:
     """Softmax cross-entropy of each position's next item against the candidates.
 
     Cached mode: candidates = the whole catalog (exact softmax). End-to-end mode:
     the batch's unique items (optionally every rank's), with logQ correction so
     popular items are not over-penalised for appearing as negatives more often.
+    Gathered candidates from other ranks that are the row's own positive item (the
+    same item in another rank's batch) are masked: they would be false negatives.
+    Logits are `out["scale"]` (1/temperature) x <user, item> + item bias.
     """
     users, targets, cand, bias = out["users"], out["targets"], out["candidates"], out["bias"]
+    ids = out.get("candidate_items")
     offset = 0
     if cross_rank:
         cand, offset = gather_with_grad(cand)
         bias, _ = gather_with_grad(bias)
         if log_q is not None:
             log_q, _ = gather_with_grad(log_q)
+        if ids is not None:
+            ids, _ = gather_with_grad(ids)
     if users.shape[0] == 0:  # an all-padding batch keeps ranks in step; it must not move weights
-        return cand.sum() * 0.0 + users.sum() * 0.0 + bias.sum() * 0.0
-    logits = users @ cand.T / temperature + bias[None, :]
+        return cand.sum() * 0.0 + users.sum() * 0.0 + bias.sum() * 0.0 + out["scale"].sum() * 0.0
+    logits = (users @ cand.T).float() * out["scale"].float() + bias[None, :].float()
     if log_q is not None:
-        logits = logits - log_q[None, :].to(logits.dtype)
-    return F.cross_entropy(logits.float(), targets + offset)
+        logits = logits - log_q[None, :].float()
+    positives = targets + offset
+    if cross_rank and ids is not None:
+        logits = logits.masked_fill(duplicate_positives(ids, positives), float("-inf"))
+    return F.cross_entropy(logits, positives)
 
 
-def ctr_loss(out: dict, temperature: float, generator: torch.Generator) -> torch.Tensor:
+def duplicate_positives(ids: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """[rows, candidates] True where a candidate column is the row's positive item but not
+    the positive's own column (a copy gathered from another rank)."""
+    same = ids[None, :] == ids[positives][:, None]
+    same[torch.arange(len(positives), device=ids.device), positives] = False
+    return same
+
+
+def ctr_loss(out: dict, generator: torch.Generator) -> torch.Tensor:
     """Binary cross-entropy: the next item (label 1) vs one uniformly sampled item (label 0)."""
     users, targets, cand = out["users"], out["targets"], out["candidates"]
     if users.shape[0] == 0:
@@ -41,8 +77,9 @@ def ctr_loss(out: dict, temperature: float, generator: torch.Generator) -> torch
         targets.device
     )
     bias = out["bias"]
-    pos = (users * cand[targets]).sum(-1) / temperature + bias[targets]
-    neg = (users * cand[negatives]).sum(-1) / temperature + bias[negatives]
+    scale = out["scale"]
+    pos = (users * cand[targets]).sum(-1) * scale + bias[targets]
+    neg = (users * cand[negatives]).sum(-1) * scale + bias[negatives]
     logits = torch.cat([pos, neg]).float()
     labels = torch.cat([torch.ones_like(pos), torch.zeros_like(neg)]).float()
     return F.binary_cross_entropy_with_logits(logits, labels)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+import pandas as pd
+
 from distrec.config import RunConfig
 from distrec.train.context import write_json
 from distrec.utils.plotting import pyplot, save_figure
@@ -40,7 +42,43 @@ def versions() -> dict[str, str]:
     return out
 
 
+RANK_COLUMNS = ["stage", "split", "domain", "user", "rank"]
+
+
+def write_stage_ranks(out: Path, stage: str, found: dict) -> Path:
+    """ranks/<stage>.parquet: one row per (split, domain, user) with the target's 0-based
+    fractional rank; `found` maps (domain, split) to UserRanks."""
+    frames = [
+        pd.DataFrame(
+            {
+                "stage": stage,
+                "split": split,
+                "domain": domain,
+                "user": r.users.numpy().astype("int64"),
+                "rank": r.ranks.numpy().astype("float64"),
+            }
+        )
+        for (domain, split), r in found.items()
+    ]
+    path = out / "ranks" / f"{stage}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    pd.concat(frames, ignore_index=True)[RANK_COLUMNS].to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def write_ranks(out: Path, stages: dict) -> Path:
+    """ranks.parquet: every finished stage's per-user ranks in one table."""
+    parts = [pd.read_parquet(out / "ranks" / f"{s}.parquet") for s in stages]
+    path = out / "ranks.parquet"
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=RANK_COLUMNS)
+    frame.to_parquet(path, index=False)
+    return path
+
+
 def write_metrics(out: Path, cfg: RunConfig, stages: dict, extra: dict) -> Path:
+    write_ranks(out, stages)
     path = out / "metrics.json"
     write_json(
         path,

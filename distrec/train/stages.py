@@ -11,7 +11,8 @@ from safetensors.torch import load_model
 
 from distrec.distributed.accelerator import barrier, gather_tensors, live_strategy
 from distrec.distributed.unshard import SHARDING
-from distrec.eval.evaluate import eval_cases, evaluate_sharded
+from distrec.eval.evaluate import UserRanks, eval_cases, rank_sharded
+from distrec.eval.metrics import metrics_from_ranks
 from distrec.models.recommender import Recommender
 from distrec.train.adapters import (
     AdaLoraBudget,
@@ -21,7 +22,8 @@ from distrec.train.adapters import (
     save_weights,
 )
 from distrec.train.context import Run, write_json
-from distrec.train.loop import FitResult, StagePlan, evaluate, fit, planned_steps
+from distrec.train.loop import FitResult, StagePlan, domain_ranks, fit, mean_metrics, planned_steps
+from distrec.train.outputs import write_stage_ranks
 from distrec.utils.progress import log
 
 
@@ -46,11 +48,13 @@ def new_model(run: Run, use_text: bool = True, dropout: float | None = None) -> 
 
 
 def stage_record(run: Run, model, plan: StagePlan, fit_result: FitResult | None) -> dict:
-    record = {
-        "domains": plan.eval_domains,
-        "valid": evaluate(run, model, plan.eval_domains, "valid", plan.uses_text),
-        "test": evaluate(run, model, plan.eval_domains, "test", plan.uses_text),
-    }
+    """Valid and test metrics of the stage's model (mean over its domains); every user's
+    rank goes to ranks/<stage>.parquet so runs and stages compare user by user."""
+
+    def ranks(name: str, split: str) -> UserRanks:
+        return domain_ranks(run, model, run.domains[name], split, plan.uses_text)
+
+    record = ranked_record(run, plan.name, plan.eval_domains, ranks)
     if fit_result is not None:
         record.update(asdict(fit_result))
     log(
@@ -198,19 +202,35 @@ def popularity(run: Run, target: str) -> dict:
         return counts.expand(history.shape[0], -1)
 
     rank, world = run.rank_world
-    out = {"domains": [target]}
-    for split in ("valid", "test"):
+
+    def ranks(name: str, split: str) -> UserRanks:
         cases = eval_cases(d.sequences(), split, run.cfg.eval.max_users)
-        out[split] = evaluate_sharded(
+        return rank_sharded(
             cases,
             d.num_items,
             score,
-            run.cfg.eval.ks,
             run.cfg.data.max_history,
             rank,
             world,
             gather_tensors,
             run.cfg.eval.batch_size,
         )
+
+    out = ranked_record(run, "baseline_popularity", [target], ranks)
     log(f"baseline_popularity: test ndcg@10 {out['test']['ndcg@10']:.4f}")
     return out
+
+
+def ranked_record(run: Run, stage: str, domains: list[str], ranks) -> dict:
+    """{domains, valid, test} from `ranks(domain, split) -> UserRanks`, ranks saved (rank 0)."""
+    record: dict = {"domains": domains}
+    found: dict[tuple[str, str], UserRanks] = {}
+    for split in ("valid", "test"):
+        per_domain = []
+        for name in domains:
+            found[name, split] = ranks(name, split)
+            per_domain.append(metrics_from_ranks(found[name, split].ranks, run.cfg.eval.ks))
+        record[split] = mean_metrics(per_domain)
+    if run.is_main:
+        write_stage_ranks(run.out, stage, found)
+    return record

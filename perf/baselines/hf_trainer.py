@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from distrec.train.losses import retrieval_loss
+from distrec.train.losses import inclusion_log_prob, item_slots, retrieval_loss
 from perf.common import PeakMemory, load_average, median_windows, sync
 
 
@@ -64,7 +63,7 @@ class HistoryCollator:
 class TwoTowerForTrainer(nn.Module):
     """The recommender's towers behind a forward that returns {"loss"} as Trainer expects."""
 
-    def __init__(self, peft_model: nn.Module, domain, temperature: float, logq: bool) -> None:
+    def __init__(self, peft_model: nn.Module, domain, logq: bool) -> None:
         super().__init__()
         self.model = peft_model
         self.rec = peft_model.base_model.model  # the Recommender, LoRA layers injected
@@ -73,29 +72,28 @@ class TwoTowerForTrainer(nn.Module):
         self.rec.item_tower.length_buckets = 1
         self.domain = domain.name
         self.register_buffer("popularity", domain.popularity, persistent=False)
-        self.register_buffer("log_q", domain.log_q, persistent=False)
-        self.temperature, self.logq = temperature, logq
+        self.register_buffer("share", domain.share, persistent=False)
+        self.logq = logq
         self.config = self.rec.config
         self.losses: list[torch.Tensor] = []
 
     def forward(self, item_ids, input_ids, attention_mask):
         real = item_ids > 0
         # Every history item of every example goes through the LM, duplicates included.
-        vecs = F.normalize(
+        vecs = self.rec._unit(
             self.rec.item_tower(
                 self.domain,
                 item_ids[real],
                 input_ids=input_ids[real],
                 attention_mask=attention_mask[real],
-            ),
-            dim=-1,
+            )
         )
         table = vecs.new_zeros(*item_ids.shape, vecs.shape[-1])
         table[real] = vecs
         targets = item_ids[:, 1:]
         has_target = targets > 0
         inputs = table[:, :-1] * has_target[..., None].to(table.dtype)
-        users = F.normalize(self.rec.user_tower(inputs, self.domain), dim=-1)[has_target]
+        users = self.rec._unit(self.rec.user_tower(inputs, self.domain))[has_target]
         # Negatives: the batch's distinct items (each represented by its first encoding).
         flat = item_ids[real]
         uniq, inverse = torch.unique(flat, return_inverse=True)
@@ -110,9 +108,11 @@ class TwoTowerForTrainer(nn.Module):
             "targets": torch.searchsorted(uniq, targets[has_target]),
             "candidates": cand,
             "bias": bias,
+            "scale": self.rec.scale(),
         }
-        log_q = self.log_q[uniq] if self.logq else None
-        loss = retrieval_loss(out, self.temperature, log_q)
+        slots = item_slots(item_ids[:, :-1], targets)
+        log_q = inclusion_log_prob(self.share[uniq], slots) if self.logq else None
+        loss = retrieval_loss(out, log_q)
         self.losses.append(loss.detach())
         return {"loss": loss}
 
@@ -130,7 +130,7 @@ def train_with_trainer(run, peft_model, examples: list[dict], steps: int, work: 
     """Fine-tune with HF Trainer over `examples` in order; returns (model wrapper, clock, memory)."""
     cfg = run.cfg
     domain = run.domains[examples[0]["domain"]]
-    model = TwoTowerForTrainer(peft_model, domain, cfg.model.temperature, cfg.model.logq_correction)
+    model = TwoTowerForTrainer(peft_model, domain, cfg.model.logq_correction)
     args = TrainingArguments(
         output_dir=str(work / "hf_trainer"),
         per_device_train_batch_size=cfg.train.batch_size,
