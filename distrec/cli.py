@@ -61,6 +61,8 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
         zipf=args.zipf,
         seed=args.seed,
         users_per_shard=args.users_per_shard,
+        rule=args.rule,
+        catalog_seed=args.catalog_seed,
     )
     print(f"wrote {synth_domain(spec, args.out, overwrite=args.overwrite)}")
     return 0
@@ -183,6 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zipf", type=float, default=1.1, help="popularity exponent")
     p.add_argument("--users-per-shard", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--rule",
+        type=float,
+        default=0.0,
+        help="probability that each next item is the previous one's successor (planted rule)",
+    )
+    p.add_argument(
+        "--catalog-seed",
+        type=int,
+        default=None,
+        help="seed of the item texts and the rule's chain (domains sharing it share items)",
+    )
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_data_synth)
     p = data_sub.add_parser("inspect", help="print counts and verify shard hashes")

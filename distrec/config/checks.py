@@ -104,6 +104,11 @@ def _check_stages(cfg: RunConfig) -> None:
         raise ValueError(
             "stages zero_shot/adapt/baselines need data.target; name the target domain or disable them"
         )
+    if cfg.tune.search_space and cfg.tune.stage == "adapt" and st.adapt.mode == "auto":
+        raise ValueError(
+            "tune.stage=adapt with stages.adapt.mode=auto: auto trains two adapt models "
+            "(adapt_lora, adapt_full); sweep one of them with stages.adapt.mode=lora or full"
+        )
     if st.zero_shot and not st.pretrain.enabled:
         raise ValueError(
             "stages.zero_shot=true evaluates the pretrained model, but stages.pretrain.enabled=false; "

@@ -141,16 +141,28 @@ class StageConfig(Section):
     train_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
 
 
+class AdaptConfig(StageConfig):
+    # `lora`: a new PEFT adapter per target (+ its ID rows) on the frozen base; `full`:
+    # warm-start fine-tuning of every tower parameter from the pretrained base (the LM stays
+    # frozen in cached mode, gets a merged LoRA end-to-end); `auto`: train both, keep the
+    # one with the better validation eval.metric (both are reported).
+    mode: Literal["lora", "full", "auto"] = "auto"
+
+
 class StagesConfig(Section):
     pretrain: StageConfig = StageConfig()
     zero_shot: bool = True
-    adapt: StageConfig = StageConfig()
+    adapt: AdaptConfig = AdaptConfig()
     baselines: list[Literal["popularity", "id_target_only", "text_target_only"]] = list(BASELINES)
     # The SASRec-style baseline gets its own learning rate and dropout: tuned,
     # not crippled (reported in report.md).
     id_baseline_lr: float = Field(default=1e-3, gt=0.0)
     id_baseline_dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
     id_baseline_epochs: int = Field(default=30, ge=1)
+    # Its own score function and temperature (None = model.score / model.temperature): an
+    # ID model's best scoring is not the text model's (perf/results/tune_id_baseline).
+    id_baseline_score: Literal["cosine", "dot"] | None = None
+    id_baseline_temperature: float | None = Field(default=None, gt=0.0)
     # The target-only text model also trains to convergence (early stopping), not
     # for the pretraining budget.
     text_baseline_epochs: int = Field(default=30, ge=1)

@@ -2,6 +2,13 @@
 
 Popularity follows a Zipf law, history lengths a shifted geometric law, and item
 text is drawn from a fixed vocabulary so the LM has real tokens to encode.
+
+A planted sequential rule (`rule` > 0) makes each next item, with that
+probability, the successor of the previous item along a fixed chain through the
+catalog: structure a sequential model must find and popularity cannot. Two
+domains with the same `catalog_seed` share item texts and the chain (but not
+users or ID tables), so the rule can only transfer from one to the other through
+the items' text: the quality tests' source/target pair.
 """
 
 from __future__ import annotations
@@ -72,6 +79,17 @@ class SynthSpec:
     zipf: float = 1.1
     seed: int = 0
     users_per_shard: int = 1000
+    rule: float = 0.0  # probability that the next item is the previous one's successor
+    catalog_seed: int | None = None  # item texts and chain; None = seed
+
+    def fingerprint(self) -> str:
+        """Hash of the spec; the rule fields enter only when set, so domains made before
+        they existed stay current."""
+        spec = asdict(self)
+        for key, default in (("rule", 0.0), ("catalog_seed", None)):
+            if spec[key] == default:
+                del spec[key]
+        return sha256_json({"synth": spec})
 
     def __post_init__(self) -> None:
         if self.users < 1 or self.items < 1:
@@ -82,16 +100,21 @@ class SynthSpec:
             )
         if self.zipf <= 0:
             raise ValueError(f"synth: zipf={self.zipf} must be > 0")
+        if not 0.0 <= self.rule < 1.0:
+            raise ValueError(f"synth: rule={self.rule} must be in [0, 1)")
 
 
 def synth_domain(spec: SynthSpec, out_dir: str | Path, overwrite: bool = False) -> Path:
     root = Path(out_dir) / spec.name
-    fingerprint = sha256_json({"synth": asdict(spec)})
+    fingerprint = spec.fingerprint()
     if existing_is_current(root, fingerprint, overwrite):
         log(f"{spec.name}: {root} is up to date")
         return root / "manifest.json"
-    rng = np.random.default_rng(spec.seed)
+    rng = np.random.default_rng(spec.seed if spec.catalog_seed is None else spec.catalog_seed)
     catalog = _catalog(spec, rng)
+    chain = rng.permutation(spec.items)
+    successor = np.empty(spec.items, dtype=np.int64)
+    successor[chain] = np.roll(chain, -1)
     popularity = 1.0 / np.arange(1, spec.items + 1) ** spec.zipf
     popularity /= popularity.sum()
     lengths = (
@@ -106,7 +129,9 @@ def synth_domain(spec: SynthSpec, out_dir: str | Path, overwrite: bool = False) 
         "eval_users": int((lengths >= 3).sum()),
         "train_only_users": int((lengths < 3).sum()),
     }
-    sequences = _sequences(spec, lengths, popularity, np.random.default_rng(spec.seed + 1))
+    sequences = _sequences(
+        spec, lengths, popularity, successor, np.random.default_rng(spec.seed + 1)
+    )
     return write_domain(
         root,
         domain=spec.name,
@@ -141,10 +166,20 @@ def _catalog(spec: SynthSpec, rng: np.random.Generator) -> pd.DataFrame:
 
 
 def _sequences(
-    spec: SynthSpec, lengths: np.ndarray, popularity: np.ndarray, rng: np.random.Generator
+    spec: SynthSpec,
+    lengths: np.ndarray,
+    popularity: np.ndarray,
+    successor: np.ndarray,
+    rng: np.random.Generator,
 ) -> Iterator[UserSequence]:
     for u, n in enumerate(lengths):
-        items = rng.choice(spec.items, size=int(n), p=popularity) + 1
+        items = rng.choice(spec.items, size=int(n), p=popularity)
+        if spec.rule > 0:
+            follows = rng.random(int(n)) < spec.rule
+            for t in range(1, int(n)):
+                if follows[t]:
+                    items[t] = successor[items[t - 1]]
+        items = items + 1
         yield UserSequence(
             index=u,
             user=f"user-{u}",

@@ -1,7 +1,9 @@
 """Use a finished run: re-evaluate it, or recommend for a history of item titles.
 
 The model is rebuilt from the run folder alone: `config.yaml`, the base weights
-in `export/base/` and, for a domain with one, its PEFT adapter in `adapters/`.
+in `export/base/` and, for a domain with one, its PEFT adapter in `adapters/` -- or,
+when the adapt stage chose full fine-tuning (stages.adapt.mode full/auto), the
+fine-tuned weights in `export/<domain>-full/`.
 """
 
 from __future__ import annotations
@@ -43,11 +45,23 @@ def load_run(run_dir: str | Path, domain: str | None):
     load_domains(run, names)
     model = load_base(run)
     adapter = run_dir / "adapters" / domain
-    if adapter.exists():
+    if domain == cfg.data.target and adapted_mode(run_dir) == "full":
+        from safetensors.torch import load_model
+
+        load_model(model, str(run_dir / "export" / f"{domain}-full" / "model.safetensors"))
+    elif adapter.exists():
         check_adapter_base(adapter, base_file)
         model = PeftModel.from_pretrained(model, str(adapter), adapter_name=domain)
     model.eval()
     return run, model, domain
+
+
+def adapted_mode(run_dir: Path) -> str | None:
+    """How the run's adapt stage adapted the target (`lora` or `full`), if it ran."""
+    stages = run_dir / "stages.json"
+    if not stages.exists():
+        return None
+    return json.loads(stages.read_text()).get("adapt", {}).get("mode")
 
 
 def check_adapter_base(adapter: Path, base_file: Path) -> None:

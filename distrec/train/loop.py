@@ -201,6 +201,7 @@ def fit(
         valid = evaluate(run, model, plan.eval_domains, "valid", plan.uses_text)
         stop = state.end_epoch(valid, EarlyStopping.of(cfg), total)
         h = state.result.history[-1]
+        h["elapsed_s"] = time.perf_counter() - start  # wall time to this point (time to quality)
         metric = cfg.eval.metric
         acc.log(
             {f"{plan.name}/loss": h["loss"], f"{plan.name}/valid_{metric}": valid[metric]},

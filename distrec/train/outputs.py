@@ -8,11 +8,14 @@ from pathlib import Path
 import pandas as pd
 
 from distrec.config import RunConfig
+from distrec.eval.bootstrap import paired_ratio, read_ranks, select_stage
 from distrec.train.context import write_json
 from distrec.utils.plotting import pyplot, save_figure
 
 ROWS = [
-    ("adapt", "adapted (source -> target adapter)"),
+    ("adapt", "adapted (source -> target; stages.adapt.mode)"),
+    ("adapt_lora", "  adapted with a LoRA adapter"),
+    ("adapt_full", "  adapted by full warm-start fine-tuning"),
     ("zero_shot", "zero-shot (source only)"),
     ("baseline_text_target_only", "target-only text model"),
     ("baseline_id_target_only", "target-only ID model (SASRec-style)"),
@@ -105,20 +108,26 @@ def stage_table(stages: dict, target: str | None) -> str:
     return "\n".join(lines)
 
 
-def ratios(stages: dict) -> list[str]:
-    def ndcg(key: str) -> float | None:
-        return stages.get(key, {}).get("test", {}).get("ndcg@10")
+RATIOS = [
+    ("adapt", "baseline_text_target_only", "adapted / target-only text"),
+    ("adapt", "baseline_id_target_only", "adapted / target-only ID"),
+    ("zero_shot", "baseline_popularity", "zero-shot / popularity"),
+]
 
-    out = []
-    for num, den, label in [
-        ("adapt", "baseline_text_target_only", "adapted / target-only text"),
-        ("adapt", "baseline_id_target_only", "adapted / target-only ID"),
-        ("zero_shot", "baseline_popularity", "zero-shot / popularity"),
-    ]:
-        a, b = ndcg(num), ndcg(den)
-        if a is not None and b:
-            out.append(f"- {label}: {a / b:.2f}x")
-    return out
+
+def ratios(out: Path, stages: dict) -> list[str]:
+    """Each transfer ratio of test NDCG@10 with its paired bootstrap 95% interval over the
+    test users (one seed; perf/quality.py pools several)."""
+    ranks = read_ranks(out / "ranks.parquet")
+    lines = []
+    for num, den, label in RATIOS:
+        if num in stages and den in stages:
+            for split in ("test", "valid"):
+                iv = paired_ratio(
+                    select_stage(ranks, num, split), select_stage(ranks, den, split), "ndcg@10"
+                )
+                lines.append(f"- {label} ({split}): {iv.format()}")
+    return lines
 
 
 def write_report(out: Path, cfg: RunConfig, stages: dict, extra: dict) -> None:
@@ -127,8 +136,8 @@ def write_report(out: Path, cfg: RunConfig, stages: dict, extra: dict) -> None:
         "",
         stage_table(stages, cfg.data.target),
         "",
-        "Transfer ratios (NDCG@10):",
-        *ratios(stages),
+        "Transfer ratios (NDCG@10, [paired bootstrap 95% interval over users]):",
+        *ratios(out, stages),
         "",
     ]
     if "pretrain" in stages:
@@ -142,12 +151,28 @@ def write_report(out: Path, cfg: RunConfig, stages: dict, extra: dict) -> None:
     parts += [
         "Protocol: leave-one-out (last = test, second-to-last = valid); every item of the domain's "
         "catalog is ranked; the user's history is masked (the target itself stays rankable); "
-        "rank = items scoring higher + half the ties. Validation NDCG@10 picks the epoch.",
+        f"rank = items scoring higher + half the ties, scores in fp32. Validation "
+        f"{cfg.eval.metric} picks the epoch and stops training (patience "
+        f"{cfg.train.early_stopping_patience} evaluations, min_delta "
+        f"{cfg.train.early_stopping_min_delta}).",
+        "",
+        f"Training: data.train_window={cfg.data.train_window} (training targets per epoch: "
+        + ", ".join(
+            f"{k} {v['train_targets_per_epoch']}"
+            for k, v in stages.items()
+            if v.get("train_targets_per_epoch")
+        )
+        + f"); score {cfg.model.score} / temperature {cfg.model.temperature}"
+        + (" (learned)" if cfg.model.learn_temperature else "")
+        + (f"; step budget {cfg.train.max_steps} per stage" if cfg.train.max_steps else "")
+        + f"; adapt mode {st.adapt.mode}"
+        + (f" (chose {stages['adapt'].get('mode')})" if "adapt" in stages else "")
+        + ".",
         "",
         f"ID baseline tuning: its own learning rate ({st.id_baseline_lr}), dropout "
-        f"({st.id_baseline_dropout}), up to {st.id_baseline_epochs} epochs with early stopping on "
-        f"validation NDCG@10 (patience {cfg.train.early_stopping_patience}), full-catalog softmax, "
-        f"the same user tower and history length ({cfg.data.max_history}) as the text model.",
+        f"({st.id_baseline_dropout}), up to {st.id_baseline_epochs} epochs with the same early "
+        f"stopping, full-catalog softmax, the same user tower and history length "
+        f"({cfg.data.max_history}) as the text model.",
         "",
         f"Data wait (fraction of training step time spent waiting for the loader): "
         f"{extra.get('data_wait_fraction', float('nan')):.2%}",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict
 from pathlib import Path
 
+import pandas as pd
+import torch
 from accelerate.utils import set_seed
 from safetensors.torch import load_model
 
@@ -28,15 +31,25 @@ from distrec.utils.progress import log
 
 
 def new_model(run: Run, use_text: bool = True, dropout: float | None = None) -> Recommender:
+    """A fresh recommender; the ID-only one takes the ID baseline's score and temperature."""
     cfg = run.cfg
     set_seed(cfg.seed)
+    model_cfg = cfg.model
+    if not use_text:
+        st = cfg.stages
+        model_cfg = model_cfg.model_copy(
+            update={
+                "score": st.id_baseline_score or model_cfg.score,
+                "temperature": st.id_baseline_temperature or model_cfg.temperature,
+            }
+        )
     lm = run.lm if (use_text and cfg.model.mode == "end_to_end") else None
     if lm is not None:
         for p in lm.parameters():
             p.requires_grad_(False)
     items = {n: d.num_items for n, d in run.domains.items()}
     return Recommender(
-        cfg.model,
+        model_cfg,
         run.feature_dim if use_text else 1,
         items,
         cfg.data.max_history,
@@ -104,7 +117,7 @@ def run_stages(run: Run) -> dict[str, dict]:
     if st.zero_shot and base is not None and "zero_shot" not in results:
         results["zero_shot"] = stage_record(run, base, target_plan, None)
     if st.adapt.enabled and base is not None and "adapt" not in results:
-        results["adapt"] = adapt(run, base, target)
+        adapt_stages(run, base, target, results)
     if "popularity" in st.baselines and "baseline_popularity" not in results:
         results["baseline_popularity"] = popularity(run, target)
     if "id_target_only" in st.baselines and "baseline_id_target_only" not in results:
@@ -164,16 +177,64 @@ def load_base(run: Run):
     return model
 
 
-def adapt(run: Run, base, target: str) -> dict:
-    cfg, st = run.cfg, run.cfg.stages
-    plan = StagePlan(
-        "adapt",
+def adapt_stages(run: Run, base, target: str, results: StageResults) -> None:
+    """stages.adapt.mode: one adapt model (lora or full), or both (`adapt_lora`,
+    `adapt_full`, each its own stage record and checkpoints) and `adapt` = the one with the
+    better validation eval.metric: chosen on the target's valid split, never on test."""
+    mode, metric = run.cfg.stages.adapt.mode, run.cfg.eval.metric
+    if mode != "auto":
+        results["adapt"] = {**ADAPTERS[mode](run, base, target, "adapt"), "mode": mode}
+        return
+    for m in ("lora", "full"):
+        if f"adapt_{m}" not in results:
+            start = copy.deepcopy(base)  # each starts from the same pretrained weights
+            results[f"adapt_{m}"] = {**ADAPTERS[m](run, start, target, f"adapt_{m}"), "mode": m}
+    best = max(("lora", "full"), key=lambda m: results.stages[f"adapt_{m}"]["valid"][metric])
+    chosen = results.stages[f"adapt_{best}"]
+    log(f"adapt (auto): {best} wins on valid {metric} ({chosen['valid'][metric]:.4f})")
+    results["adapt"] = {**chosen, "mode": best, "selected_by": f"valid {metric}"}
+    if run.is_main:
+        write_stage_ranks(run.out, "adapt", stage_ranks(run.out, f"adapt_{best}"))
+    barrier()
+
+
+def adapt_plan(run: Run, target: str, name: str) -> StagePlan:
+    st = run.cfg.stages
+    return StagePlan(
+        name,
         {target: 1.0},
         [target],
         st.adapt.epochs,
-        st.adapt.lr or cfg.train.lr,
+        st.adapt.lr or run.cfg.train.lr,
         train_fraction=st.adapt.train_fraction,
     )
+
+
+def adapt_full(run: Run, base, target: str, name: str) -> dict:
+    """Warm-start fine-tuning of every tower parameter (the frozen LM gets a merged LoRA in
+    end-to-end mode, as in pretraining); exported as merged safetensors."""
+    cfg, plan = run.cfg, adapt_plan(run, target, name)
+    model = base
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if model.item_tower.lm is not None:
+        for p in model.item_tower.lm.parameters():
+            p.requires_grad_(False)
+    e2e = cfg.model.mode == "end_to_end" and cfg.peft.method != "none"
+    if e2e:
+        model = add_lm_lora(model, cfg, name.replace("_", "-"))
+    trained, fitted = fit(run, model, plan)
+    if e2e:
+        trained = trained.merge_and_unload()
+    record = stage_record(run, trained, plan, fitted)
+    if run.is_main:
+        save_weights(trained, run.out / "export" / f"{target}-full" / "model.safetensors")
+    barrier()
+    return record
+
+
+def adapt_lora(run: Run, base, target: str, name: str) -> dict:
+    cfg, plan = run.cfg, adapt_plan(run, target, name)
     peft_model = add_domain_adapter(
         base, cfg, target, planned_steps(run, plan), include_lm=cfg.model.mode == "end_to_end"
     )
@@ -191,6 +252,18 @@ def adapt(run: Run, base, target: str) -> dict:
         save_weights(merged, run.out / "export" / target / "model.safetensors")
     barrier()
     return record
+
+
+ADAPTERS = {"lora": adapt_lora, "full": adapt_full}
+
+
+def stage_ranks(out: Path, stage: str) -> dict:
+    """A finished stage's ranks, keyed as write_stage_ranks takes them."""
+    frame = pd.read_parquet(out / "ranks" / f"{stage}.parquet")
+    return {
+        (domain, split): UserRanks(torch.tensor(g["user"].values), torch.tensor(g["rank"].values))
+        for (domain, split), g in frame.groupby(["domain", "split"], sort=False)
+    }
 
 
 def popularity(run: Run, target: str) -> dict:

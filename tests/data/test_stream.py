@@ -175,3 +175,73 @@ def test_shards_stream_through_a_pipe_url(synth_dir):
     local = [users(b) for b in StreamLoader(m, spec())]
     piped = [users(b) for b in StreamLoader(m, spec(shard_url="pipe:cat {root}/shards/{shard}"))]
     assert piped == local and sorted(flat(piped)) == list(range(300))
+
+
+def _targets(batch) -> list[tuple[int, int]]:
+    """(user, target item) pairs a batch trains on."""
+    out = []
+    for row, user in enumerate(batch["users"].tolist()):
+        out += [(user, t) for t in batch["targets"][row].tolist() if t > 0]
+    return out
+
+
+def _all_training_targets(m) -> list[tuple[int, int]]:
+    from distrec.data.shards import read_sequences
+    from distrec.data.writer import train_part
+
+    return [
+        (s["index"], t) for s in read_sequences(m.shard_urls()) for t in train_part(s["items"])[1:]
+    ]
+
+
+def test_all_windows_train_every_target_once_per_epoch_over_ranks(synth_dir):
+    from collections import Counter
+
+    m = load_manifest(synth_dir / "tiny")
+    loaders = [
+        StreamLoader(m, spec(max_history=4, train_window="all"), rank=r, world_size=2)
+        for r in range(2)
+    ]
+    per_rank = [[b for b in loader] for loader in loaders]
+    assert len(per_rank[0]) == len(per_rank[1]) == len(loaders[0])
+    seen = Counter(t for batches in per_rank for b in batches for t in _targets(b))
+    assert seen == Counter(_all_training_targets(m))
+    assert loaders[0].stream.targets_per_epoch() == sum(seen.values())
+
+
+def test_last_window_leaves_targets_out_and_random_windows_reach_them(synth_dir):
+    m = load_manifest(synth_dir / "tiny")
+    every = set(_all_training_targets(m))
+    last = StreamLoader(m, spec(max_history=4, train_window="last"))
+    seen_last = {t for b in last for t in _targets(b)}
+    rand = StreamLoader(m, spec(max_history=4, train_window="random"))
+    seen_random = {t for _ in range(12) for b in rand for t in _targets(b)}
+    assert seen_last < every and len(seen_last) < 0.6 * len(every)
+    assert len(seen_random) > 0.9 * len(every) and seen_random <= every
+
+
+def test_random_windows_resume_mid_epoch_exactly(synth_dir):
+    m = load_manifest(synth_dir / "tiny")
+    s = spec(max_history=4, train_window="random")
+    full = StreamLoader(m, s)
+    next(iter(full))  # epoch 0 consumed partially is irrelevant: compare epoch 1
+    full = StreamLoader(m, s)
+    [b for b in full]
+    reference = [b["inputs"].tolist() for b in full]  # epoch 1
+    part = StreamLoader(m, s)
+    [b for b in part]
+    it = iter(part)
+    head = [next(it)["inputs"].tolist() for _ in range(3)]
+    state = json.loads(json.dumps(part.state_dict()))
+    resumed = StreamLoader(m, s)
+    resumed.load_state_dict(state)
+    assert head + [b["inputs"].tolist() for b in resumed] == reference
+
+
+def test_resume_with_another_train_window_is_refused(synth_dir):
+    from distrec.config import ConfigError
+
+    m = load_manifest(synth_dir / "tiny")
+    state = StreamLoader(m, spec(train_window="all")).state_dict()
+    with pytest.raises(ConfigError, match="saved train_window='all', now 'random'"):
+        StreamLoader(m, spec()).load_state_dict(state)

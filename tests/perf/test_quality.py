@@ -172,10 +172,12 @@ def test_resume_trains_only_unfinished_seeds(tmp_path, monkeypatch):
     out = tmp_path / "q"
     for s in range(2):
         write_run(out / f"seed-{s}", fabricate_ranks(SCALE, seed=s))
-    launched = []
+    launched, real = [], subprocess.run
 
-    def fake_run(cmd, env, check):
-        launched.append((cmd, env))
+    def fake_run(cmd, *args, **kwargs):
+        if "distrec.train" not in cmd:
+            return real(cmd, *args, **kwargs)  # git, for quality.json's commit
+        launched.append((cmd, kwargs["env"]))
         write_run(out / "seed-2", fabricate_ranks(SCALE, seed=2))
         return subprocess.CompletedProcess(cmd, 0)
 
@@ -206,6 +208,14 @@ def test_resume_trains_only_unfinished_seeds(tmp_path, monkeypatch):
     launch = json.loads((out / "seed-2" / "launch.json").read_text())
     assert launch["command"] == cmd and launch["returncode"] == 0
     assert quality.aggregate(out)["runs"][2]["command"] == cmd
+    # re-aggregating recovers how the seeds were launched
+    assert quality.main(["--out", str(out), "--aggregate-only"]) == 0 and len(launched) == 1
+    result = json.loads((out / "quality.json").read_text())
+    assert (result["config"], result["overrides"], result["processes"]) == (
+        "configs/demo.yaml",
+        ["train.lr=1e-3"],
+        2,
+    )
 
 
 def test_failed_seed_stops_with_the_way_out(tmp_path, monkeypatch):
@@ -213,12 +223,12 @@ def test_failed_seed_stops_with_the_way_out(tmp_path, monkeypatch):
     monkeypatch.setattr(
         quality.subprocess, "run", lambda cmd, env, check: subprocess.CompletedProcess(cmd, 3)
     )
-    with pytest.raises(RuntimeError, match="seed 0: training exited with 3.*rerun"):
+    with pytest.raises(RuntimeError, match=r"seed 0: training exited with 3.*rerun"):
         quality.train_seeds("configs/demo.yaml", 2, tmp_path / "q", [], processes=2)
 
 
 def test_single_process_runs_distrec_train_directly_and_reserved_overrides_refused(tmp_path):
     cmd, _ = quality.train_command("c.yaml", 1, tmp_path, [], processes=1)
     assert cmd[:3] == [sys.executable, "-m", "distrec.train"]
-    with pytest.raises(ValueError, match="output.dir=x"):
+    with pytest.raises(ValueError, match=r"output\.dir=x"):
         quality.train_command("c.yaml", 1, tmp_path, ["output.dir=x"], processes=2)

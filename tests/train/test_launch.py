@@ -47,9 +47,23 @@ def test_two_process_run_through_the_launch_template(tmp_path, synth_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["strategy"] == "ddp"
-    assert set(metrics["stages"]) == {"pretrain", "zero_shot", "adapt", "baseline_popularity"}
+    stages = metrics["stages"]
+    assert set(stages) == {
+        "pretrain",
+        "zero_shot",
+        "adapt_lora",
+        "adapt_full",
+        "adapt",
+        "baseline_popularity",
+    }
+    # stages.adapt.mode=auto (the default) keeps the better of the two on validation
+    chosen = stages[f"adapt_{stages['adapt']['mode']}"]
+    other = stages["adapt_full" if stages["adapt"]["mode"] == "lora" else "adapt_lora"]
+    assert chosen["valid"]["ndcg@10"] >= other["valid"]["ndcg@10"]
+    assert stages["adapt"]["test"] == chosen["test"]
     # rank-0-only logging: each stage result line appears once
-    assert proc.stdout.count("adapt: test ndcg@10") == 1
+    assert proc.stdout.count("adapt_lora: test ndcg@10") == 1
+    assert proc.stdout.count("adapt (auto):") == 1
 
 
 @pytest.mark.integration

@@ -72,7 +72,11 @@ def test_end_to_end_lora_and_adalora_train(synth_dir, tmp_path):
             out,
             model={"mode": "end_to_end", "max_text_tokens": 16},
             peft={"method": method, "r": 4, "adalora": {"init_r": 6, "target_r": 2}},
-            stages={"pretrain": {"epochs": 1}, "adapt": {"epochs": 2}, "baselines": ["popularity"]},
+            stages={
+                "pretrain": {"epochs": 1},
+                "adapt": {"epochs": 2, "mode": "lora"},
+                "baselines": ["popularity"],
+            },
             train={"batch_size": 32, "precision": "fp32", "max_steps": 6},
         )
         (tmp_path / f"{method}.yaml").write_text(yaml.safe_dump(cfg))

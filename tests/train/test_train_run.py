@@ -13,6 +13,8 @@ STAGES = {
     "pretrain",
     "zero_shot",
     "adapt",
+    "adapt_lora",
+    "adapt_full",
     "baseline_popularity",
     "baseline_id_target_only",
     "baseline_text_target_only",
@@ -106,6 +108,10 @@ def test_adapter_from_another_base_is_refused(finished, tmp_path):
     tmp, _ = finished
     copy = tmp_path / "copy"
     shutil.copytree(tmp / "a", copy)
+    # The LoRA path is the one with a base to check (auto may have chosen full fine-tuning).
+    stages = json.loads((copy / "stages.json").read_text())
+    stages["adapt"]["mode"] = "lora"
+    (copy / "stages.json").write_text(json.dumps(stages))
     base = copy / "export" / "base" / "model.safetensors"
     shutil.copy(tmp / "a" / "export" / "tiny-b" / "model.safetensors", base)  # other weights
     with pytest.raises(ConfigError, match=r"was trained on base weights .* but this run.s base"):

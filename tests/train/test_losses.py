@@ -1,0 +1,105 @@
+"""The retrieval loss: duplicate positives across ranks, logQ, scale; fp32 ranking scores."""
+
+import math
+
+import torch
+
+from distrec.train.losses import (
+    duplicate_positives,
+    inclusion_log_prob,
+    item_slots,
+    retrieval_loss,
+)
+
+
+def outputs(users, cand, ids, targets, scale=20.0):
+    return {
+        "users": users,
+        "targets": targets,
+        "candidates": cand,
+        "candidate_items": ids,
+        "bias": torch.zeros(cand.shape[0]),
+        "scale": torch.tensor([scale]),
+    }
+
+
+def test_a_positive_gathered_twice_is_masked_as_a_negative():
+    ids = torch.tensor([4, 9, 4, 7])  # item 4 came from this rank (col 0) and another (col 2)
+    positives = torch.tensor([0, 3])
+    mask = duplicate_positives(ids, positives)
+    assert mask.tolist() == [[False, False, True, False], [False, False, False, False]]
+
+
+def test_masking_the_copy_restores_the_positive_logit_share(monkeypatch):
+    """With the copy of the positive as a negative, the positive gets at most half the
+    softmax mass however good the model; masked, its share is what it would be alone."""
+    import distrec.train.losses as losses
+
+    torch.manual_seed(0)
+    users = torch.nn.functional.normalize(torch.randn(1, 8), dim=-1)
+    cand = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    cand[0] = users[0]  # the positive, perfectly scored
+    local = outputs(users, cand, torch.tensor([5, 6, 7]), torch.tensor([0]))
+    # Another rank's batch also holds item 5 (the positive) with the same vector.
+    other_rows = torch.cat([cand[:1], torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)])
+    other_ids = torch.tensor([5, 8, 9])
+
+    def fake_gather(t):
+        """What gather_with_grad returns on rank 0 of 2: ours, then the other rank's."""
+        if t.dtype == torch.long:
+            other = other_ids
+        elif t.dim() == 2:
+            other = other_rows
+        else:  # the popularity bias
+            other = torch.zeros(3, dtype=t.dtype)
+        return torch.cat([t, other]), 0
+
+    monkeypatch.setattr(losses, "gather_with_grad", fake_gather)
+    masked = retrieval_loss(local, cross_rank=True)
+    alone = retrieval_loss(
+        outputs(users, torch.cat([cand, other_rows[1:]]), None, torch.tensor([0]))
+    )
+    assert math.isclose(masked.item(), alone.item(), rel_tol=1e-6)
+    unmasked = dict(local, candidate_items=None)
+    assert retrieval_loss(unmasked, cross_rank=True).item() > math.log(2) - 1e-4
+
+
+def test_logq_is_the_probability_of_being_among_the_batch_candidates():
+    gen = torch.Generator().manual_seed(0)
+    share = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    draws, trials = 6, 20000
+    samples = torch.multinomial(share.expand(trials, -1), draws, replacement=True, generator=gen)
+    seen = torch.zeros(trials, 4).scatter_(1, samples, 1.0).mean(0)
+    predicted = inclusion_log_prob(share, draws).exp()
+    assert torch.allclose(predicted, seen, atol=0.01), (predicted, seen)
+    assert predicted[0] > 0.98 and predicted[3] < 0.3  # popular ~always in, rare seldom
+
+
+def test_item_slots_count_real_items_of_the_windows():
+    inputs = torch.tensor([[3, 4, 5], [7, 0, 0], [0, 0, 0]])
+    targets = torch.tensor([[4, 5, 6], [8, 0, 0], [0, 0, 0]])
+    assert item_slots(inputs, targets) == 4 + 2
+
+
+def test_the_scale_multiplies_the_logits():
+    users = torch.tensor([[1.0, 0.0]])
+    cand = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    sharp = retrieval_loss(outputs(users, cand, None, torch.tensor([0]), scale=20.0))
+    soft = retrieval_loss(outputs(users, cand, None, torch.tensor([0]), scale=1.0))
+    assert math.isclose(soft.item(), math.log(1 + math.exp(-1.0)), rel_tol=1e-6)
+    assert sharp < soft
+
+
+def test_ranking_scores_stay_fp32_inside_autocast():
+    from distrec.train.loop import CatalogVectors
+
+    torch.manual_seed(0)
+    vectors = torch.randn(500, 64)
+    users = torch.randn(4, 64)
+    catalog = CatalogVectors(vectors, torch.zeros(500), 20.0)
+    exact = users @ vectors.T * 20.0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = catalog.scores(users)
+        rounded = users @ vectors.T * 20.0
+    assert scores.dtype == torch.float32 and torch.equal(scores, exact)
+    assert rounded.dtype == torch.bfloat16  # what ranking used to see: ties and shuffles
