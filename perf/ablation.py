@@ -22,16 +22,34 @@ from distrec.eval.bootstrap import paired_ratio
 from perf.common import write_result
 from perf.quality import finished_seeds, seed_record, seed_stage_ranks, stage_summary, train_seeds
 
-# (name, overrides): the first is the reference every other variant is compared with.
+# (name, overrides): cumulative changes, each stating every setting it depends on (the
+# config's own defaults may move); the first is the reference every other is compared with.
+UNTUNED = [
+    "stages.id_baseline_lr=1e-3",
+    "stages.id_baseline_dropout=0.2",
+    "stages.id_baseline_score=cosine",
+    "stages.id_baseline_temperature=0.05",
+]
+TUNED = [
+    "stages.id_baseline_lr=5.76e-3",
+    "stages.id_baseline_dropout=0.3",
+    "stages.id_baseline_score=cosine",
+    "stages.id_baseline_temperature=0.1",
+]
 VARIANTS: list[tuple[str, list[str]]] = [
-    ("window=last (before)", ["data.train_window=last", "train.early_stopping_patience=4"]),
-    ("window=last, patience 10", ["data.train_window=last"]),
-    ("window=random, patience 10", ["data.train_window=random"]),
-    ("window=all, patience 10", ["data.train_window=all"]),
     (
-        "window=random, patience 10, dot/1.0",
+        "window=last (before)",
+        ["data.train_window=last", "train.early_stopping_patience=4", *UNTUNED],
+    ),
+    ("window=last, patience 10", ["data.train_window=last", *UNTUNED]),
+    ("window=random, patience 10", ["data.train_window=random", *UNTUNED]),
+    ("window=random, patience 10, tuned", ["data.train_window=random", *TUNED]),
+    ("window=all, patience 10, tuned", ["data.train_window=all", *TUNED]),
+    (
+        "window=random, patience 10, tuned lr/dropout, dot/1.0",
         [
             "data.train_window=random",
+            *TUNED[:2],
             "stages.id_baseline_score=dot",
             "stages.id_baseline_temperature=1.0",
         ],

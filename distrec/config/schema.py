@@ -147,6 +147,9 @@ class AdaptConfig(StageConfig):
     # frozen in cached mode, gets a merged LoRA end-to-end); `auto`: train both, keep the
     # one with the better validation eval.metric (both are reported).
     mode: Literal["lora", "full", "auto"] = "auto"
+    # The target's ID-row dropout while adapting (None = model.id_dropout). Pretraining hides
+    # IDs so text carries the transfer; a target with data of its own may lean on its IDs.
+    id_dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
 
 
 class StagesConfig(Section):

@@ -198,6 +198,13 @@ def adapt_stages(run: Run, base, target: str, results: StageResults) -> None:
     barrier()
 
 
+def set_adapt_id_dropout(run: Run, model) -> None:
+    """stages.adapt.id_dropout, if set, replaces the pretrained model's ID-row dropout."""
+    rate = run.cfg.stages.adapt.id_dropout
+    if rate is not None:
+        model.item_tower.id_dropout = rate
+
+
 def adapt_plan(run: Run, target: str, name: str) -> StagePlan:
     st = run.cfg.stages
     return StagePlan(
@@ -215,6 +222,7 @@ def adapt_full(run: Run, base, target: str, name: str) -> dict:
     end-to-end mode, as in pretraining); exported as merged safetensors."""
     cfg, plan = run.cfg, adapt_plan(run, target, name)
     model = base
+    set_adapt_id_dropout(run, model)
     for p in model.parameters():
         p.requires_grad_(True)
     if model.item_tower.lm is not None:
@@ -235,6 +243,7 @@ def adapt_full(run: Run, base, target: str, name: str) -> dict:
 
 def adapt_lora(run: Run, base, target: str, name: str) -> dict:
     cfg, plan = run.cfg, adapt_plan(run, target, name)
+    set_adapt_id_dropout(run, base)
     peft_model = add_domain_adapter(
         base, cfg, target, planned_steps(run, plan), include_lm=cfg.model.mode == "end_to_end"
     )
