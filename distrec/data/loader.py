@@ -82,6 +82,15 @@ class StreamLoader:
             self._roll_over()
             self._pending = (self.pos.epoch, self._start())
 
+    def close(self) -> None:
+        """Shut down prefetched workers now: each is a fork of the trainer, and a finished
+        stage's leftovers would otherwise hold their memory until garbage collection."""
+        if self._pending is not None:
+            shutdown = getattr(self._pending[1], "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+        self._pending = None
+
     def __iter__(self) -> Iterator[dict]:
         """The rest of the current epoch (the next one if the current one is complete)."""
         self._roll_over()
@@ -175,6 +184,14 @@ class MixtureLoader:
         """Start the next epoch's workers of every domain whose epoch is complete."""
         for loader in self.loaders.values():
             loader.prefetch()
+
+    def close(self) -> None:
+        """Stop every domain's workers (prefetched or mid-epoch)."""
+        for it in self._iters.values():
+            it.close()
+        self._iters = {}
+        for loader in self.loaders.values():
+            loader.close()
 
     def __iter__(self) -> Iterator[dict]:
         self.batches_left()

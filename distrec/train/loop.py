@@ -219,6 +219,7 @@ def fit(
             run.on_epoch(plan.name, h, stop or not epochs_left(run, plan, state, total))
         if stop:
             break
+    loader.close()
     if state.result.best_epoch >= 0:
         acc.load_state(str(best_dir))
     barrier()

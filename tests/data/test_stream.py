@@ -245,3 +245,15 @@ def test_resume_with_another_train_window_is_refused(synth_dir):
     state = StreamLoader(m, spec(train_window="all")).state_dict()
     with pytest.raises(ConfigError, match="saved train_window='all', now 'random'"):
         StreamLoader(m, spec()).load_state_dict(state)
+
+
+def test_close_shuts_down_prefetched_workers(synth_dir):
+    import multiprocessing
+
+    loader = StreamLoader(load_manifest(synth_dir / "tiny"), spec(num_workers=1))
+    [b for b in loader]
+    loader.prefetch()  # what fit does before its last evaluation
+    assert multiprocessing.active_children()
+    mix = MixtureLoader({"tiny": loader})
+    mix.close()
+    assert loader._pending is None and not multiprocessing.active_children()
