@@ -136,6 +136,9 @@ def write_report(out: Path, cfg: RunConfig, stages: dict, extra: dict) -> None:
         "",
         stage_table(stages, cfg.data.target),
         "",
+        f"Seed {cfg.seed}, one run: `perf/quality.py --seeds N` repeats it over seeds (mean +/- "
+        "std, intervals pooled over seeds) and adds RecBole peers on the same split.",
+        "",
         "Transfer ratios (NDCG@10, [paired bootstrap 95% interval over users]):",
         *ratios(out, stages),
         "",

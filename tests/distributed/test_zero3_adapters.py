@@ -47,7 +47,7 @@ def adapt_config(data_dir, out, method: str, **sections) -> dict:
     cfg = parity_config(data_dir, out, **sections)
     cfg["data"]["domains"].append({"name": "even-b", "format": "prepared"})
     cfg["data"]["target"] = "even-b"
-    cfg["stages"].update(pretrain={"epochs": 1}, adapt={"epochs": 2})
+    cfg["stages"].update(pretrain={"epochs": 1}, adapt={"epochs": 2, "mode": "lora"})
     cfg["peft"] = {"method": method, "r": 4, "dropout": 0.0}
     if method == "adalora":
         cfg["peft"]["adalora"] = {"init_r": 6, "target_r": 2, "tinit": 1, "tfinal": 2, "delta_t": 2}
