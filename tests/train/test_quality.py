@@ -18,7 +18,7 @@ import yaml
 
 from distrec.data.synth import SynthSpec, synth_domain
 from distrec.train.entry import run_training
-from tests.conftest import CACHE
+from tests.conftest import CACHE, tiny_run_config
 
 RULE = 0.7
 
@@ -33,26 +33,21 @@ def rule_domains() -> Path:
 
 
 def rule_config(prepared: Path, out: Path, **stages) -> dict:
-    return {
-        "seed": 0,
-        "cache_dir": str(CACHE / "features"),
-        "data": {
-            "prepared_dir": str(prepared),
+    return tiny_run_config(
+        prepared,
+        out,
+        data={
             "domains": [
                 {"name": "rule-src", "format": "prepared"},
                 {"name": "rule-tgt", "format": "prepared"},
             ],
             "sources": ["rule-src"],
             "target": "rule-tgt",
-            "max_history": 12,
-            "num_workers": 0,
         },
-        "model": {"dim": 32, "user_tower": {"layers": 1, "heads": 2}},
-        "stages": stages,
-        "train": {"batch_size": 32, "precision": "fp32", "early_stopping_patience": 3},
-        "eval": {"batch_size": 64},
-        "output": {"dir": str(out), "tensorboard": False},
-    }
+        stages=stages,
+        train={"early_stopping_patience": 3},
+        output={"tensorboard": False},
+    )
 
 
 def train(tmp_path: Path, cfg: dict) -> dict:
@@ -121,8 +116,6 @@ GOLDEN = {
 
 
 def test_tiny_run_golden_numbers(tmp_path, synth_dir):
-    from tests.conftest import tiny_run_config
-
     cfg = tiny_run_config(
         synth_dir,
         tmp_path / "golden",
