@@ -20,7 +20,8 @@ def history(*values):
 
 @pytest.fixture
 def sweep(tmp_path):
-    tree = tiny_run_config(Path("/data/synth"), tmp_path / "orig", stages={"adapt": {"epochs": 4}})
+    stages = {"adapt": {"epochs": 4, "mode": "lora"}}  # auto would train two adapt models
+    tree = tiny_run_config(Path("/data/synth"), tmp_path / "orig", stages=stages)
     tree["tune"] = {
         "stage": "adapt",
         "search_space": {
@@ -88,7 +89,7 @@ def test_sweep_png_is_drawn(sweep):
 
 
 def test_no_best_yaml_when_nothing_reported(tmp_path):
-    tree = tiny_run_config(Path("/data/synth"), tmp_path / "o")
+    tree = tiny_run_config(Path("/data/synth"), tmp_path / "o", stages={"adapt": {"mode": "lora"}})
     tree["tune"] = {"search_space": {"train.lr": {"choice": [1e-3]}}}
     params = parse_space(tree["tune"]["search_space"])
     records = [TrialRecord("t_0", "error", {"train.lr": 1e-3}, [], 0.5, error="x")]

@@ -19,7 +19,7 @@ def tree(**tune) -> dict:
     t = tiny_run_config(
         SYNTH,
         Path("/tmp/unused"),
-        stages={"adapt": {"epochs": 6}},
+        stages={"adapt": {"epochs": 6, "mode": "lora"}},  # auto trains two adapt models
     )
     t["tune"] = {"stage": "adapt", **tune}
     return t
@@ -216,3 +216,12 @@ def test_fault_injection_is_keyed_by_trial_index(monkeypatch):
     assert should_crash((2, False), 2, 0) and not should_crash((2, False), 3, 0)
     assert not should_crash((2, False), 2, 1)  # first attempt only, not once restored
     assert should_crash((3, True), 5, 2) and not should_crash((3, True), 2, 0)  # every attempt
+
+
+def test_sweeping_the_adapt_stage_of_auto_mode_is_refused():
+    t = tree(search_space={"train.lr": {"choice": [1e-3, 2e-3]}})
+    t["stages"]["adapt"]["mode"] = "auto"
+    with pytest.raises(
+        (ConfigError, ValueError), match=r"tune.stage=adapt with stages.adapt.mode=auto"
+    ):
+        config_from_dict(t)
