@@ -8,7 +8,7 @@ STAMP := $(VENV)/.distrec-installed
 CONSTRAINTS := constraints.txt
 export PIP_CONSTRAINT := $(abspath $(CONSTRAINTS))
 
-.PHONY: setup demo test test-fast lint format clean
+.PHONY: setup demo test test-fast lint format clean peers
 
 setup: $(STAMP)
 
@@ -52,3 +52,13 @@ format: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# RecBole peers (perf/peers/README.md) in their own virtualenv: RecBole 1.2.1 needs numpy 1.26 /
+# pandas 2.1, which clash with distrec's pins, so it never goes into .venv. distrec's
+# PIP_CONSTRAINT is unset for these installs; torch comes first, pinned (the local CPU wheel).
+peers:
+	test -x .venv-peers/bin/python || $(PYTHON) -m venv .venv-peers
+	env -u PIP_CONSTRAINT .venv-peers/bin/python -m pip install --quiet --upgrade pip wheel
+	env -u PIP_CONSTRAINT .venv-peers/bin/python -m pip install --quiet torch==2.13.0
+	env -u PIP_CONSTRAINT .venv-peers/bin/python -m pip install --quiet -r perf/peers/requirements.txt
+	.venv-peers/bin/python -c "import torch, numpy, pandas, pyarrow, recbole; print('peers setup ok: recbole', recbole.__version__, 'torch', torch.__version__, 'numpy', numpy.__version__)"

@@ -61,11 +61,19 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-")
 
 
-def summarise(out: Path, stage: str, seeds: int) -> list[dict]:
+def summarise(out: Path, stage: str, seeds: int | None) -> list[dict]:
+    """One row per variant; with `seeds` None, every finished seed of each variant, and a
+    variant with none is listed as not run."""
     rows, reference = [], None
     for name, overrides in VARIANTS:
         d = out / slug(name)
-        records = [seed_record(d, s) for s in finished_seeds(d, seeds)]
+        try:
+            records = [seed_record(d, s) for s in finished_seeds(d, seeds)]
+        except FileNotFoundError:
+            if seeds is not None:
+                raise
+            rows.append({"variant": name, "overrides": overrides, "seeds": 0})
+            continue
         stats = stage_summary(records)[stage]
         ranks = seed_stage_ranks(records, stage, "test")
         row = {
@@ -99,6 +107,9 @@ def markdown(rows: list[dict], stage: str) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if not r["seeds"]:
+            lines.append(f"| {r['variant']} | 0 (not run) | | | | | |")
+            continue
         ratio = r.get("test_ratio_to_first")
         vs = f"{ratio['ratio']:.2f}x [{ratio['low']:.2f}, {ratio['high']:.2f}]" if ratio else "1"
         lines.append(
@@ -121,10 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--stage", default="baseline_id_target_only", help="the stage compared")
     p.add_argument("--processes", type=int, default=1)
+    p.add_argument(
+        "--aggregate-only",
+        action="store_true",
+        help="train nothing; summarise every finished seed (unfinished variants: not run)",
+    )
     args = p.parse_args(argv)
-    for name, overrides in VARIANTS:
-        train_seeds(args.config, args.seeds, args.out / slug(name), overrides, args.processes)
-    rows = summarise(args.out, args.stage, args.seeds)
+    if not args.aggregate_only:
+        for name, overrides in VARIANTS:
+            train_seeds(args.config, args.seeds, args.out / slug(name), overrides, args.processes)
+    rows = summarise(args.out, args.stage, None if args.aggregate_only else args.seeds)
     write_result(args.out / "ablation.json", {"stage": args.stage, "rows": rows})
     (args.out / "ablation.md").write_text(markdown(rows, args.stage))
     print(markdown(rows, args.stage))

@@ -2,7 +2,7 @@
 RecBole's SASRec reached at its best, against how long RecBole took to reach it.
 
     python perf/time_to_quality.py --peer perf/results/peers/ml-100k/SASRec/run.json \
-        --run runs/id_ml100k --stage baseline_id_target_only --out perf/results/time_to_quality.json
+        --run perf/results/quality/id_ml100k --stage baseline_id_target_only --out perf/results/time_to_quality.json
 
 Both curves are wall seconds since training start (RecBole: `curve[*].elapsed_s` written by
 perf/peers/run_recbole.py; distrec: `history[*].elapsed_s` of the stage in metrics.json,

@@ -110,6 +110,7 @@ def test_aggregate_stages_ratios_and_best_peer(runs):
         ("adapt / baseline_id_target_only", "test"),
         ("adapt / baseline_text_target_only", "test"),
         ("adapt / recbole_sasrec", "test"),
+        ("baseline_id_target_only / recbole_sasrec", "test"),
         ("zero_shot / baseline_popularity", "valid"),
         ("zero_shot / baseline_popularity", "test"),
     }
