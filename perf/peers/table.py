@@ -108,7 +108,7 @@ def run_rows(run_dir: Path) -> list[dict]:
             best = max(history, key=lambda h: h.get("valid_ndcg@10", -1.0)).get("epoch")
         rows.append(
             {
-                "name": f"distrec {stage}",
+                "name": f"distrec {stage} (seed {metrics.get('config', {}).get('seed', '?')})",
                 "source": "distrec",
                 "stage": stage,
                 "run": str(run_dir),

@@ -134,7 +134,7 @@ def test_outputs_markdown_has_the_intervals(runs, no_training):
     md = (out / "quality.md").read_text()
     for r in result["ratios"]:
         assert f"| {r['name']} | {r['split']} | {r['ratio']:.3f}x | [{r['low']:.3f}, " in md
-    assert "adapted (source -> target adapter) | 0." in md and " ± " in md
+    assert "adapted (source -> target; stages.adapt.mode) | 0." in md and " ± " in md
     assert "peer recbole_sasrec (1 run, best of 2)" in md
     assert (out / "quality.png").stat().st_size > 0
 
@@ -148,6 +148,7 @@ def test_stage_not_run_is_skipped_and_named(tmp_path):
     assert skipped == {
         "adapt / baseline_text_target_only": "not run: baseline_text_target_only",
         "adapt / best peer": "not run: --peers",
+        "baseline_id_target_only / best peer": "not run: --peers",
     }
     assert result["stages"]["adapt"]["test/ndcg@10"]["std"] is None  # one seed: no spread
     md = quality.markdown(result)
