@@ -77,10 +77,14 @@ def stage_record(run: Run, model, plan: StagePlan, fit_result: FitResult | None)
 
 
 def _train_text(run: Run, plan: StagePlan) -> tuple[object, FitResult]:
-    """A fresh text model trained on `plan`; in end-to-end mode with a LoRA on the LM that
-    is merged into the weights afterwards (the next stage starts from it)."""
+    """A fresh text model trained on `plan` (see `fit_towers`)."""
+    return fit_towers(run, new_model(run), plan)
+
+
+def fit_towers(run: Run, model, plan: StagePlan) -> tuple[object, FitResult]:
+    """Train every trainable tower parameter; in end-to-end mode the frozen LM gets a LoRA
+    that is merged into the weights afterwards (the next stage starts from it)."""
     cfg = run.cfg
-    model = new_model(run)
     e2e = cfg.model.mode == "end_to_end" and cfg.peft.method != "none"
     if e2e:
         model = add_lm_lora(model, cfg, plan.name.replace("_", "-"))
@@ -220,7 +224,7 @@ def adapt_plan(run: Run, target: str, name: str) -> StagePlan:
 def adapt_full(run: Run, base, target: str, name: str) -> dict:
     """Warm-start fine-tuning of every tower parameter (the frozen LM gets a merged LoRA in
     end-to-end mode, as in pretraining); exported as merged safetensors."""
-    cfg, plan = run.cfg, adapt_plan(run, target, name)
+    plan = adapt_plan(run, target, name)
     model = base
     set_adapt_id_dropout(run, model)
     for p in model.parameters():
@@ -228,12 +232,7 @@ def adapt_full(run: Run, base, target: str, name: str) -> dict:
     if model.item_tower.lm is not None:
         for p in model.item_tower.lm.parameters():
             p.requires_grad_(False)
-    e2e = cfg.model.mode == "end_to_end" and cfg.peft.method != "none"
-    if e2e:
-        model = add_lm_lora(model, cfg, name.replace("_", "-"))
-    trained, fitted = fit(run, model, plan)
-    if e2e:
-        trained = trained.merge_and_unload()
+    trained, fitted = fit_towers(run, model, plan)
     record = stage_record(run, trained, plan, fitted)
     if run.is_main:
         save_weights(trained, run.out / "export" / f"{target}-full" / "model.safetensors")

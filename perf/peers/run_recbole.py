@@ -45,54 +45,20 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+# Run as a script in .venv-peers (no package context) or imported by the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from perf.peers.protocol import ndcg_at, score_batches, summary_metrics  # noqa: E402
+from perf.peers.split_check import check_split, id_maps  # noqa: E402
+
 SEQUENTIAL = {"GRU4Rec", "SASRec"}
 MODELS = ("Pop", "BPR", "GRU4Rec", "SASRec")
 DEFAULT_CAP_MIN = {"Pop": None, "BPR": None, "GRU4Rec": 70.0, "SASRec": 70.0}
-KS = (10,)
-
-
-class SplitMismatch(RuntimeError):
-    """RecBole's loaded split differs from distrec's: the comparison would be unfair."""
 
 
 class WallCap(Exception):
     """Raised before an epoch that would end past the wall-time cap."""
 
 
-# ---------------------------------------------------------------- protocol (as distrec)
-def ranks_from_scores(
-    scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor
-) -> torch.Tensor:
-    """Same rule as distrec.eval.metrics.ranks_from_scores (copied: no distrec here)."""
-    if not torch.isfinite(scores[:, 1:]).all():
-        raise RuntimeError("non-finite scores; check the model")
-    s = scores.float().masked_fill(exclude, float("-inf"))
-    s[:, 0] = float("-inf")
-    target = s.gather(1, targets[:, None])
-    higher = (s > target).sum(1)
-    ties = (s == target).sum(1) - 1
-    return higher.double() + 0.5 * ties.double()
-
-
-def ndcg_at(ranks: torch.Tensor, k: int = 10) -> float:
-    r = ranks.double()
-    if len(r) == 0:
-        return float("nan")
-    return torch.where(r < k, 1.0 / torch.log2(r + 2.0), torch.zeros_like(r)).mean().item()
-
-
-def summary_metrics(ranks: torch.Tensor) -> dict[str, float]:
-    r = ranks.double()
-    out = {"users": len(r)}
-    for k in KS:
-        hit = r < k
-        out[f"recall@{k}"] = hit.double().mean().item()
-        out[f"ndcg@{k}"] = ndcg_at(r, k)
-    out["mrr@10"] = torch.where(r < 10, 1.0 / (r + 1.0), torch.zeros_like(r)).mean().item()
-    return out
-
-
-# ---------------------------------------------------------------- RecBole set-up
 def recbole_config(args, data_dir: Path, dataset: str, work: Path) -> dict:
     """RecBole's defaults for the model, except what the protocol fixes."""
     seq = args.model in SEQUENTIAL
@@ -129,148 +95,6 @@ def recbole_config(args, data_dir: Path, dataset: str, work: Path) -> dict:
         # RecBole's sequential defaults use loss_type CE, which needs negative sampling off.
         cfg["train_neg_sample_args"] = None
     return cfg
-
-
-def id_maps(dataset, num_items: int) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
-    """(catalog index of each RecBole item id, with -1 for [PAD]; distrec user index of each
-    RecBole user id; distrec user -> RecBole user id)."""
-    item_tokens = dataset.field2id_token[dataset.iid_field]
-    cat = np.array([-1 if t == "[PAD]" else int(t) for t in item_tokens], dtype=np.int64)
-    real = cat[cat >= 0]
-    if sorted(real.tolist()) != list(range(1, num_items + 1)):
-        raise SplitMismatch(
-            f"RecBole's item vocabulary has {len(real)} items, distrec's catalog {num_items}"
-        )
-    user_tokens = dataset.field2id_token[dataset.uid_field]
-    users = np.array([-1 if t == "[PAD]" else int(t) for t in user_tokens], dtype=np.int64)
-    return cat, users, {int(u): i for i, u in enumerate(users) if u >= 0}
-
-
-def expected_split(sequences: dict[str, list[int]], split: str) -> dict[int, tuple[list, int]]:
-    """distrec's eval cases: user -> (full history, target), users with >= 3 items."""
-    cut = 2 if split == "valid" else 1
-    return {
-        int(u): (items[:-cut], items[-cut]) for u, items in sequences.items() if len(items) >= 3
-    }
-
-
-def _rows(ds, cat: np.ndarray, users: np.ndarray, seq: bool):
-    inter = ds.inter_feat
-    uid = users[inter[ds.uid_field].numpy()]
-    target = cat[inter[ds.iid_field].numpy()]
-    ts = inter[ds.time_field].numpy()
-    hist = None
-    if seq:
-        lists = cat[inter[ds.item_id_list_field].numpy()]
-        lens = inter[ds.item_list_length_field].numpy()
-        hist = [lists[r, : lens[r]].tolist() for r in range(len(uid))]
-    return uid, target, ts, hist
-
-
-def check_split(train_ds, valid_ds, test_ds, split: dict, cat, users, seq: bool, max_hist: int):
-    """Fail loudly unless RecBole's train/valid/test rows are exactly distrec's split."""
-    sequences = split["sequences"]
-    problems: list[str] = []
-    # train: general = the prefix items[:-2] (all items for < 3) in order; sequential =
-    # one row per position >= 1 of that prefix, history = the prefix before it (last max_hist).
-    uid, target, ts, hist = _rows(train_ds, cat, users, seq)
-    order = np.lexsort((ts, uid))
-    got: dict[int, list] = {}
-    for r in order:
-        got.setdefault(int(uid[r]), []).append(
-            (int(target[r]), tuple(hist[r]) if seq else None, float(ts[r]))
-        )
-    for u, items in sequences.items():
-        prefix = items[:-2] if len(items) >= 3 else items
-        if seq:
-            want = [
-                (prefix[p], tuple(prefix[max(0, p - max_hist) : p]), float(p))
-                for p in range(1, len(prefix))
-            ]
-        else:
-            want = [(it, None, float(p)) for p, it in enumerate(prefix)]
-        if got.get(int(u), []) != want:
-            problems.append(f"train rows of user {u} differ")
-    extra = set(got) - {int(u) for u in sequences}
-    if extra:
-        problems.append(f"train has unknown users {sorted(extra)[:5]}")
-    cases = {}
-    for name, ds in (("valid", valid_ds), ("test", test_ds)):
-        want = expected_split(sequences, name)
-        uid, target, _, hist = _rows(ds, cat, users, seq)
-        seen = {}
-        for r in range(len(uid)):
-            u = int(uid[r])
-            if u in seen:
-                problems.append(f"{name}: user {u} has two rows")
-            seen[u] = r
-            if u not in want:
-                problems.append(f"{name}: user {u} is not a distrec eval user")
-                continue
-            history, tgt = want[u]
-            if int(target[r]) != tgt:
-                problems.append(f"{name}: user {u} target {int(target[r])} != distrec's {tgt}")
-            if seq and hist[r] != history[-max_hist:]:
-                problems.append(f"{name}: user {u} history differs from distrec's")
-        missing = set(want) - set(seen)
-        if missing:
-            problems.append(
-                f"{name}: {len(missing)} distrec eval users missing, e.g. {sorted(missing)[:5]}"
-            )
-        if not seq:
-            # general models score from the user embedding; RecBole's notion of the user's
-            # history is what it trained on (train rows) plus, for test, the valid target.
-            for u, (history, _) in want.items():
-                known = [t for t, _, _ in got.get(u, [])]
-                if name == "test":
-                    known = [*known, sequences[str(u)][-2]]
-                if known != history:
-                    problems.append(f"{name}: user {u} train history differs from distrec's")
-        cases[name] = sorted(want.items())
-    if problems:
-        head = "\n  ".join(problems[:20])
-        raise SplitMismatch(f"{len(problems)} split mismatches:\n  {head}")
-    return cases
-
-
-def score_batches(model, cases, rid_of_user, rid_of_cat, cat, seq, max_hist, dataset, batch=256):
-    """Fractional ranks for [(user, (history, target))] under the protocol."""
-    from recbole.data.interaction import Interaction
-
-    num_items = len(cat) - 1
-    # catalog column of each RecBole item id column (PAD -> column 0, never ranked)
-    col = torch.as_tensor(np.where(cat < 0, 0, cat))
-    out = []
-    model.eval()
-    with torch.no_grad():
-        for b in range(0, len(cases), batch):
-            chunk = cases[b : b + batch]
-            if seq:
-                hl = [h[-max_hist:] for _, (h, _) in chunk]
-                width = dataset.field2seqlen[dataset.item_id_list_field]
-                mat = torch.zeros(len(chunk), width, dtype=torch.long)
-                for r, h in enumerate(hl):
-                    mat[r, : len(h)] = torch.as_tensor(rid_of_cat[h])
-                inter = Interaction(
-                    {
-                        dataset.item_id_list_field: mat,
-                        dataset.item_list_length_field: torch.tensor([len(h) for h in hl]),
-                    }
-                )
-            else:
-                inter = Interaction(
-                    {dataset.uid_field: torch.tensor([rid_of_user[u] for u, _ in chunk])}
-                )
-            raw = model.full_sort_predict(inter).view(len(chunk), -1).double()
-            scores = torch.zeros(len(chunk), num_items + 1, dtype=torch.float64)
-            scores[:, col[1:]] = raw[:, 1:]
-            exclude = torch.zeros(len(chunk), num_items + 1, dtype=torch.bool)
-            for r, (_, (h, t)) in enumerate(chunk):
-                exclude[r, h] = True
-                exclude[r, t] = False
-            targets = torch.tensor([t for _, (_, t) in chunk])
-            out.append(ranks_from_scores(scores, targets, exclude))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
 def main(argv: list[str] | None = None) -> None:

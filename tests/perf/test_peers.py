@@ -16,7 +16,7 @@ from distrec.data.shards import read_sequences
 from distrec.data.synth import SynthSpec, synth_domain
 from distrec.eval.evaluate import eval_cases, history_mask
 from distrec.eval.metrics import ranks_from_scores
-from perf.peers import export, run_recbole, table
+from perf.peers import export, protocol, split_check, table
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_driver_expected_split_matches_eval_cases(synth: Path):
     sequences = {str(s["index"]): s["items"] for s in seqs}
     for split in ("valid", "test"):
         want = {c.user: (c.history, c.target) for c in eval_cases(seqs, split)}
-        assert run_recbole.expected_split(sequences, split) == want
+        assert split_check.expected_split(sequences, split) == want
 
 
 def test_driver_rank_rule_is_distrecs():
@@ -115,10 +115,10 @@ def test_driver_rank_rule_is_distrecs():
         cases.append(EvalCase(row, hist, target))
     targets = torch.tensor([c.target for c in cases])
     mask = history_mask(cases, 20)
-    ours = run_recbole.ranks_from_scores(scores.clone(), targets, mask)
+    ours = protocol.ranks_from_scores(scores.clone(), targets, mask)
     theirs = ranks_from_scores(scores.clone(), targets, mask)
     assert torch.equal(ours, theirs)
-    assert run_recbole.ndcg_at(ours) == pytest.approx(
+    assert protocol.ndcg_at(ours) == pytest.approx(
         torch.where(ours < 10, 1 / torch.log2(ours + 2), torch.zeros_like(ours)).mean().item()
     )
 
@@ -224,7 +224,7 @@ def test_table_rejects_malformed_ranks(tmp_path: Path):
 
 
 class _FakeDataset:
-    """Just what run_recbole.check_split reads of a RecBole dataset (ids = tokens here)."""
+    """Just what split_check.check_split reads of a RecBole dataset (ids = tokens here)."""
 
     uid_field, iid_field, time_field = "user_id", "item_id", "timestamp"
     item_id_list_field, item_list_length_field = "item_id_list", "item_length"
@@ -256,11 +256,11 @@ def test_driver_split_check_passes_on_export_and_fails_loudly(synth: Path, tmp_p
     sets = [_FakeDataset(folder / f"{name}.{s}.inter", seq, 4) for s in ("train", "valid", "test")]
     cat = np.array([-1, *range(1, summary["num_items"] + 1)], dtype=np.int64)  # id -> catalog
     users = np.arange(-1, len(split["sequences"]), dtype=np.int64)
-    cases = run_recbole.check_split(*sets, split, cat, users, seq, 4)
+    cases = split_check.check_split(*sets, split, cat, users, seq, 4)
     seqs = read_sequences(load_manifest(synth).shard_urls())
     assert [(u, (h, t)) for u, (h, t) in cases["test"]] == [
         (c.user, (c.history, c.target)) for c in eval_cases(seqs, "test")
     ]
     sets[2].inter_feat["item_id"][0] = sets[2].inter_feat["item_id"][0] % summary["num_items"] + 1
-    with pytest.raises(run_recbole.SplitMismatch, match="test: user"):
-        run_recbole.check_split(*sets, split, cat, users, seq, 4)
+    with pytest.raises(split_check.SplitMismatch, match="test: user"):
+        split_check.check_split(*sets, split, cat, users, seq, 4)

@@ -29,3 +29,17 @@ def test_adapt_id_dropout_replaces_the_pretrained_rate_and_none_keeps_it():
     trained = tower("d", items, features)
     tower.eval()
     assert torch.equal(trained, tower("d", items, features))  # every ID row kept
+
+
+def test_the_id_baseline_takes_its_own_score_and_temperature(synth_dir, tmp_path):
+    from distrec.train.stages import new_model
+    from tests.train.test_modes import make_run
+
+    run = make_run(synth_dir, tmp_path, "cached", score="cosine", temperature=0.05)
+    text_model = new_model(run)
+    assert text_model.cosine and text_model.scale().item() == 20.0
+    run.cfg.stages.id_baseline_score = "dot"
+    run.cfg.stages.id_baseline_temperature = 0.5
+    id_model = new_model(run, use_text=False)
+    assert not id_model.cosine and id_model.scale().item() == 2.0
+    assert new_model(run).cosine  # the text model keeps model.score

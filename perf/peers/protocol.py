@@ -1,0 +1,83 @@
+"""distrec's evaluation protocol, re-stated for RecBole's venv (distrec is not installed
+there): fractional ranks with half ties, history masked, and RecBole models scored under it.
+A test checks ranks_from_scores against distrec.eval.metrics.ranks_from_scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+KS = (10,)
+
+
+def ranks_from_scores(
+    scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor
+) -> torch.Tensor:
+    """Same rule as distrec.eval.metrics.ranks_from_scores (copied: no distrec here)."""
+    if not torch.isfinite(scores[:, 1:]).all():
+        raise RuntimeError("non-finite scores; check the model")
+    s = scores.float().masked_fill(exclude, float("-inf"))
+    s[:, 0] = float("-inf")
+    target = s.gather(1, targets[:, None])
+    higher = (s > target).sum(1)
+    ties = (s == target).sum(1) - 1
+    return higher.double() + 0.5 * ties.double()
+
+
+def ndcg_at(ranks: torch.Tensor, k: int = 10) -> float:
+    r = ranks.double()
+    if len(r) == 0:
+        return float("nan")
+    return torch.where(r < k, 1.0 / torch.log2(r + 2.0), torch.zeros_like(r)).mean().item()
+
+
+def summary_metrics(ranks: torch.Tensor) -> dict[str, float]:
+    r = ranks.double()
+    out = {"users": len(r)}
+    for k in KS:
+        hit = r < k
+        out[f"recall@{k}"] = hit.double().mean().item()
+        out[f"ndcg@{k}"] = ndcg_at(r, k)
+    out["mrr@10"] = torch.where(r < 10, 1.0 / (r + 1.0), torch.zeros_like(r)).mean().item()
+    return out
+
+
+# ---------------------------------------------------------------- RecBole set-up
+def score_batches(model, cases, rid_of_user, rid_of_cat, cat, seq, max_hist, dataset, batch=256):
+    """Fractional ranks for [(user, (history, target))] under the protocol."""
+    from recbole.data.interaction import Interaction
+
+    num_items = len(cat) - 1
+    # catalog column of each RecBole item id column (PAD -> column 0, never ranked)
+    col = torch.as_tensor(np.where(cat < 0, 0, cat))
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for b in range(0, len(cases), batch):
+            chunk = cases[b : b + batch]
+            if seq:
+                hl = [h[-max_hist:] for _, (h, _) in chunk]
+                width = dataset.field2seqlen[dataset.item_id_list_field]
+                mat = torch.zeros(len(chunk), width, dtype=torch.long)
+                for r, h in enumerate(hl):
+                    mat[r, : len(h)] = torch.as_tensor(rid_of_cat[h])
+                inter = Interaction(
+                    {
+                        dataset.item_id_list_field: mat,
+                        dataset.item_list_length_field: torch.tensor([len(h) for h in hl]),
+                    }
+                )
+            else:
+                inter = Interaction(
+                    {dataset.uid_field: torch.tensor([rid_of_user[u] for u, _ in chunk])}
+                )
+            raw = model.full_sort_predict(inter).view(len(chunk), -1).double()
+            scores = torch.zeros(len(chunk), num_items + 1, dtype=torch.float64)
+            scores[:, col[1:]] = raw[:, 1:]
+            exclude = torch.zeros(len(chunk), num_items + 1, dtype=torch.bool)
+            for r, (_, (h, t)) in enumerate(chunk):
+                exclude[r, h] = True
+                exclude[r, t] = False
+            targets = torch.tensor([t for _, (_, t) in chunk])
+            out.append(ranks_from_scores(scores, targets, exclude))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
