@@ -18,7 +18,16 @@ from distrec.utils.hashing import sha256_json
 from distrec.utils.progress import log, progress
 
 
-def feature_key(model: str, pooling: str, template: str, catalog_sha: str, max_tokens: int) -> str:
+def feature_key(
+    model: str,
+    pooling: str,
+    template: str,
+    catalog_sha: str,
+    max_tokens: int,
+    precision: str = "fp32",
+) -> str:
+    """Cache key of a catalog's LM features; the precision they were encoded in is part of
+    it (bf16 and fp32 features differ, so sharing them made results depend on run order)."""
     return sha256_json(
         {
             "model": model,
@@ -26,6 +35,7 @@ def feature_key(model: str, pooling: str, template: str, catalog_sha: str, max_t
             "template": template,
             "catalog": catalog_sha,
             "max_tokens": max_tokens,
+            "precision": precision,
         }
     )[:24]
 

@@ -163,6 +163,7 @@ def _attach_text(run: Run, d: DomainData) -> None:
             d.manifest.data.get("template", ""),
             catalog_sha,
             cfg.model.max_text_tokens,
+            run.precision,
         )
         rank, world = run.rank_world
 
