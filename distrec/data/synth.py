@@ -110,9 +110,12 @@ def synth_domain(spec: SynthSpec, out_dir: str | Path, overwrite: bool = False) 
     if existing_is_current(root, fingerprint, overwrite):
         log(f"{spec.name}: {root} is up to date")
         return root / "manifest.json"
-    rng = np.random.default_rng(spec.seed if spec.catalog_seed is None else spec.catalog_seed)
+    catalog_seed = spec.seed if spec.catalog_seed is None else spec.catalog_seed
+    rng = np.random.default_rng(catalog_seed)
     catalog = _catalog(spec, rng)
-    chain = rng.permutation(spec.items)
+    # Its own generator: drawing the chain from `rng` would shift the lengths drawn next,
+    # changing every domain made before the rule existed under the same fingerprint.
+    chain = np.random.default_rng([catalog_seed, 0xC4A1]).permutation(spec.items)
     successor = np.empty(spec.items, dtype=np.int64)
     successor[chain] = np.roll(chain, -1)
     popularity = 1.0 / np.arange(1, spec.items + 1) ** spec.zipf
