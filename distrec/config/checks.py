@@ -12,14 +12,12 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from distrec.config.errors import ConfigError
+
 if TYPE_CHECKING:
     from distrec.config.schema import RunConfig
 
 METRIC_RE = re.compile(r"^(recall|ndcg|mrr)@(\d+)$")
-
-
-class ConfigError(ValueError):
-    """A run configuration that cannot run; the message says why and how to fix it."""
 
 
 def template_fields(template: str) -> list[str]:

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from distrec.config.checks import ConfigError
+from distrec.config.errors import ConfigError
 from distrec.config.schema import RunConfig
 
 

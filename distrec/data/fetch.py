@@ -16,7 +16,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from distrec.config.checks import ConfigError
+from distrec.config.errors import ConfigError
 from distrec.utils.hashing import sha256_file
 from distrec.utils.progress import log
 

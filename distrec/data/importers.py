@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from distrec.config.checks import ConfigError
+from distrec.config.errors import ConfigError
 
 Policy = Literal["fail", "skip"]
 

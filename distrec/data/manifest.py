@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distrec.config.checks import ConfigError
+from distrec.config.errors import ConfigError
 
 SCHEMA_VERSION = 3  # 2: packed binary samples (seq.bin) in USTAR tars; 3: per-user lengths
 MANIFEST = "manifest.json"

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from distrec.config.checks import ConfigError
+from distrec.config.errors import ConfigError
 from distrec.data.collate import collate_sequences
 from distrec.data.manifest import Manifest
 from distrec.data.shards import read_shard

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from distrec import __version__
-from distrec.config.checks import ConfigError
+from distrec.config.errors import ConfigError
 from distrec.data.manifest import CATALOG, MANIFEST, SCHEMA_VERSION
 from distrec.data.shards import UserSequence, write_shards
 from distrec.utils.hashing import sha256_file

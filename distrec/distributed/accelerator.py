@@ -8,7 +8,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from distrec.config.checks import ConfigError
+from distrec.config.errors import ConfigError
 from distrec.config.schema import RunConfig
 
 

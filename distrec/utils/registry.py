@@ -1,0 +1,59 @@
+"""Named extension points: one `Registry` per kind of thing contributors add.
+
+A registry maps a config name (`model.head: retrieval`, `data.domains[].format: csv`,
+`model.architecture: two_tower`, `stages.extra: [my_stage]`) to the object that
+implements it. Built-ins register themselves where they are defined; a new one is
+one new file plus one `@REGISTRY.register("name")` line (README "Extending distrec").
+Unknown names are a ConfigError that lists what is registered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from distrec.config.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Name -> implementation for one kind of extension (`kind` names it in errors)."""
+
+    def __init__(self, kind: str, config_key: str) -> None:
+        self.kind, self.config_key = kind, config_key
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: `@LOSSES.register("bpr")` above the implementation."""
+
+        def add(entry: T) -> T:
+            self.add(name, entry)
+            return entry
+
+        return add
+
+    def add(self, name: str, entry: T) -> None:
+        """Register `entry` under `name`; a name is registered once (no silent replacement)."""
+        if name in self._entries and self._entries[name] is not entry:
+            raise ValueError(f"{self.kind} {name!r} is already registered ({self._entries[name]})")
+        self._entries[name] = entry
+
+    def get(self, name: str) -> T:
+        """The implementation registered as `name`; ConfigError naming the known ones if none."""
+        if name not in self._entries:
+            raise ConfigError(
+                f"{self.config_key}={name!r}: no {self.kind} of that name; registered: "
+                f"{sorted(self._entries)} (README 'Extending distrec' shows how to add one)"
+            )
+        return self._entries[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def names(self) -> list[str]:
+        """Registered names, in registration order."""
+        return list(self._entries)
