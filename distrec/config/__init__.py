@@ -1,6 +1,7 @@
 """Typed run configuration: schema, loading with overrides, and validation."""
 
-from distrec.config.errors import ConfigError, check_environment
+from distrec.config.checks import check_environment
+from distrec.config.errors import ConfigError
 from distrec.config.load import config_from_dict, dump_config, load_config
 from distrec.config.schema import DomainConfig, RunConfig
 
