@@ -15,8 +15,10 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 def _cmd_config_validate(args: argparse.Namespace) -> int:
     from distrec.config import check_environment, load_config
+    from distrec.data.prepare import check_data_names
 
     cfg = load_config(args.file, args.overrides)
+    check_data_names(cfg)
     for note in check_environment(cfg):
         print(f"note: {note}")
     print(f"{args.file}: ok")
@@ -27,6 +29,23 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
     from distrec.config import dump_config, load_config
 
     print(dump_config(load_config(args.file, args.overrides)), end="")
+    return 0
+
+
+def _cmd_config_docs(args: argparse.Namespace) -> int:
+    from distrec.config.docs import config_reference
+
+    text = config_reference()
+    if args.out is None:
+        print(text, end="" if text.endswith("\n") else "\n")
+        return 0
+    from pathlib import Path
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Generated text: overwriting a stale copy is the point.
+    out.write_text(text if text.endswith("\n") else text + "\n")
+    print(f"wrote the config reference ({len(text.splitlines())} lines) to {out}")
     return 0
 
 
@@ -143,14 +162,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="distrec",
-        description="Cross-domain recommendation by domain-adapting pretrained LMs, at cluster scale.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    cfg = sub.add_parser("config", help="validate or show a run config")
+def _add_config_commands(sub: argparse._SubParsersAction) -> None:
+    cfg = sub.add_parser("config", help="validate, show or document run configs")
     cfg_sub = cfg.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, fn, text in (
         ("validate", _cmd_config_validate, "exit 0 if FILE is a runnable config, else explain"),
@@ -160,7 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("file")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4")
         p.set_defaults(func=fn)
+    p = cfg_sub.add_parser("docs", help="print the reference of every config key (generated)")
+    p.add_argument("--out", default=None, metavar="PATH", help="write it to PATH instead")
+    p.set_defaults(func=_cmd_config_docs)
 
+
+def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="fetch, prepare, synthesise and inspect datasets")
     data_sub = data.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = data_sub.add_parser("fetch", help="fetch an embedded dataset (movielens)")
@@ -173,6 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", action="append", help="only this domain (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace a different existing dataset")
     p.set_defaults(func=_cmd_data_prepare)
+    _add_synth_command(data_sub)
+    p = data_sub.add_parser("inspect", help="print counts and verify shard hashes")
+    p.add_argument("manifest")
+    p.add_argument("--no-verify", action="store_true", help="skip sha256 checks")
+    p.set_defaults(func=_cmd_data_inspect)
+
+
+def _add_synth_command(data_sub: argparse._SubParsersAction) -> None:
     p = data_sub.add_parser("synth", help="write a synthetic domain of any size")
     p.add_argument("--name", default="synth")
     p.add_argument(
@@ -199,11 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_data_synth)
-    p = data_sub.add_parser("inspect", help="print counts and verify shard hashes")
-    p.add_argument("manifest")
-    p.add_argument("--no-verify", action="store_true", help="skip sha256 checks")
-    p.set_defaults(func=_cmd_data_inspect)
 
+
+def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="run the stages of a run config (also: accelerate launch -m distrec.train)"
     )
@@ -229,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.set_defaults(func=_cmd_recommend)
 
+
+def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tune", help="Ray Tune sweep over a run config's tune: section")
     _add_config_args(p, required=False)
     p.add_argument("--out", default=None, help="sweep folder (default: runs/tune-<config name>)")
@@ -254,12 +280,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=int, default=2, help="CPU processes for accelerate launch")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=_cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `distrec` argument parser: one sub-command per group (config, data, train, ...)."""
+    parser = argparse.ArgumentParser(
+        prog="distrec",
+        description="Cross-domain recommendation by domain-adapting pretrained LMs, at cluster scale.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_config_commands(sub)
+    _add_data_commands(sub)
+    _add_run_commands(sub)
+    _add_tool_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one `distrec` command; returns the exit code (2 for a ConfigError)."""
+    from distrec.utils.plugins import load_plugins
+
     args = build_parser().parse_args(argv)
     try:
+        load_plugins()  # extensions named in $DISTREC_PLUGINS register themselves
         return args.func(args)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

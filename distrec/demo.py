@@ -14,6 +14,7 @@ from pathlib import Path
 
 from distrec.config import check_environment, load_config
 from distrec.data.prepare import prepare_domains
+from distrec.distributed.launcher import check_launcher
 from distrec.utils.progress import log
 
 LAUNCHER = Path("launch/cpu_multiprocess.yaml")
@@ -33,6 +34,7 @@ def keep_previous_run(out: Path) -> None:
 def run_demo(config: str, overrides: list[str], processes: int = 2) -> int:
     cfg = load_config(config, overrides)
     check_environment(cfg)
+    check_launcher(cfg)
     prepare_domains(cfg)
     out = Path(cfg.output.dir)
     keep_previous_run(out)

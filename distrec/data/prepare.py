@@ -6,26 +6,53 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from distrec.config import DomainConfig, RunConfig
-from distrec.data.fetch import EMBEDDED, fetch_movielens
-from distrec.data.importers import (
+from distrec.config import ConfigError, DomainConfig, RunConfig
+from distrec.data import fetch  # noqa: F401  (registers the embedded datasets)
+from distrec.data.formats import EMBEDDED_DATASETS, FORMATS
+from distrec.data.importers import (  # also registers recbole, csv, parquet
     BadRows,
     DataError,
     Interactions,
     ItemTable,
     parse_interactions,
     parse_items,
-    read_table,
 )
-from distrec.data.manifest import load_manifest
+from distrec.data.manifest import MANIFEST, load_manifest
 from distrec.data.shards import UserSequence
-from distrec.data.writer import existing_is_current, write_domain
+from distrec.data.table import Table
+from distrec.data.writer import DomainDataset, existing_is_current, write_domain
 from distrec.utils.hashing import sha256_file, sha256_json
 from distrec.utils.progress import log, progress
+
+PREPARED = "prepared"
+
+
+@FORMATS.register(PREPARED)
+def read_prepared(path: Path, bad: BadRows) -> Table:
+    """`format: prepared` reads no files: the domain is already in data.prepared_dir."""
+    raise DataError(
+        f"{path}: format {PREPARED!r} reads no files; its domain must already be prepared "
+        f"in data.prepared_dir (e.g. by `distrec data synth`)"
+    )
+
+
+def check_data_names(cfg: RunConfig) -> None:
+    """Each domain's `format` and `embedded` name a registered one; ConfigError if not.
+
+    This module imports every built-in registration, so only plugins need loading first.
+    """
+    for i, domain in enumerate(cfg.data.domains):
+        try:
+            FORMATS.get(domain.format)
+            if domain.embedded is not None:
+                EMBEDDED_DATASETS.get(domain.embedded)
+        except ConfigError as err:
+            raise ConfigError(f"data.domains.{i} ({domain.name!r}): {err}") from None
 
 
 @dataclass(frozen=True)
@@ -39,14 +66,25 @@ class DomainSource:
     template: str
 
 
+@dataclass
+class ImportedDomain:
+    """A domain's log and item table as read and filtered, with the bad rows met on the way."""
+
+    interactions: Interactions
+    items: ItemTable
+    bad_interactions: BadRows
+    bad_items: BadRows
+
+
 def resolve_source(cfg: RunConfig, domain: DomainConfig) -> DomainSource:
+    """The files, format and rendering a domain is imported from (fetching embedded data)."""
     if domain.embedded is not None:
-        spec = EMBEDDED[domain.embedded]
-        raw = fetch_movielens(cfg.data.raw_dir)
+        spec = EMBEDDED_DATASETS.get(domain.embedded)
+        raw = spec.fetch(cfg.data.raw_dir)
         return DomainSource(
             raw / spec.interactions,
             raw / spec.items,
-            "recbole",
+            spec.format,
             list(domain.text_fields or spec.text_fields),
             domain.template or spec.template,
         )
@@ -63,6 +101,8 @@ def resolve_source(cfg: RunConfig, domain: DomainConfig) -> DomainSource:
 def prepare_domains(
     cfg: RunConfig, overwrite: bool = False, only: list[str] | None = None
 ) -> list[Path]:
+    """Prepare every domain of `cfg` (or those in `only`); returns their manifest paths."""
+    check_data_names(cfg)
     names = [d.name for d in cfg.data.domains]
     for name in only or []:
         if name not in names:
@@ -72,15 +112,52 @@ def prepare_domains(
 
 
 def prepare_domain(cfg: RunConfig, domain: DomainConfig, overwrite: bool = False) -> Path:
+    """Import, split and write one domain, unless its folder is already current."""
     root = Path(cfg.data.prepared_dir) / domain.name
-    if domain.format == "prepared":
-        return load_manifest(root).root / "manifest.json"  # nothing to import; must exist
+    if domain.format == PREPARED:
+        return load_manifest(root).root / MANIFEST  # nothing to import; must exist
     source = resolve_source(cfg, domain)
     sources = [
         {"path": str(p), "sha256": sha256_file(p)} for p in (source.interactions, source.items)
     ]
+    fingerprint = domain_fingerprint(domain, source, sources)
+    if existing_is_current(root, fingerprint, overwrite):
+        log(f"{domain.name}: {root} is up to date")
+        return root / MANIFEST
+
+    imported = import_domain(domain, source)
+    catalog, item_index = build_catalog(imported.interactions, imported.items, source.template)
+    sequences = list(build_sequences(imported.interactions, item_index))
+    counts = domain_counts(imported, catalog, sequences)
+    log(
+        f"{domain.name}: {counts['users']} users, {counts['items']} items, "
+        f"{counts['interactions']} interactions; writing shards"
+    )
+    bad_inter, bad_items = imported.bad_interactions, imported.bad_items
+    dataset = DomainDataset(
+        domain=domain.name,
+        fingerprint=fingerprint,
+        catalog=catalog,
+        sequences=progress(sequences, f"{domain.name}: shards (users)"),
+        counts=counts,
+        extra={
+            "sources": sources,
+            "template": source.template,
+            "text_fields": source.text_fields,
+            "has_ratings": imported.interactions.ratings is not None,
+            "bad_row_examples": bad_inter.examples + bad_items.examples,
+            "config": domain.model_dump(mode="json"),
+        },
+    )
+    return write_domain(root, dataset, users_per_shard=domain.users_per_shard)
+
+
+def domain_fingerprint(
+    domain: DomainConfig, source: DomainSource, sources: list[dict[str, str]]
+) -> str:
+    """What makes two prepared domains the same dataset: settings and file contents."""
     # Content, not location: the same files moved elsewhere are the same dataset.
-    fingerprint = sha256_json(
+    return sha256_json(
         {
             "domain": domain.model_dump(mode="json", exclude={"interactions", "items"}),
             "sources": [s["sha256"] for s in sources],
@@ -88,25 +165,23 @@ def prepare_domain(cfg: RunConfig, domain: DomainConfig, overwrite: bool = False
             "fields": source.text_fields,
         }
     )
-    if existing_is_current(root, fingerprint, overwrite):
-        log(f"{domain.name}: {root} is up to date")
-        return root / "manifest.json"
 
+
+def import_domain(domain: DomainConfig, source: DomainSource) -> ImportedDomain:
+    """Read both files with the domain's format, type them, drop unknown items, k-core."""
     log(f"{domain.name}: importing {source.interactions.name} and {source.items.name}")
+    read = FORMATS.get(source.format)
     bad_items, bad_inter = BadRows(domain.on_bad_rows), BadRows(domain.on_bad_rows)
     items = parse_items(
-        read_table(source.items, source.format, bad_items),
-        domain.item_id_column,
-        source.text_fields,
-        bad_items,
+        read(source.items, bad_items), domain.item_id_column, source.text_fields, bad_items
     )
-    cols = domain.columns
+    columns = domain.columns
     inter = parse_interactions(
-        read_table(source.interactions, source.format, bad_inter),
-        cols.user,
-        cols.item,
-        cols.timestamp,
-        cols.rating,
+        read(source.interactions, bad_inter),
+        columns.user,
+        columns.item,
+        columns.timestamp,
+        columns.rating,
         bad_inter,
     )
     inter = _drop_unknown_items(inter, items, source.interactions, bad_inter)
@@ -114,10 +189,15 @@ def prepare_domain(cfg: RunConfig, domain: DomainConfig, overwrite: bool = False
         inter = k_core(inter, domain.k_core)
     if len(inter.users) == 0:
         raise DataError(f"{domain.name}: no interactions left after import/filtering")
+    return ImportedDomain(inter, items, bad_interactions=bad_inter, bad_items=bad_items)
 
-    catalog, item_index = build_catalog(inter, items, source.template)
-    sequences = list(build_sequences(inter, item_index))
-    counts = {
+
+def domain_counts(
+    imported: ImportedDomain, catalog: pd.DataFrame, sequences: list[UserSequence]
+) -> dict[str, Any]:
+    """The manifest's `counts`: sizes, what import merged or dropped, and the split."""
+    inter, items = imported.interactions, imported.items
+    return {
         "users": len(sequences),
         "items": len(catalog),
         "interactions": len(inter.users),
@@ -129,36 +209,18 @@ def prepare_domain(cfg: RunConfig, domain: DomainConfig, overwrite: bool = False
         "repeated_user_item_pairs": repeated_pairs(inter),
         "eval_users": sum(len(s.items) >= 3 for s in sequences),
         "train_only_users": sum(len(s.items) < 3 for s in sequences),
-        "bad_rows_skipped": {"interactions": bad_inter.counts, "items": bad_items.counts},
-    }
-    log(
-        f"{domain.name}: {counts['users']} users, {counts['items']} items, "
-        f"{counts['interactions']} interactions; writing shards"
-    )
-    return write_domain(
-        root,
-        domain=domain.name,
-        fingerprint=fingerprint,
-        catalog=catalog,
-        sequences=progress(sequences, f"{domain.name}: shards (users)"),
-        users_per_shard=domain.users_per_shard,
-        counts=counts,
-        extra={
-            "sources": sources,
-            "template": source.template,
-            "text_fields": source.text_fields,
-            "has_ratings": inter.ratings is not None,
-            "bad_row_examples": bad_inter.examples + bad_items.examples,
-            "config": domain.model_dump(mode="json"),
+        "bad_rows_skipped": {
+            "interactions": imported.bad_interactions.counts,
+            "items": imported.bad_items.counts,
         },
-    )
+    }
 
 
 def _drop_unknown_items(
     inter: Interactions, items: ItemTable, path: Path, bad: BadRows
 ) -> Interactions:
     known = np.fromiter((i in items.rows for i in inter.items), dtype=bool, count=len(inter.items))
-    for pos in np.flatnonzero(~known)[:] if not known.all() else []:
+    for pos in np.flatnonzero(~known):
         bad.report(
             f"{path}:{inter.lines[pos]} column 'item'",
             f"item {inter.items[pos]!r} is not in the item table",
@@ -180,13 +242,13 @@ def _select(inter: Interactions, keep: np.ndarray) -> Interactions:
 def k_core(inter: Interactions, k: int) -> Interactions:
     """Iteratively keep users and items with at least `k` interactions."""
     while True:
-        _, u_inv, u_cnt = np.unique(
+        _, user_of_row, per_user = np.unique(
             inter.users.astype(str), return_inverse=True, return_counts=True
         )
-        _, i_inv, i_cnt = np.unique(
+        _, item_of_row, per_item = np.unique(
             inter.items.astype(str), return_inverse=True, return_counts=True
         )
-        keep = (u_cnt[u_inv] >= k) & (i_cnt[i_inv] >= k)
+        keep = (per_user[user_of_row] >= k) & (per_item[item_of_row] >= k)
         if keep.all():
             return inter
         inter = _select(inter, keep)
@@ -199,14 +261,16 @@ def build_catalog(
     ids = sorted(set(inter.items.tolist()))
     index = {item_id: i + 1 for i, item_id in enumerate(ids)}
     fields = items.fields
-    texts = [template.format(**dict(zip(fields, items.rows[i], strict=True))) for i in ids]
+    texts = [
+        template.format(**dict(zip(fields, items.rows[item_id], strict=True))) for item_id in ids
+    ]
     frame = {
         "item_index": np.arange(1, len(ids) + 1, dtype=np.int64),
         "item_id": ids,
         "text": texts,
     }
-    for j, f in enumerate(fields):
-        frame[f"field.{f}"] = [items.rows[i][j] for i in ids]
+    for position, name in enumerate(fields):
+        frame[f"field.{name}"] = [items.rows[item_id][position] for item_id in ids]
     return pd.DataFrame(frame), index
 
 
@@ -216,19 +280,20 @@ def build_sequences(inter: Interactions, item_index: dict[str, int]) -> Iterator
     order = np.lexsort((inter.lines, inter.timestamps, users))
     users_sorted = users[order]
     bounds = np.flatnonzero(np.r_[True, users_sorted[1:] != users_sorted[:-1], True])
-    items = np.array([item_index[i] for i in inter.items[order]], dtype=np.int64)
+    items = np.array([item_index[item_id] for item_id in inter.items[order]], dtype=np.int64)
     stamps = inter.timestamps[order]
     ratings = None if inter.ratings is None else inter.ratings[order]
-    for n, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+    for index, (start, end) in enumerate(itertools.pairwise(bounds)):
         yield UserSequence(
-            index=n,
-            user=str(users_sorted[lo]),
-            items=items[lo:hi].tolist(),
-            timestamps=stamps[lo:hi].tolist(),
-            ratings=None if ratings is None else ratings[lo:hi].tolist(),
+            index=index,
+            user=str(users_sorted[start]),
+            items=items[start:end].tolist(),
+            timestamps=stamps[start:end].tolist(),
+            ratings=None if ratings is None else ratings[start:end].tolist(),
         )
 
 
 def repeated_pairs(inter: Interactions) -> int:
+    """Rows whose (user, item) pair occurred before (re-watches, re-ratings)."""
     pairs = pd.DataFrame({"u": inter.users, "i": inter.items})
     return int(pairs.duplicated().sum())

@@ -1,4 +1,4 @@
-"""Write user sequences as WebDataset tar shards; each sample is one user's whole history."""
+"""Write and read user sequences as WebDataset tar shards; each sample is one user's whole history."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ class UserSequence:
     ratings: list[float] | None = None
 
     def to_sample(self) -> dict:
+        """The WebDataset sample (key + packed member) this user is written as."""
         return {"__key__": f"u{self.index:010d}", SEQ_MEMBER: pack_sequence(self)}
 
 
@@ -39,6 +40,7 @@ _HEAD = struct.Struct("<4sIBH")
 
 
 def pack_sequence(seq: UserSequence) -> bytes:
+    """The `seq.bin` member of one user's sample (layout above)."""
     user = seq.user.encode()
     flags = 1 if seq.ratings is not None else 0
     parts = [

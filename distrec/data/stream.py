@@ -44,6 +44,8 @@ class CorruptShardError(RuntimeError):
 
 @dataclass
 class StreamSpec:
+    """How a domain is streamed: batch and history sizes, seed, workers, windowing, faults."""
+
     batch_size: int
     max_history: int
     seed: int = 0
@@ -137,9 +139,10 @@ class DomainStream(IterableDataset):
     def worker_shards(
         self, epoch: int, rank: int, worker: int, draws: int | None = None
     ) -> list[int]:
+        """The shards logical worker `worker` of `rank` reads in `epoch`, in order."""
         workers = max(1, self.spec.num_workers)
-        n = draws if draws is not None else len(self.urls)
-        order = epoch_shards(len(self.urls), self.spec.seed, epoch, self.spec.resampled, n)
+        count = draws if draws is not None else len(self.urls)
+        order = epoch_shards(len(self.urls), self.spec.seed, epoch, self.spec.resampled, count)
         return split_shards(order, rank, self.world_size, worker, workers)
 
     def batches_in_epoch(self, epoch: int) -> int:
@@ -149,37 +152,47 @@ class DomainStream(IterableDataset):
         batches) so no rank runs out first and hangs the collectives.
         """
         workers = max(1, self.spec.num_workers)
-        best = 0
+        most = 0
         for rank in range(self.world_size):
-            total = 0
-            for w in range(workers):
-                users = sum(self.sizes[s] for s in self.worker_shards(epoch, rank, w))
-                total += -(-users // self.spec.batch_size)
-            best = max(best, total)
-        return best
+            rank_batches = 0
+            for worker in range(workers):
+                shards = self.worker_shards(epoch, rank, worker)
+                examples = sum(self.sizes[shard] for shard in shards)
+                rank_batches += -(-examples // self.spec.batch_size)
+            most = max(most, rank_batches)
+        return most
 
     def _kept_lengths(self, shards: list) -> list[list[int]]:
         """Per shard, the training-prefix lengths of the users the stream keeps; exact under
         few-shot filtering because the writer fills shards with consecutive user indices."""
-        bounds = np.cumsum([0, *(s.users for s in shards)])
+        bounds = np.cumsum([0, *(shard.users for shard in shards)])
         out = []
-        for shard, (lo, hi) in zip(shards, pairwise(bounds), strict=True):
-            keep = self._keep_mask(list(range(lo, hi)))
-            out.append([train_length(n) for n, k in zip(shard.lengths, keep, strict=True) if k])
+        for shard, (first, end) in zip(shards, pairwise(bounds), strict=True):
+            keep = self._keep_mask(list(range(first, end)))
+            out.append(
+                [
+                    train_length(length)
+                    for length, kept in zip(shard.lengths, keep, strict=True)
+                    if kept
+                ]
+            )
         return out
 
     def _examples_per_shard(self, shards: list) -> list[int]:
         """Training examples (windows) each shard yields per epoch."""
-        h, mode = self.spec.max_history, self.spec.train_window
+        history, window = self.spec.max_history, self.spec.train_window
         return [
-            sum(windows_per_user(n, h, mode) for n in kept) for kept in self._kept_lengths(shards)
+            sum(windows_per_user(length, history, window) for length in lengths)
+            for lengths in self._kept_lengths(shards)
         ]
 
     def targets_per_epoch(self) -> int:
         """Next-item targets one epoch trains on, over all ranks (the run log states it)."""
-        h, mode = self.spec.max_history, self.spec.train_window
+        history, window = self.spec.max_history, self.spec.train_window
         kept = self._kept_lengths(self.manifest.shards)
-        return sum(targets_per_user(n, h, mode) for lengths in kept for n in lengths)
+        return sum(
+            targets_per_user(length, history, window) for lengths in kept for length in lengths
+        )
 
     # -- iteration (worker process) ----------------------------------------------------------
     def __iter__(self) -> Iterator[dict]:
@@ -197,21 +210,21 @@ class DomainStream(IterableDataset):
             for i in range(0, len(shards), self.spec.shuffle_shards)
         ]
         pending: list[dict] = []
-        done = plan.batches_done
-        for w in range(plan.start_window, len(windows)):
-            samples = self._read_window(windows[w], plan, w)
-            start = plan.start_offset if w == plan.start_window else 0
+        batches_done = plan.batches_done
+        for window in range(plan.start_window, len(windows)):
+            samples = self._read_window(windows[window], plan, window)
+            start = plan.start_offset if window == plan.start_window else 0
             for offset in range(start, len(samples)):
                 sample = samples[offset]
                 if sample is not None:
                     pending.append(sample)
                 if len(pending) == self.spec.batch_size:
-                    done += 1
-                    yield self._emit(pending, plan, (w, offset + 1), done)
+                    batches_done += 1
+                    yield self._emit(pending, plan, (window, offset + 1), batches_done)
                     pending = []
         if pending:
-            done += 1
-            yield self._emit(pending, plan, (len(windows), 0), done)
+            batches_done += 1
+            yield self._emit(pending, plan, (len(windows), 0), batches_done)
 
     def _plan_shards(self, plan: WorkerPlan) -> list[int]:
         draws = None
@@ -224,16 +237,16 @@ class DomainStream(IterableDataset):
         self, shard_ids: list[int], plan: WorkerPlan, window: int
     ) -> list[dict | None]:
         samples: list[dict | None] = []
-        for sid in shard_ids:
-            samples.extend(self._read_shard(self.urls[sid]))
+        for shard_id in shard_ids:
+            samples.extend(self._read_shard(self.urls[shard_id]))
         reader = plan.rank + plan.world_size * plan.worker
         rng = np.random.default_rng([self.spec.seed, plan.epoch, reader, 0, window])
         order = rng.permutation(len(samples))
         keep = self._keep_mask([s["index"] for s in samples])
         examples: list[dict | None] = []
-        for i in order:
-            if keep[i]:
-                examples.extend(self._training_examples(samples[i], plan.epoch))
+        for position in order:
+            if keep[position]:
+                examples.extend(self._training_examples(samples[position], plan.epoch))
             else:
                 examples.append(None)
         return examples
@@ -242,11 +255,11 @@ class DomainStream(IterableDataset):
         """Few-shot: a fixed subset of users (by a hash of the user index and seed)."""
         if self.spec.train_fraction >= 1.0:
             return np.ones(len(indices), dtype=bool)
-        h = (
+        hashed = (
             np.array(indices, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
             + np.uint64(self.spec.seed)
         ) % np.uint64(1_000_003)
-        return h < np.uint64(int(self.spec.train_fraction * 1_000_003))
+        return hashed < np.uint64(int(self.spec.train_fraction * 1_000_003))
 
     def _read_shard(self, url: str) -> list[dict]:
         try:
@@ -282,13 +295,13 @@ class DomainStream(IterableDataset):
         return examples
 
     def _emit(
-        self, samples: list[dict], plan: WorkerPlan, position: tuple[int, int], done: int
+        self, samples: list[dict], plan: WorkerPlan, position: tuple[int, int], batches_done: int
     ) -> dict:
         batch = collate_sequences(samples, self.spec.max_history)
         batch.update(
             worker=plan.worker,
             position=position,
-            batches_done=done,
+            batches_done=batches_done,
             skipped_shards=len(self.skipped_shards),
         )
         return self.transform(batch) if self.transform else batch
@@ -305,17 +318,26 @@ class EpochPosition:
 
 
 def make_plans(stream: DomainStream, pos: EpochPosition) -> dict[int, WorkerPlan]:
+    """Each logical worker's plan for the epoch, starting where `pos` left it."""
     workers = max(1, stream.spec.num_workers)
     plans = {}
-    for w in range(workers):
-        window, offset, done = pos.workers.get(w, (0, 0, 0))
-        plans[w] = WorkerPlan(
-            pos.epoch, stream.rank, stream.world_size, w, workers, window, offset, done
+    for worker in range(workers):
+        window, offset, batches_done = pos.workers.get(worker, (0, 0, 0))
+        plans[worker] = WorkerPlan(
+            epoch=pos.epoch,
+            rank=stream.rank,
+            world_size=stream.world_size,
+            worker=worker,
+            num_workers=workers,
+            start_window=window,
+            start_offset=offset,
+            batches_done=batches_done,
         )
     return plans
 
 
 def check_resumable(saved: dict, stream: DomainStream) -> None:
+    """ConfigError unless `stream` can continue exactly from the saved loader state."""
     want = {
         "num_workers": max(1, stream.spec.num_workers),
         "world_size": stream.world_size,

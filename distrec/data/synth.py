@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from distrec.data.shards import UserSequence
-from distrec.data.writer import existing_is_current, write_domain
+from distrec.data.writer import DomainDataset, existing_is_current, write_domain
 from distrec.utils.hashing import sha256_json
 from distrec.utils.progress import log, progress
 
@@ -71,6 +71,8 @@ GENRES = ("Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi", "Thriller"
 
 @dataclass(frozen=True)
 class SynthSpec:
+    """A synthetic domain: sizes, length and popularity laws, seeds and the planted rule."""
+
     name: str = "synth"
     users: int = 10_000
     items: int = 5_000
@@ -105,6 +107,7 @@ class SynthSpec:
 
 
 def synth_domain(spec: SynthSpec, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Write the domain `spec` describes into `out_dir/<name>`; returns its manifest path."""
     root = Path(out_dir) / spec.name
     fingerprint = spec.fingerprint()
     if existing_is_current(root, fingerprint, overwrite):
@@ -135,13 +138,11 @@ def synth_domain(spec: SynthSpec, out_dir: str | Path, overwrite: bool = False) 
     sequences = _sequences(
         spec, lengths, popularity, successor, np.random.default_rng(spec.seed + 1)
     )
-    return write_domain(
-        root,
+    dataset = DomainDataset(
         domain=spec.name,
         fingerprint=fingerprint,
         catalog=catalog,
         sequences=progress(sequences, f"{spec.name}: synth users", total=spec.users),
-        users_per_shard=spec.users_per_shard,
         counts=counts,
         extra={
             "synth": asdict(spec),
@@ -150,6 +151,7 @@ def synth_domain(spec: SynthSpec, out_dir: str | Path, overwrite: bool = False) 
             "has_ratings": False,
         },
     )
+    return write_domain(root, dataset, users_per_shard=spec.users_per_shard)
 
 
 def _catalog(spec: SynthSpec, rng: np.random.Generator) -> pd.DataFrame:

@@ -32,6 +32,7 @@ class TokenTable:
         tokenizer_name: str,
         catalog_sha: str,
     ) -> TokenTable:
+        """Tokenize `texts` (row 0 = padding), or load them from `cache_dir` if cached."""
         key = sha256_json(
             {
                 "tok": tokenizer_name,
@@ -43,9 +44,9 @@ class TokenTable:
         )[:24]
         path = Path(cache_dir) / "tokens" / f"{key}.safetensors"
         if path.exists():
-            t = load_file(str(path))
-            if t["input_ids"].shape[0] == len(texts) + 1:
-                return cls(t["input_ids"], t["lengths"])
+            cached = load_file(str(path))
+            if cached["input_ids"].shape[0] == len(texts) + 1:
+                return cls(cached["input_ids"], cached["lengths"])
         enc = tokenizer(
             ["", *texts],
             padding="max_length",

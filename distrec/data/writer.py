@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -55,40 +56,47 @@ def existing_is_current(root: Path, fingerprint: str, overwrite: bool) -> bool:
     return False
 
 
-def write_domain(
-    root: Path,
-    *,
-    domain: str,
-    fingerprint: str,
-    catalog: pd.DataFrame,
-    sequences: Iterable[UserSequence],
-    users_per_shard: int,
-    counts: dict[str, Any],
-    extra: dict[str, Any],
-) -> Path:
+@dataclass
+class DomainDataset:
+    """What a prepared domain folder will hold, as its producer (prepare, synth) built it.
+
+    `catalog` has `item_index` 1..N, `item_id`, `text` and `field.*` columns; `sequences`
+    are the users in index order; `counts` and `extra` (producer-specific fields such as
+    sources or the synth spec) go into the manifest as they are.
+    """
+
+    domain: str
+    fingerprint: str
+    catalog: pd.DataFrame
+    sequences: Iterable[UserSequence]
+    counts: dict[str, Any]
+    extra: dict[str, Any]
+
+
+def write_domain(root: Path, dataset: DomainDataset, *, users_per_shard: int) -> Path:
     """Write catalog + shards + manifest into `root` atomically; returns the manifest path."""
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        train_counts = np.zeros(len(catalog) + 1, dtype=np.int64)
+        train_counts = np.zeros(len(dataset.catalog) + 1, dtype=np.int64)
         shards = write_shards(
-            _counting(sequences, train_counts), staging / "shards", users_per_shard
+            _counting(dataset.sequences, train_counts), staging / "shards", users_per_shard
         )
         # Training-part popularity: the popularity baseline and logQ correction read it.
-        catalog = catalog.assign(train_count=train_counts[1:])
+        catalog = dataset.catalog.assign(train_count=train_counts[1:])
         catalog.to_parquet(staging / CATALOG, index=False)
         manifest = {
             "schema_version": SCHEMA_VERSION,
-            "domain": domain,
-            "fingerprint": fingerprint,
+            "domain": dataset.domain,
+            "fingerprint": dataset.fingerprint,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "distrec_version": __version__,
-            "counts": counts,
+            "counts": dataset.counts,
             "split": "leave-one-out: last = test, second-to-last = valid; users with < 3 "
             "interactions are train-only",
             "catalog": {"file": CATALOG, "sha256": sha256_file(staging / CATALOG)},
             "shards": shards,
-            **extra,
+            **dataset.extra,
         }
         # The manifest is written last: its presence marks a complete dataset.
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -99,13 +107,14 @@ def write_domain(
     return root / MANIFEST
 
 
-def train_length(n: int) -> int:
-    """Length of the training prefix of an n-item leave-one-out sequence: the last two
-    (valid, test) are held out when there are at least 3 items."""
-    return n - 2 if n >= 3 else n
+def train_length(length: int) -> int:
+    """Length of the training prefix of a `length`-item leave-one-out sequence: the last
+    two (valid, test) are held out when there are at least 3 items."""
+    return length - 2 if length >= 3 else length
 
 
 def train_part(items: list[int]) -> list[int]:
+    """The training prefix of a leave-one-out sequence."""
     return items[: train_length(len(items))]
 
 

@@ -6,10 +6,10 @@ import os
 from datetime import timedelta
 
 import torch
-import torch.distributed as dist
 
 from distrec.config.errors import ConfigError
 from distrec.config.schema import RunConfig
+from distrec.distributed.collectives import world_size
 
 
 def cpu_supports_fast_bf16() -> bool:
@@ -80,7 +80,7 @@ def live_strategy(accelerator) -> str:
         return f"zero{stage}"
     if kind == "FSDP":
         return "fsdp"
-    return "ddp" if (dist.is_initialized() and dist.get_world_size() > 1) else "single"
+    return "ddp" if world_size() > 1 else "single"
 
 
 def check_strategy(cfg: RunConfig, accelerator) -> None:
@@ -91,41 +91,3 @@ def check_strategy(cfg: RunConfig, accelerator) -> None:
             f"distributed.strategy={wanted!r} but this launch provides {got!r}; launch with the "
             f"matching template in launch/ or set distributed.strategy=auto"
         )
-
-
-def gather_tensors(t: torch.Tensor) -> list[torch.Tensor]:
-    """All ranks' tensors (variable first dimension allowed), in rank order."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return [t]
-    parts: list = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, t.detach().cpu())
-    return parts
-
-
-def gather_with_grad(t: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Concatenate every rank's rows; the local rows keep their gradient.
-
-    Returns (all rows, offset of this rank's rows). Rows may differ in count per rank.
-    """
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return t, 0
-    rank = dist.get_rank()
-    parts = gather_tensors(t)
-    offset = sum(p.shape[0] for p in parts[:rank])
-    parts[rank] = t
-    return torch.cat([p.to(t.device, t.dtype) for p in parts]), offset
-
-
-def barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
-def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
-    """The scalar averaged over every rank (torch.distributed directly: under DeepSpeed on
-    CPU, Accelerate's own reduce believes it runs alone)."""
-    value = value.detach().float().reshape(1).cpu()
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(value)
-        value /= dist.get_world_size()
-    return value[0]

@@ -12,6 +12,10 @@ import os
 import torch.distributed as dist
 
 
+# The launch/sharding packages whose versions every run records (metrics.json).
+BACKEND_PACKAGES = ("accelerate", "deepspeed")
+
+
 def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()

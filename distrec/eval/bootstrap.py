@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from distrec.config.metric_names import parse_metric
+
 RANK_COLUMNS = ("stage", "split", "user", "domain", "rank")
-KINDS = ("ndcg", "recall", "mrr")
 
 
 @dataclass(frozen=True)
@@ -41,14 +42,6 @@ class RatioInterval:
 
     def format(self) -> str:
         return f"{self.ratio:.2f}x [{self.low:.2f}, {self.high:.2f}]"
-
-
-def parse_metric(metric: str) -> tuple[str, int]:
-    """'ndcg@10' -> ('ndcg', 10); refuses anything `per_user_metric` cannot compute."""
-    kind, _, k = metric.partition("@")
-    if kind not in KINDS or not k.isdigit() or int(k) < 1:
-        raise ValueError(f"metric {metric!r}: expected <kind>@<k> with kind in {list(KINDS)}")
-    return kind, int(k)
 
 
 def per_user_metric(ranks: torch.Tensor | np.ndarray, metric: str = "ndcg@10") -> np.ndarray:

@@ -13,10 +13,13 @@ import torch
 
 from distrec.data.collate import history_batch
 from distrec.eval.metrics import metrics_from_ranks, ranks_from_scores
+from distrec.utils.sharding import SINGLE, Shard
 
 
 @dataclass(frozen=True)
 class EvalCase:
+    """One user's evaluation: index, history (catalog indices, oldest first), held-out target."""
+
     user: int
     history: list[int]
     target: int
@@ -45,29 +48,38 @@ def history_mask(cases: list[EvalCase], num_items: int) -> torch.Tensor:
     return mask
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """How cases are ranked: over a catalog of `num_items` (indices 1..N), with histories cut
+    to `max_history`, `batch_size` users per score call."""
+
+    num_items: int
+    max_history: int
+    batch_size: int = 256
+
+
+Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def rank_cases(
-    cases: list[EvalCase],
-    num_items: int,
-    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    max_history: int,
-    batch_size: int = 256,
-    num_batches: int | None = None,
+    cases: list[EvalCase], score: Scorer, how: Ranking, num_batches: int | None = None
 ) -> torch.Tensor:
-    """Fractional ranks for `cases`; `score(history, last)` -> [B, N+1] scores.
+    """[len(cases)] fractional ranks; `score(history [B, T], last [B])` -> [B, N+1] scores.
 
     `num_batches` forces that many score calls (extra ones on a dummy case, dropped):
     sharded backends (ZeRO-3, FSDP) need every rank to run the same number of forwards.
     """
-    total = num_batches if num_batches is not None else -(-len(cases) // batch_size)
+    size = how.batch_size
+    total = num_batches if num_batches is not None else -(-len(cases) // size)
     ranks = []
     for b in range(total):
-        chunk = cases[b * batch_size : (b + 1) * batch_size]
+        chunk = cases[b * size : (b + 1) * size]
         real = len(chunk)
         chunk = chunk or [EvalCase(-1, [1], 1)]
-        history, last = history_batch([c.history for c in chunk], max_history)
+        history, last = history_batch([c.history for c in chunk], how.max_history)
         scores = score(history, last)
         targets = torch.tensor([c.target for c in chunk])
-        r = ranks_from_scores(scores.float().cpu(), targets, history_mask(chunk, num_items))
+        r = ranks_from_scores(scores.float().cpu(), targets, history_mask(chunk, how.num_items))
         ranks.append(r[:real])
     return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.float64)
 
@@ -82,39 +94,19 @@ class UserRanks:
 
 
 def rank_sharded(
-    cases: list[EvalCase],
-    num_items: int,
-    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    max_history: int,
-    rank: int = 0,
-    world: int = 1,
-    gather: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
-    batch_size: int = 256,
+    cases: list[EvalCase], score: Scorer, how: Ranking, shard: Shard = SINGLE
 ) -> UserRanks:
     """Each rank ranks users rank::world; ranks are gathered so every rank holds every
     user's rank, identical to a single-process evaluation."""
-    per_rank = -(-len(cases) // world)
-    mine = cases[rank::world]
-    ranks = rank_cases(
-        mine, num_items, score, max_history, batch_size, num_batches=-(-per_rank // batch_size)
-    )
+    per_rank = -(-len(cases) // shard.world)
+    mine = cases[shard.rank :: shard.world]
+    ranks = rank_cases(mine, score, how, num_batches=-(-per_rank // how.batch_size))
     users = torch.tensor([c.user for c in mine], dtype=torch.long)
-    if world > 1 and gather:
-        return UserRanks(torch.cat(gather(users)), torch.cat(gather(ranks)))
-    return UserRanks(users, ranks)
+    return UserRanks(torch.cat(shard.gathered(users)), torch.cat(shard.gathered(ranks)))
 
 
 def evaluate_sharded(
-    cases: list[EvalCase],
-    num_items: int,
-    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    ks: list[int],
-    max_history: int,
-    rank: int = 0,
-    world: int = 1,
-    gather: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
-    batch_size: int = 256,
+    cases: list[EvalCase], score: Scorer, how: Ranking, ks: list[int], shard: Shard = SINGLE
 ) -> dict[str, float]:
     """Metrics of `rank_sharded`: the same on every rank."""
-    found = rank_sharded(cases, num_items, score, max_history, rank, world, gather, batch_size)
-    return metrics_from_ranks(found.ranks, ks)
+    return metrics_from_ranks(rank_sharded(cases, score, how, shard).ranks, ks)

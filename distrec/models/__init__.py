@@ -1,1 +1,2 @@
-"""Single-device model code: item tower, user tower, the two-tower recommender, PEFT adapters."""
+"""Single-device model code: typed I/O (io), towers, the two-tower recommender, the
+architecture registry, the LM loader (encoder) and cached LM item features (features)."""

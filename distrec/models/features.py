@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from distrec.models.encoder import encode_tokens
 from distrec.utils.hashing import sha256_json
 from distrec.utils.progress import log, progress
+from distrec.utils.sharding import SINGLE, Shard
 
 
 def feature_key(
@@ -40,29 +42,32 @@ def feature_key(
     )[:24]
 
 
+@dataclass(frozen=True)
+class TextEncoding:
+    """How item texts become pooled LM states: `pooling` (cls|mean|last), the token limit,
+    bf16 autocast or not, and how many texts go through the LM at once."""
+
+    pooling: str
+    max_tokens: int
+    autocast: bool = False
+    batch_size: int = 256
+
+
 @torch.no_grad()
-def encode_texts(
-    lm,
-    tokenizer,
-    texts: list[str],
-    pooling: str,
-    max_tokens: int,
-    batch_size: int = 256,
-    autocast: bool = False,
-    desc: str = "encoding",
-) -> torch.Tensor:
-    """Pooled LM states for `texts` (fp32), in batches, with progress."""
+def encode_texts(lm, tokenizer, texts: list[str], how: TextEncoding, desc: str) -> torch.Tensor:
+    """[len(texts), H] pooled LM states (fp32), in batches, with progress."""
     lm.eval()
     device = next(lm.parameters()).device
-    chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+    size = how.batch_size
+    chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
     out = []
     for chunk in progress(chunks, desc):
         tok = tokenizer(
-            chunk, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt"
+            chunk, padding=True, truncation=True, max_length=how.max_tokens, return_tensors="pt"
         )
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=how.autocast):
             vec = encode_tokens(
-                lm, tok["input_ids"].to(device), tok["attention_mask"].to(device), pooling
+                lm, tok["input_ids"].to(device), tok["attention_mask"].to(device), how.pooling
             )
         out.append(vec.float().cpu())
     return torch.cat(out) if out else torch.zeros(0, lm.config.hidden_size)
@@ -73,10 +78,7 @@ def cached_catalog_features(
     cache_dir: str | Path,
     texts: list[str],
     encode: Callable[[list[str]], torch.Tensor],
-    rank: int = 0,
-    world: int = 1,
-    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    barrier: Callable[[], None] | None = None,
+    shard: Shard = SINGLE,
 ) -> torch.Tensor:
     """[N + 1, H] features (row 0 = padding), from cache or computed sharded across ranks."""
     path = Path(cache_dir) / "features" / f"{key}.safetensors"
@@ -87,9 +89,10 @@ def cached_catalog_features(
             return stored["features"]
         log(f"item features: {path.name} does not match the catalog; recomputing")
     # Each rank encodes rows rank::world; the gather reassembles catalog order.
+    rank, world = shard.rank, shard.world
     mine = encode(texts[rank::world])
-    if world > 1 and gather is not None:
-        parts = gather(mine)
+    parts = shard.gathered(mine)
+    if len(parts) > 1:
         rows = torch.zeros(len(texts), mine.shape[1])
         for r, part in enumerate(parts):
             rows[r::world] = part[: len(range(r, len(texts), world))]
@@ -101,6 +104,5 @@ def cached_catalog_features(
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         save_file({"features": features.contiguous()}, str(tmp), metadata={"key": key})
         os.replace(tmp, path)
-    if barrier is not None:
-        barrier()
+    shard.wait()
     return features

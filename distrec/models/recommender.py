@@ -1,9 +1,9 @@
-"""The two-tower cross-domain recommender: one module, two execution modes.
+"""The two-tower cross-domain recommender over typed requests (distrec.models.io).
 
-`forward(task=...)` is the only entry so that every wrapper (DDP, DeepSpeed,
-FSDP) sees the computation: `train` returns user vectors at every real position
-plus the candidate item vectors, `catalog` returns item vectors, `users` returns
-the user vector after each history's last item. Losses live in distrec.train.
+Named methods do the work: `encode_items`, `encode_users`, `train_outputs` and
+`score`. `forward` only dispatches on the request's type, because every wrapper
+(DDP, DeepSpeed, FSDP, PEFT, Accelerate's autocast) hooks `forward`: whatever runs
+under a wrapper must enter through it. Losses live in distrec.train.
 """
 
 from __future__ import annotations
@@ -16,47 +16,36 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from distrec.config.schema import ModelConfig
-from distrec.models.towers import ItemTower, UserTower
+from distrec.models.io import ItemBatch, ItemVectors, TrainBatch, TrainOutputs, UserQuery
+from distrec.models.towers import UserTower
 
 MAX_LOGIT_SCALE = 100.0  # a learned 1/temperature is capped here (as CLIP does)
 
 
 class Recommender(nn.Module):
     """Score = <user, item> x scale + item bias, where scale = 1/temperature (fixed or
-    learned) and, with `model.score: cosine`, both towers' outputs are L2-normalised."""
+    learned) and, with `model.score: cosine`, both towers' outputs are L2-normalised.
+
+    The item tower is given (text + ID rows, or ID rows only: distrec.models.registry);
+    the user tower, score and popularity prior are the same for every item tower.
+    """
 
     def __init__(
         self,
         cfg: ModelConfig,
-        feature_dim: int,
-        domain_items: dict[str, int],
+        item_tower: nn.Module,
+        domains: list[str],
         max_len: int,
-        lm: nn.Module | None = None,
-        use_text: bool = True,
-        use_ids: bool | None = None,
         dropout: float | None = None,
     ) -> None:
         super().__init__()
-        ut = cfg.user_tower
-        self.item_tower = ItemTower(
-            feature_dim,
-            cfg.dim,
-            domain_items,
-            use_text=use_text,
-            use_ids=cfg.item_id_embeddings if use_ids is None else use_ids,
-            lm=lm,
-            pooling=cfg.pooling,
-            id_dropout=cfg.id_dropout,
-            length_buckets=cfg.length_buckets,
-        )
+        self.item_tower = item_tower
         self.user_tower = UserTower(
             cfg.dim,
-            ut.layers,
-            ut.heads,
-            ut.dropout if dropout is None else dropout,
+            cfg.user_tower,
             max_len,
-            sorted(domain_items),
-            ut.domain_embedding,
+            sorted(domains),
+            cfg.user_tower.dropout if dropout is None else dropout,
         )
         self.rating_head = (
             nn.Sequential(nn.Linear(2 * cfg.dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, 1))
@@ -76,60 +65,59 @@ class Recommender(nn.Module):
             else None
         )
         self.fixed_scale = 1.0 / cfg.temperature
+        lm = item_tower.lm
         # DeepSpeed derives its "auto" ZeRO-3 bucket sizes from model.config.hidden_size.
         self.config = lm.config if lm is not None else PretrainedConfig(hidden_size=cfg.dim)
 
-    def forward(self, task: str, domain: str, **kw) -> dict[str, torch.Tensor]:
-        if task == "train":
-            return self._train(domain, **kw)
-        if task == "catalog":
-            popularity = kw.pop("popularity", None)
-            items = self._unit(self.item_tower(domain, **kw))
-            return {"items": items, "bias": self._bias(popularity, items), "scale": self.scale()}
-        if task == "users":
-            return {"users": self._users(domain, **kw)}
-        raise ValueError(f"unknown task {task!r}")
+    def forward(self, request: TrainBatch | ItemBatch | UserQuery):
+        """Dispatch a typed request to its method (see the module docstring for why)."""
+        if isinstance(request, TrainBatch):
+            return self.train_outputs(request)
+        if isinstance(request, ItemBatch):
+            return self.encode_items(request)
+        if isinstance(request, UserQuery):
+            return self.encode_users(request)
+        raise TypeError(f"unknown request {type(request).__name__}; see distrec.models.io")
 
-    def _train(
-        self,
-        domain: str,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        valid: torch.Tensor,
-        items: torch.Tensor,
-        features: torch.Tensor | None = None,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        popularity: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """`items` are the candidate catalog indices (whole catalog, or a batch's unique items);
-        `inputs`/`targets` index into [pad] + items, i.e. 0 is padding."""
-        cand = self._unit(
-            self.item_tower(
-                domain, items, features=features, input_ids=input_ids, attention_mask=attention_mask
-            )
-        )
-        table = torch.cat([cand.new_zeros(1, cand.size(1)), cand])
-        users = self._unit(self.user_tower(table[inputs], domain))
-        real = (targets > 0) & valid[:, None]
-        out = {
-            "users": users[real],
-            "targets": targets[real] - 1,
-            "candidates": cand,
-            "candidate_items": items,
-            "bias": self._bias(popularity, cand),
-            "scale": self.scale(),
-        }
+    def encode_items(self, batch: ItemBatch) -> ItemVectors:
+        """Vectors [N, d], bias [N] and scale [1] of `batch.items`."""
+        vectors = self._unit(self.item_tower(batch))
+        return ItemVectors(vectors, self._bias(batch.popularity, vectors), self.scale())
+
+    def train_outputs(self, batch: TrainBatch) -> TrainOutputs:
+        """User vectors at every real position and the candidates they are scored against."""
+        cand = self.encode_items(batch.candidates)
+        table = torch.cat([cand.vectors.new_zeros(1, cand.vectors.size(1)), cand.vectors])
+        users = self._unit(self.user_tower(table[batch.inputs], batch.domain))
+        real = batch.real_positions()
+        users, targets = users[real], batch.targets[real] - 1
+        rating = None
         if self.rating_head is not None:
-            out["rating"] = self.rating(out["users"], cand[out["targets"]])
-        return out
+            rating = self.rating(users, cand.vectors[targets])
+        return TrainOutputs(
+            users, targets, cand.vectors, batch.candidates.items, cand.bias, cand.scale, rating
+        )
 
-    def _users(
-        self, domain: str, history: torch.Tensor, last: torch.Tensor, table: torch.Tensor
-    ) -> torch.Tensor:
-        """User vectors after each history; `table` = catalog vectors with a pad row 0."""
-        states = self._unit(self.user_tower(table[history], domain))
-        return states[torch.arange(history.size(0), device=history.device), last]
+    def encode_users(self, query: UserQuery) -> torch.Tensor:
+        """[B, d] user vectors after each history's newest item."""
+        states = self._unit(self.user_tower(query.table[query.history], query.domain))
+        return states[torch.arange(query.history.size(0), device=query.history.device), query.last]
+
+    @staticmethod
+    def score(users: torch.Tensor, items: ItemVectors) -> torch.Tensor:
+        """[B, N] scores of users [B, d] against `items`, in fp32 even inside an autocast
+        region: bf16 scores would round near-equal items into ties and change ranks."""
+        with torch.autocast(device_type=users.device.type, enabled=False):
+            scale = float(items.scale.float().reshape(-1)[0])
+            return users.float() @ items.vectors.float().T * scale + items.bias.float()
+
+    def lora_targets(self, lm_names: list[str] | None = None) -> list[str]:
+        """Module names a PEFT adapter wraps: the item tower's (LM linears named `lm_names`
+        only when given) and every user-tower linear."""
+        return [
+            *self.item_tower.lora_targets("item_tower", lm_names),
+            *self.user_tower.lora_targets("user_tower"),
+        ]
 
     def _unit(self, vectors: torch.Tensor) -> torch.Tensor:
         return F.normalize(vectors, dim=-1) if self.cosine else vectors
@@ -147,4 +135,5 @@ class Recommender(nn.Module):
         return self.pop_weight * popularity.to(items.dtype)
 
     def rating(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """[P] predicted ratings of (user [P, d], item [P, d]) pairs."""
         return self.rating_head(torch.cat([users, items], -1)).squeeze(-1)

@@ -1,4 +1,8 @@
-"""The item tower (LM features or tokens -> d) and the causal user tower over item vectors."""
+"""Item towers (text + optional ID rows, or ID rows only) and the causal user tower.
+
+Each tower declares the linears a PEFT adapter wraps (`lora_targets`), so adapters
+never parse layer names: rename a layer here and the targets follow it.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distrec.models.encoder import encode_tokens
+from distrec.config.schema import ModelConfig, UserTowerConfig
+from distrec.models.encoder import default_lm_targets, encode_tokens
+from distrec.models.io import ItemBatch
+
+PROJECTION_HIDDEN = 512
 
 
 def id_table_key(domain: str) -> str:
     """Module key of a domain's ID table. Prefixed because PEFT strips `.<adapter name>`
     from saved keys, and adapters are named after domains."""
     return f"d_{domain}"
+
+
+def id_tables(dim: int, domain_items: dict[str, int]) -> nn.ModuleDict:
+    """One [N+1, dim] embedding per domain (row 0 = padding)."""
+    return nn.ModuleDict(
+        {id_table_key(d): nn.Embedding(n + 1, dim, padding_idx=0) for d, n in domain_items.items()}
+    )
+
+
+def named_linears(module: nn.Module, prefix: str, names: list[str] | None = None) -> list[str]:
+    """Full names (under `prefix`) of `module`'s submodules whose last name part is in `names`
+    (every nn.Linear when None)."""
+    found = []
+    for name, sub in module.named_modules():
+        last = name.rsplit(".", 1)[-1]
+        if (names is None and isinstance(sub, nn.Linear)) or (names is not None and last in names):
+            found.append(f"{prefix}.{name}")
+    return found
 
 
 class ItemTower(nn.Module):
@@ -25,77 +51,91 @@ class ItemTower(nn.Module):
     `lm` is None. ID rows start at zero so a new domain is text-only until trained.
     """
 
+    reads_text = True
+
     def __init__(
         self,
+        cfg: ModelConfig,
         feature_dim: int,
-        dim: int,
         domain_items: dict[str, int],
-        use_text: bool = True,
-        use_ids: bool = True,
         lm: nn.Module | None = None,
-        pooling: str = "mean",
-        hidden: int = 512,
-        id_dropout: float = 0.0,
-        length_buckets: int = 1,
     ) -> None:
         super().__init__()
-        self.use_text, self.use_ids, self.pooling = use_text, use_ids, pooling
-        self.id_dropout = id_dropout if use_text else 0.0
-        self.lm, self.length_buckets = lm, length_buckets
+        self.pooling, self.length_buckets = cfg.pooling, cfg.length_buckets
+        self.id_dropout = cfg.id_dropout
+        self.lm = lm
         # An MLP, not a single Linear: it must be able to tell apart (and remember)
         # items whose frozen LM features are close, which is what transfers.
-        self.proj = (
-            nn.Sequential(
-                OrderedDict(
-                    fc_in=nn.Linear(feature_dim, hidden),
-                    act=nn.GELU(),
-                    fc_out=nn.Linear(hidden, dim),
-                )
+        self.proj = nn.Sequential(
+            OrderedDict(
+                fc_in=nn.Linear(feature_dim, PROJECTION_HIDDEN),
+                act=nn.GELU(),
+                fc_out=nn.Linear(PROJECTION_HIDDEN, cfg.dim),
             )
-            if use_text
-            else None
         )
-        self.ids = (
-            nn.ModuleDict(
-                {
-                    id_table_key(d): nn.Embedding(n + 1, dim, padding_idx=0)
-                    for d, n in domain_items.items()
-                }
-            )
-            if use_ids
-            else None
-        )
+        self.ids = id_tables(cfg.dim, domain_items) if cfg.item_id_embeddings else None
         if self.ids is not None:
-            for emb in self.ids.values():
-                nn.init.zeros_(emb.weight) if use_text else nn.init.normal_(emb.weight, std=0.02)
+            for table in self.ids.values():
+                nn.init.zeros_(table.weight)
 
-    def forward(
-        self,
-        domain: str,
-        items: torch.Tensor,
-        features: torch.Tensor | None = None,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Vectors for catalog indices `items` ([N]); text from `features` ([N, H]) or tokens."""
-        out = None
-        if self.use_text:
-            if features is None:
-                features = encode_tokens(
-                    self.lm, input_ids, attention_mask, self.pooling, self.length_buckets
-                )
-            out = self.proj(features.to(self.proj.fc_in.weight.dtype))
-        if self.use_ids:
-            ids = self.ids[id_table_key(domain)](items)
-            if self.training and self.id_dropout > 0:
-                keep = torch.rand(ids.shape[0], 1, device=ids.device) >= self.id_dropout
-                ids = ids * keep
-            out = ids if out is None else out + ids
-        return out
+    def forward(self, batch: ItemBatch) -> torch.Tensor:
+        """[N, d] vectors of `batch.items`; text from its features ([N, H]) or its tokens."""
+        features = batch.features
+        if features is None:
+            features = encode_tokens(
+                self.lm, batch.input_ids, batch.attention_mask, self.pooling, self.length_buckets
+            )
+        out = self.proj(features.to(self.proj.fc_in.weight.dtype))
+        if self.ids is None:
+            return out
+        id_rows = self.ids[id_table_key(batch.domain)](batch.items)
+        if self.training and self.id_dropout > 0:
+            keep = torch.rand(id_rows.shape[0], 1, device=id_rows.device) >= self.id_dropout
+            id_rows = id_rows * keep
+        return out + id_rows
+
+    def lora_targets(self, prefix: str, lm_names: list[str] | None = None) -> list[str]:
+        """The projection's linears, plus (with `lm_names`) the LM's linears of those names.
+
+        The LM's pooler is never a target: its output is unused (we pool ourselves), so it
+        would get no gradient, which AdaLoRA's importance scores cannot take."""
+        found = [f"{prefix}.proj.fc_in", f"{prefix}.proj.fc_out"]
+        if lm_names is not None and self.lm is not None:
+            lm_targets = named_linears(self.lm, f"{prefix}.lm", lm_names)
+            found += [n for n in lm_targets if not n.startswith(f"{prefix}.lm.pooler")]
+        return found
+
+    def lm_lora_names(self, configured: list[str] | None) -> list[str]:
+        """The LM linear names LoRA wraps: `peft.lm_target_modules` or the architecture's."""
+        return list(configured) if configured else default_lm_targets(self.lm)
+
+
+class IdItemTower(nn.Module):
+    """Item vector = a per-domain learned ID row (the SASRec-style baseline's item tower)."""
+
+    reads_text = False
+    lm = None
+
+    def __init__(self, dim: int, domain_items: dict[str, int]) -> None:
+        super().__init__()
+        self.id_dropout = 0.0  # nothing else carries the item: hiding its row would erase it
+        self.ids = id_tables(dim, domain_items)
+        for table in self.ids.values():
+            nn.init.normal_(table.weight, std=0.02)
+
+    def forward(self, batch: ItemBatch) -> torch.Tensor:
+        """[N, d] ID rows of `batch.items`."""
+        return self.ids[id_table_key(batch.domain)](batch.items)
+
+    def lora_targets(self, prefix: str, lm_names: list[str] | None = None) -> list[str]:
+        """No linears: an adapter on an ID-only model adapts the user tower alone."""
+        return []
 
 
 class CausalBlock(nn.Module):
     """Pre-norm transformer block with explicit q/k/v/o and MLP linears (LoRA targets)."""
+
+    LINEARS = ("q", "k", "v", "o", "fc1", "fc2")
 
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
@@ -107,10 +147,11 @@ class CausalBlock(nn.Module):
         self.p = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
+        """[B, T, d] -> [B, T, d]; position t attends to positions <= t."""
+        batch, length, dim = x.shape
         h = self.norm1(x)
         q, k, v = (
-            t(h).view(b, n, self.heads, d // self.heads).transpose(1, 2)
+            t(h).view(batch, length, self.heads, dim // self.heads).transpose(1, 2)
             for t in (self.q, self.k, self.v)
         )
         # Right padding + causal mask: a real position never attends to padding,
@@ -118,7 +159,7 @@ class CausalBlock(nn.Module):
         att = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, dropout_p=self.p if self.training else 0.0
         )
-        x = x + self.drop(self.o(att.transpose(1, 2).reshape(b, n, d)))
+        x = x + self.drop(self.o(att.transpose(1, 2).reshape(batch, length, dim)))
         return x + self.drop(self.fc2(F.gelu(self.fc1(self.norm2(x)))))
 
 
@@ -126,33 +167,35 @@ class UserTower(nn.Module):
     """Causal transformer over a history of item vectors -> a user vector at every position."""
 
     def __init__(
-        self,
-        dim: int,
-        layers: int,
-        heads: int,
-        dropout: float,
-        max_len: int,
-        domains: list[str],
-        domain_embedding: bool = False,
+        self, dim: int, cfg: UserTowerConfig, max_len: int, domains: list[str], dropout: float
     ) -> None:
         super().__init__()
         self.pos = nn.Embedding(max_len, dim)
         nn.init.normal_(self.pos.weight, std=0.02)
         self.domains = {d: i for i, d in enumerate(domains)}
-        self.domain_emb = nn.Embedding(len(domains), dim) if domain_embedding else None
+        self.domain_emb = nn.Embedding(len(domains), dim) if cfg.domain_embedding else None
         if self.domain_emb is not None:
             nn.init.zeros_(self.domain_emb.weight)
-        self.blocks = nn.ModuleList(CausalBlock(dim, heads, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(CausalBlock(dim, cfg.heads, dropout) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
         self.scale = math.sqrt(dim)
 
     def forward(self, vectors: torch.Tensor, domain: str) -> torch.Tensor:
-        n = vectors.size(1)
-        x = vectors + self.pos(torch.arange(n, device=vectors.device))
+        """[B, T, d] item vectors of histories -> [B, T, d] user state after each position."""
+        length = vectors.size(1)
+        x = vectors + self.pos(torch.arange(length, device=vectors.device))
         if self.domain_emb is not None:
             x = x + self.domain_emb.weight[self.domains[domain]]
         x = self.drop(x)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
+
+    def lora_targets(self, prefix: str) -> list[str]:
+        """Every block's attention and MLP linears."""
+        return [
+            f"{prefix}.blocks.{i}.{name}"
+            for i in range(len(self.blocks))
+            for name in CausalBlock.LINEARS
+        ]

@@ -1,4 +1,8 @@
-"""Per-domain PEFT adapters (LoRA / AdaLoRA) on the recommender, and their export."""
+"""Per-domain PEFT adapters (LoRA / AdaLoRA) on the recommender, and their export.
+
+What an adapter wraps comes from the model (`lora_targets()`), never from layer-name
+patterns here.
+"""
 
 from __future__ import annotations
 
@@ -6,38 +10,32 @@ import json
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import save_model
 
-from distrec.config.errors import ConfigError
-from distrec.config.schema import RunConfig
-from distrec.models.encoder import default_lm_targets
+from distrec.config import ConfigError, RunConfig
+from distrec.distributed.accelerator import live_strategy
+from distrec.distributed.sharded_update import (
+    GradientCapture,
+    gathered_for_update,
+    global_gradients,
+)
+from distrec.distributed.unshard import SHARDING
 from distrec.models.towers import id_table_key
+from distrec.train.trainer import Trainer, TrainHook
 from distrec.utils.hashing import sha256_file
 
-# The pooler's output is never used (we pool ourselves): adapting it would leave
-# parameters without gradients, which AdaLoRA's importance scores cannot take.
-LM_PREFIX = r"item_tower\.lm\.(?!pooler)"
-HEAD_TARGETS = r"item_tower\.proj\.(fc_in|fc_out)|user_tower\.blocks\.\d+\.(q|k|v|o|fc1|fc2)"
+
+def lm_names(model: torch.nn.Module, cfg: RunConfig) -> list[str] | None:
+    """The LM linear names an adapter wraps: end to end only (cached mode freezes the LM)."""
+    tower = model.item_tower
+    if cfg.model.mode != "end_to_end" or tower.lm is None:
+        return None
+    return tower.lm_lora_names(cfg.peft.lm_target_modules)
 
 
-def target_regex(model: torch.nn.Module, cfg: RunConfig, include_lm: bool) -> str:
-    """Projection + user-tower linears always; the LM's attention/MLP linears in end-to-end mode."""
-    parts = [HEAD_TARGETS]
-    lm = getattr(model.item_tower, "lm", None)
-    if include_lm and lm is not None:
-        names = cfg.peft.lm_target_modules or default_lm_targets(lm)
-        parts.append(LM_PREFIX + r".*\.(" + "|".join(map(str, names)) + ")")
-    return r".*(" + "|".join(parts) + r")$"
-
-
-def lm_only_regex(model: torch.nn.Module, cfg: RunConfig) -> str:
-    names = cfg.peft.lm_target_modules or default_lm_targets(model.item_tower.lm)
-    return r".*" + LM_PREFIX + r".*\.(" + "|".join(names) + r")$"
-
-
-def peft_config(cfg: RunConfig, targets: str, total_steps: int, save: list[str] | None):
+def peft_config(cfg: RunConfig, targets: list[str], total_steps: int, save: list[str] | None):
+    """LoraConfig or AdaLoraConfig (`peft.method`) over the module names `targets`."""
     p = cfg.peft
     if p.method == "adalora":
         a = p.adalora
@@ -66,24 +64,25 @@ def peft_config(cfg: RunConfig, targets: str, total_steps: int, save: list[str] 
 
 
 def add_domain_adapter(
-    model: torch.nn.Module, cfg: RunConfig, domain: str, total_steps: int, include_lm: bool
+    model: torch.nn.Module, cfg: RunConfig, domain: str, total_steps: int
 ) -> PeftModel:
-    """Freeze the base and add a new adapter named after `domain` (plus its ID rows)."""
+    """Freeze the base and add a new adapter named after `domain` (plus its ID rows): the
+    model's own LoRA targets, the LM's linears too end to end."""
     check_adapter_name(model, domain)
     for param in model.parameters():
         param.requires_grad_(False)
     save = [f"ids.{id_table_key(domain)}"] if model.item_tower.ids is not None else None
-    config = peft_config(cfg, target_regex(model, cfg, include_lm), total_steps, save)
-    return get_peft_model(model, config, adapter_name=domain)
+    targets = model.lora_targets(lm_names(model, cfg))
+    return get_peft_model(model, peft_config(cfg, targets, total_steps, save), adapter_name=domain)
 
 
 def add_lm_lora(model: torch.nn.Module, cfg: RunConfig, name: str) -> PeftModel:
     """Source training in end-to-end mode: a plain LoRA on the LM (merged afterwards) while
     the projection, user tower and ID tables train fully."""
     p = cfg.peft
-    config = LoraConfig(
-        r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=lm_only_regex(model, cfg)
-    )
+    every = model.lora_targets(lm_names(model, cfg))
+    lm_only = [t for t in every if t.startswith("item_tower.lm.")]
+    config = LoraConfig(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=lm_only)
     peft_model = get_peft_model(model, config, adapter_name=name)
     for param_name, param in peft_model.named_parameters():
         if ".lm." not in param_name:
@@ -103,73 +102,44 @@ def check_adapter_name(model: torch.nn.Module, domain: str) -> None:
         )
 
 
-class AdaLoraBudget:
-    """on_step callback that drives AdaLoRA's rank budget every optimizer step, on every
-    backend.
+class AdaLoraBudget(TrainHook):
+    """Drives AdaLoRA's rank budget every optimizer step, on every backend.
 
-    PEFT reads each LoRA parameter's gradient and masks parameters in place. Under
-    DeepSpeed neither works as is: the engine's step has already zeroed (ZeRO-2) or
-    partitioned (ZeRO-3) the gradients, and ZeRO-3's parameters are empty shards. So
-    with `sharded` the gradients are captured by tensor hooks during backward (summed
-    over micro-batches, averaged over ranks, clipped as the engine clipped them), the
-    parameters are gathered whole while PEFT runs, and its masking is written back to
-    the shards and to the optimizer's fp32 master copy, which would undo it next step.
+    PEFT reads each LoRA parameter's gradient and masks parameters in place. On a
+    sharded backend neither works as is (distrec.distributed.sharded_update says why),
+    so there the gradients are captured during backward and made global, and the
+    parameters are gathered whole while PEFT runs.
     """
 
     def __init__(self, peft_model: PeftModel, sharded: bool, max_grad_norm: float | None):
         self.base = peft_model.base_model
         self.max_grad_norm = max_grad_norm
         self.params = {n: p for n, p in peft_model.named_parameters() if "lora_" in n}
-        self.grads: dict[str, torch.Tensor] = {}
-        self.hooks = []
-        if sharded:
-            for name, p in self.params.items():
-                if p.requires_grad:
-                    self.hooks.append(p.register_hook(self._capture(name)))
+        self.capture = GradientCapture(self.params) if sharded else None
 
-    def _capture(self, name: str):
-        def hook(grad: torch.Tensor) -> None:
-            g = grad.detach().float()
-            self.grads[name] = self.grads[name] + g if name in self.grads else g.clone()
+    @classmethod
+    def for_run(cls, peft_model: PeftModel, cfg: RunConfig, accelerator) -> AdaLoraBudget:
+        """The budget hook for this launch's backend."""
+        sharded = live_strategy(accelerator) in SHARDING
+        return cls(peft_model, sharded, cfg.train.max_grad_norm)
 
-        return hook
-
-    def __call__(self, wrapped: torch.nn.Module, global_step: int) -> None:
-        if not self.hooks:
-            self.base.update_and_allocate(global_step)
+    def on_step(self, trainer: Trainer, step: int) -> None:
+        if self.capture is None:
+            self.base.update_and_allocate(step)
             return
-        grads = self._global_grads(wrapped)
-        import deepspeed
-        from deepspeed.utils import safe_set_full_fp32_param
-
+        grads = global_gradients(self.capture.grads, trainer.model, self.max_grad_norm)
         params = list(self.params.values())
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+        with gathered_for_update(params):
             for name, p in self.params.items():
                 p.grad = grads[name].to(p.dtype) if name in grads else None
-            self.base.update_and_allocate(global_step)
+            self.base.update_and_allocate(step)
             for p in params:
                 p.grad = None
-                if p.requires_grad:
-                    safe_set_full_fp32_param(p, p.data)
-        self.grads.clear()
+        self.capture.clear()
 
-    def _global_grads(self, wrapped: torch.nn.Module) -> dict[str, torch.Tensor]:
-        world = dist.get_world_size() if dist.is_initialized() else 1
-        norm = wrapped.get_global_grad_norm() if hasattr(wrapped, "get_global_grad_norm") else None
-        scale = 1.0 / world
-        if self.max_grad_norm and norm is not None:
-            # torch's and DeepSpeed's clipping rule: scale by max_norm / (norm + 1e-6) when < 1
-            scale *= min(1.0, self.max_grad_norm / (float(norm) + 1e-6))
-        for g in self.grads.values():
-            if world > 1:
-                dist.all_reduce(g)
-            g.mul_(scale)
-        return self.grads
-
-    def remove(self) -> None:
-        for h in self.hooks:
-            h.remove()
-        self.hooks = []
+    def close(self, trainer: Trainer) -> None:
+        if self.capture is not None:
+            self.capture.remove()
 
 
 def export_adapter(peft_model: PeftModel, out: Path, domain: str, base_file: Path) -> Path:
@@ -186,6 +156,7 @@ def export_adapter(peft_model: PeftModel, out: Path, domain: str, base_file: Pat
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> Path:
+    """The model's weights as safetensors at `path` (folders created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     save_model(model, str(path))
     return path

@@ -15,10 +15,7 @@ import signal
 import threading
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
-from distrec.distributed.accelerator import barrier
+from distrec.distributed.collectives import any_rank, barrier
 from distrec.distributed.env import rank_and_world
 
 PREEMPTED = threading.Event()
@@ -38,18 +35,18 @@ def install_preemption_handler() -> None:
 def preemption_requested() -> bool:
     """True on every rank as soon as any rank got SIGTERM (a collective decision, so no
     rank leaves the others waiting in a collective)."""
-    flag = torch.tensor([1.0 if PREEMPTED.is_set() else 0.0])
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
+    return any_rank(PREEMPTED.is_set())
 
 
 class StageCheckpoints:
+    """A stage's checkpoints under checkpoints/<stage>/, the newest `keep_last` kept."""
+
     def __init__(self, out: Path, stage: str, keep_last: int) -> None:
         self.root = out / "checkpoints" / stage
         self.keep_last = keep_last
 
     def save(self, accelerator, tag: str, trainer: dict, data: dict) -> Path:
+        """Write checkpoint `tag`: Accelerate's state, this rank's stream `data`, `trainer` JSON."""
         rank, _ = rank_and_world()
         final = self.root / tag
         tmp = self.root / f".{tag}.tmp"
@@ -86,10 +83,12 @@ class StageCheckpoints:
         )
 
     def latest(self) -> Path | None:
+        """The newest complete checkpoint, if any."""
         done = self.complete()
         return done[-1] if done else None
 
     def restore(self, accelerator, path: Path) -> tuple[dict, dict]:
+        """Load checkpoint `path` into the accelerator; returns (trainer JSON, stream state)."""
         rank, world = rank_and_world()
         data_file = path / f"data-rank{rank}.json"
         if not data_file.exists():

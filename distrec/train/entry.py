@@ -8,88 +8,108 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Sequence
 
-from distrec.config import check_environment, load_config
+from distrec.config import RunConfig, check_environment, load_config
 
 
 def run_training(
-    config: str, overrides: list[str] | None = None, resume: str | None = None, on_epoch=None
+    config: str, overrides: list[str] | None = None, resume: str | None = None, hooks: Sequence = ()
 ) -> int:
-    """Run every enabled stage; `on_epoch(stage, history_entry, last)` is called after each
-    epoch's checkpoint (how `distrec tune` reports to Ray). Returns the exit code."""
+    """Run every planned stage; `hooks` (distrec.train.trainer.TrainHook) join every stage's
+    Trainer (how `distrec tune` reports to Ray). Returns the exit code."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     cfg = load_config(config, overrides)
-    check_environment(cfg)
+    check_run(cfg)
     if cfg.train.threads is not None:
         import torch
 
         torch.set_num_threads(cfg.train.threads)
 
-    from distrec.distributed.accelerator import build_accelerator, live_strategy
-    from distrec.train.checkpoint import Preempted, install_preemption_handler
-    from distrec.train.context import Run, load_domains, prepare_output_dir
-    from distrec.train.outputs import write_metrics, write_report
-    from distrec.train.stages import run_stages
-    from distrec.utils.progress import log
+    from distrec.distributed.accelerator import build_accelerator
+    from distrec.distributed.collectives import destroy_process_group
+    from distrec.train.checkpoint import Preempted
 
-    start = time.perf_counter()
     accelerator, precision = build_accelerator(
         cfg, log_dir=cfg.output.dir if cfg.output.tensorboard else None
     )
     try:
-        out = prepare_output_dir(cfg, resume is not None)
-        if cfg.output.tensorboard:
-            accelerator.init_trackers("events")
-        run = Run(cfg, accelerator, precision, out, resume=resume is not None, on_epoch=on_epoch)
-        install_preemption_handler()
-        names = [*cfg.data.sources, *([cfg.data.target] if cfg.data.target else [])]
-        load_domains(run, names)
-        log(
-            f"training with {run.rank_world[1]} process(es), strategy {live_strategy(accelerator)}, "
-            f"precision {precision}"
-        )
-        stages = run_stages(run)
-        wait_s = sum(s.get("data_wait_s", 0.0) for s in stages.values())
-        train_s = sum(s.get("train_s", 0.0) for s in stages.values())
-        extra = {
-            "precision": precision,
-            "world_size": run.rank_world[1],
-            "strategy": live_strategy(accelerator),
-            "wall_s": time.perf_counter() - start,
-            # time-weighted over every training stage: the share of step time spent waiting
-            "data_wait_fraction": wait_s / train_s if train_s else 0.0,
-        }
-        if run.is_main:
-            write_metrics(out, cfg, stages, extra)
-            write_report(out, cfg, stages, extra)
-            log(f"wrote {out / 'metrics.json'}, {out / 'report.md'}, {out / 'report.png'}")
-        return 0
+        return train_and_report(cfg, accelerator, precision, resume is not None, hooks)
     except Preempted as err:
+        from distrec.utils.progress import log
+
         log(str(err))
         return 143
     except Exception as err:
-        from distrec.distributed.env import is_peer_failure, peer_failure_message
-
-        if not is_peer_failure(err):
-            raise
-        # Every rank says it (not only rank 0): the survivors are the ones that can.
-        print(
-            f"[distrec] error: {peer_failure_message(err, cfg.distributed.timeout_s)}",
-            file=sys.stderr,
-            flush=True,
-        )
-        return 1
+        return report_peer_failure(err, cfg)
     finally:
         accelerator.end_training()
-        _destroy_process_group()
+        destroy_process_group()
 
 
-def _destroy_process_group() -> None:
-    import torch.distributed as dist
+def check_run(cfg: RunConfig) -> None:
+    """Everything checkable before a process group exists: files, launcher, registered names."""
+    from distrec.data.prepare import check_data_names
+    from distrec.distributed.launcher import check_launcher
+    from distrec.train.plugins import check_registered
+    from distrec.utils.plugins import load_plugins
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    load_plugins()  # DISTREC_PLUGINS: every rank imports the user's registrations itself
+    check_environment(cfg)
+    check_launcher(cfg)
+    check_data_names(cfg)
+    check_registered(cfg)
+
+
+def train_and_report(cfg: RunConfig, accelerator, precision: str, resume: bool, hooks) -> int:
+    """Build the workspace, run the stages, write metrics.json / report.md / report.png."""
+    from distrec.distributed.accelerator import live_strategy
+    from distrec.train.checkpoint import install_preemption_handler
+    from distrec.train.outputs import write_metrics, write_report
+    from distrec.train.stages.runner import run_stages
+    from distrec.train.workspace import Workspace, prepare_output_dir
+    from distrec.utils.progress import log
+
+    start = time.perf_counter()
+    out = prepare_output_dir(cfg, resume)
+    if cfg.output.tensorboard:
+        accelerator.init_trackers("events")
+    install_preemption_handler()
+    ws = Workspace.open(cfg, accelerator, precision, out=out, resume=resume)
+    strategy = live_strategy(accelerator)
+    log(f"training with {ws.rank_world[1]} process(es), strategy {strategy}, precision {precision}")
+    stages = run_stages(ws, hooks)
+    wait_s = sum(s.get("data_wait_s", 0.0) for s in stages.values())
+    train_s = sum(s.get("train_s", 0.0) for s in stages.values())
+    extra = {
+        "precision": precision,
+        "world_size": ws.rank_world[1],
+        "strategy": strategy,
+        "wall_s": time.perf_counter() - start,
+        # time-weighted over every training stage: the share of step time spent waiting
+        "data_wait_fraction": wait_s / train_s if train_s else 0.0,
+    }
+    if ws.is_main:
+        write_metrics(out, cfg, stages, extra)
+        write_report(out, cfg, stages, extra)
+        log(f"wrote {out / 'metrics.json'}, {out / 'report.md'}, {out / 'report.png'}")
+    return 0
+
+
+def report_peer_failure(err: Exception, cfg: RunConfig) -> int:
+    """A collective failed because another rank died: say so on every rank (the survivors
+    are the ones that can) and exit 1; any other error propagates."""
+    from distrec.distributed.env import is_peer_failure, peer_failure_message
+
+    if not is_peer_failure(err):
+        raise err
+    print(
+        f"[distrec] error: {peer_failure_message(err, cfg.distributed.timeout_s)}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,16 +15,18 @@ import torch
 
 from distrec.config import ConfigError, load_config
 from distrec.data.collate import history_batch
-from distrec.train.context import Run, load_domains
+from distrec.models.io import UserQuery
+from distrec.train.evaluation import Evaluator
+from distrec.train.workspace import Workspace
 from distrec.utils.hashing import sha256_file
 
 
 def load_run(run_dir: str | Path, domain: str | None):
-    """(run, model, domain) with the domain's adapter active when it has one."""
+    """(workspace, model, domain) with the domain's adapter active when it has one."""
     from peft import PeftModel
 
     from distrec.distributed.accelerator import build_accelerator
-    from distrec.train.stages import base_weights, load_base
+    from distrec.train.stages.pipeline import base_weights, load_base
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
@@ -41,9 +43,8 @@ def load_run(run_dir: str | Path, domain: str | None):
     if not base_file.exists():
         raise ConfigError(f"{base_file}: missing; the run did not finish pretraining")
     accelerator, precision = build_accelerator(cfg)
-    run = Run(cfg, accelerator, precision, run_dir)
-    load_domains(run, names)
-    model = load_base(run)
+    ws = Workspace.open(cfg, accelerator, precision, out=run_dir)
+    model = load_base(ws)
     adapter = run_dir / "adapters" / domain
     if domain == cfg.data.target and adapted_mode(run_dir) == "full":
         from safetensors.torch import load_model
@@ -53,7 +54,7 @@ def load_run(run_dir: str | Path, domain: str | None):
         check_adapter_base(adapter, base_file)
         model = PeftModel.from_pretrained(model, str(adapter), adapter_name=domain)
     model.eval()
-    return run, model, domain
+    return ws, model, domain
 
 
 def adapted_mode(run_dir: Path) -> str | None:
@@ -77,10 +78,9 @@ def check_adapter_base(adapter: Path, base_file: Path) -> None:
 
 
 def evaluate_run(run_dir: str, domain: str | None = None, split: str = "test") -> str:
-    from distrec.train.loop import evaluate_domain
-
-    run, model, domain = load_run(run_dir, domain)
-    metrics = evaluate_domain(run, model, run.domains[domain], split)
+    """Full-ranking metrics of a finished run's model on `domain`'s `split`, as text."""
+    ws, model, domain = load_run(run_dir, domain)
+    metrics = Evaluator(ws).metrics(model, [domain], split)
     rows = [f"{domain} ({split}, {int(metrics['users'])} users, full ranking)"]
     rows += [f"  {k:10s} {v:.4f}" for k, v in metrics.items() if k != "users"]
     return "\n".join(rows)
@@ -88,10 +88,9 @@ def evaluate_run(run_dir: str, domain: str | None = None, split: str = "test") -
 
 @torch.no_grad()
 def recommend(run_dir: str, domain: str, titles: list[str], k: int = 10) -> str:
-    from distrec.train.loop import catalog_table
-
-    run, model, domain = load_run(run_dir, domain)
-    d = run.domains[domain]
+    """The top `k` items for a history of item ids (`titles`), as text."""
+    ws, model, domain = load_run(run_dir, domain)
+    d = ws.domains[domain]
     index = dict(zip(d.catalog["item_id"], d.catalog["item_index"], strict=True))
     unknown = [t for t in titles if t not in index]
     history = [int(index[t]) for t in titles if t in index]
@@ -103,18 +102,16 @@ def recommend(run_dir: str, domain: str, titles: list[str], k: int = 10) -> str:
             f"--history: none of {titles} is in the {domain} catalog; use exact item ids "
             f"(titles such as 'Toy Story (1995)')"
         )
-    limit = run.cfg.data.max_history
+    limit = ws.cfg.data.max_history
     if len(history) > limit:
         lines.append(
             f"history has {len(history)} items; the model reads the last {limit} (oldest dropped)"
         )
         history = history[-limit:]
-    catalog = catalog_table(run, model, d, True)
+    catalog = Evaluator(ws).catalog(model, d)
     hist, last = history_batch([history], limit)
-    user = model(task="users", domain=domain, history=hist, last=last, table=catalog.vectors)[
-        "users"
-    ]
-    scores = catalog.scores(user)[0]
+    user = model(UserQuery(domain, hist, last, catalog.vectors))
+    scores = model.score(user, catalog)[0]
     scores[0] = float("-inf")
     scores[history] = float("-inf")
     top = torch.topk(scores, min(k, d.num_items - len(set(history))))

@@ -1,11 +1,48 @@
-"""Losses over the recommender's outputs: full softmax, sampled softmax with logQ, CTR, rating."""
+"""Losses over the recommender's outputs, by name (`model.head`): the extension point for a
+new loss/head.
+
+A loss is `fn(out: TrainOutputs, ctx: LossContext) -> scalar tensor`, registered with
+`@LOSSES.register("name")` (README "Extending distrec"). Built-ins: `retrieval` (full
+softmax over the catalog, or sampled softmax with logQ end to end), `ctr`, `rating`.
+Every loss must return a zero that still touches the outputs for a batch with no real
+positions (P = 0): such batches keep ranks in step and must not move weights.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from distrec.distributed.accelerator import gather_with_grad
+from distrec.distributed.collectives import gather_with_grad
+from distrec.models.io import TrainBatch, TrainOutputs
+from distrec.utils.registry import Registry
+
+
+@dataclass(frozen=True)
+class LossContext:
+    """What a loss may need besides the outputs.
+
+    batch: the model's input. share: [N+1] each item's share of the domain's training
+    interactions (for logQ). sampled: the candidates are a batch's items rather than the
+    whole catalog. cross_rank: candidates are gathered from every rank (`world` of them).
+    logq: correct sampled logits by log P(item among candidates). generator: for losses
+    that draw samples (kept in the checkpoint, so a resumed run draws the same).
+    """
+
+    batch: TrainBatch
+    share: torch.Tensor
+    sampled: bool
+    cross_rank: bool
+    logq: bool
+    world: int
+    generator: torch.Generator
+
+
+Loss = Callable[[TrainOutputs, LossContext], torch.Tensor]
+LOSSES: Registry[Loss] = Registry("loss", "model.head")
 
 
 def inclusion_log_prob(share: torch.Tensor, draws: float) -> torch.Tensor:
@@ -27,8 +64,20 @@ def item_slots(inputs: torch.Tensor, targets: torch.Tensor) -> int:
     return int((targets > 0).sum()) + int((inputs[:, 0] > 0).sum())
 
 
+@LOSSES.register("retrieval")
+def retrieval(out: TrainOutputs, ctx: LossContext) -> torch.Tensor:
+    """Softmax cross-entropy of the next item; logQ-corrected when the candidates are sampled."""
+    log_q = None
+    if ctx.sampled and ctx.logq:
+        # Every rank's batch is drawn alike, so gathered candidates come from world x slots.
+        slots = item_slots(ctx.batch.inputs, ctx.batch.targets) * ctx.world
+        share = ctx.share[ctx.batch.candidates.items.cpu()]
+        log_q = inclusion_log_prob(share, slots).to(out.users.device)
+    return retrieval_loss(out, log_q, cross_rank=ctx.cross_rank)
+
+
 def retrieval_loss(
-    out: dict, log_q: torch.Tensor | None = None, cross_rank: bool = False
+    out: TrainOutputs, log_q: torch.Tensor | None = None, cross_rank: bool = False
 ) -> torch.Tensor:
     """Softmax cross-entropy of each position's next item against the candidates.
 
@@ -37,10 +86,15 @@ def retrieval_loss(
     popular items are not over-penalised for appearing as negatives more often.
     Gathered candidates from other ranks that are the row's own positive item (the
     same item in another rank's batch) are masked: they would be false negatives.
-    Logits are `out["scale"]` (1/temperature) x <user, item> + item bias.
+    Logits are `out.scale` (1/temperature) x <user, item> + item bias.
     """
-    users, targets, cand, bias = out["users"], out["targets"], out["candidates"], out["bias"]
-    ids = out.get("candidate_items")
+    users, targets, cand, bias, ids = (
+        out.users,
+        out.targets,
+        out.candidates,
+        out.bias,
+        out.candidate_items,
+    )
     offset = 0
     if cross_rank:
         cand, offset = gather_with_grad(cand)
@@ -50,8 +104,8 @@ def retrieval_loss(
         if ids is not None:
             ids, _ = gather_with_grad(ids)
     if users.shape[0] == 0:  # an all-padding batch keeps ranks in step; it must not move weights
-        return cand.sum() * 0.0 + users.sum() * 0.0 + bias.sum() * 0.0 + out["scale"].sum() * 0.0
-    logits = (users @ cand.T).float() * out["scale"].float() + bias[None, :].float()
+        return cand.sum() * 0.0 + users.sum() * 0.0 + bias.sum() * 0.0 + out.scale.sum() * 0.0
+    logits = (users @ cand.T).float() * out.scale.float() + bias[None, :].float()
     if log_q is not None:
         logits = logits - log_q[None, :].float()
     positives = targets + offset
@@ -68,25 +122,37 @@ def duplicate_positives(ids: torch.Tensor, positives: torch.Tensor) -> torch.Ten
     return same
 
 
-def ctr_loss(out: dict, generator: torch.Generator) -> torch.Tensor:
+@LOSSES.register("ctr")
+def ctr(out: TrainOutputs, ctx: LossContext) -> torch.Tensor:
     """Binary cross-entropy: the next item (label 1) vs one uniformly sampled item (label 0)."""
-    users, targets, cand = out["users"], out["targets"], out["candidates"]
+    return ctr_loss(out, ctx.generator)
+
+
+def ctr_loss(out: TrainOutputs, generator: torch.Generator) -> torch.Tensor:
+    """BCE of the positive vs one negative drawn with `generator`, per real position."""
+    users, targets, cand = out.users, out.targets, out.candidates
     if users.shape[0] == 0:
         return cand.sum() * 0.0 + users.sum() * 0.0
     negatives = torch.randint(0, cand.shape[0], targets.shape, generator=generator).to(
         targets.device
     )
-    bias = out["bias"]
-    scale = out["scale"]
-    pos = (users * cand[targets]).sum(-1) * scale + bias[targets]
-    neg = (users * cand[negatives]).sum(-1) * scale + bias[negatives]
+    pos = (users * cand[targets]).sum(-1) * out.scale + out.bias[targets]
+    neg = (users * cand[negatives]).sum(-1) * out.scale + out.bias[negatives]
     logits = torch.cat([pos, neg]).float()
     labels = torch.cat([torch.ones_like(pos), torch.zeros_like(neg)]).float()
     return F.binary_cross_entropy_with_logits(logits, labels)
 
 
-def rating_loss(out: dict, ratings: torch.Tensor) -> torch.Tensor:
-    """MSE of the rating head on (user state, next item) pairs; `ratings` per real position."""
-    if out["users"].shape[0] == 0:
-        return out["candidates"].sum() * 0.0
-    return F.mse_loss(out["rating"].float(), ratings.float())
+@LOSSES.register("rating")
+def rating(out: TrainOutputs, ctx: LossContext) -> torch.Tensor:
+    """MSE of the rating head on (user state, next item) pairs."""
+    batch = ctx.batch
+    ratings = batch.ratings[batch.real_positions().to(batch.ratings.device)]
+    return rating_loss(out, ratings.to(out.users.device))
+
+
+def rating_loss(out: TrainOutputs, ratings: torch.Tensor) -> torch.Tensor:
+    """MSE of `out.rating` [P] against `ratings` [P]."""
+    if out.users.shape[0] == 0:
+        return out.candidates.sum() * 0.0
+    return F.mse_loss(out.rating.float(), ratings.float())

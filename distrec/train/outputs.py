@@ -1,4 +1,4 @@
-"""What a run leaves for people and tools: metrics.json, report.md, report.png (DESIGN section 8)."""
+"""What a run leaves for people and tools: metrics.json, ranks.parquet, report.md, report.png."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 import pandas as pd
 
 from distrec.config import RunConfig
+from distrec.distributed.env import BACKEND_PACKAGES
 from distrec.eval.bootstrap import paired_ratio, read_ranks, select_stage
-from distrec.train.context import write_json
+from distrec.train.workspace import write_json
 from distrec.utils.plotting import pyplot, save_figure
 
 ROWS = [
@@ -25,19 +26,11 @@ COLUMNS = ["ndcg@10", "recall@10", "ndcg@20", "recall@20", "ndcg@50", "recall@50
 
 
 def versions() -> dict[str, str]:
+    """Python's and every stack package's version (metrics.json, perf results)."""
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for pkg in (
-        "distrec",
-        "torch",
-        "transformers",
-        "accelerate",
-        "deepspeed",
-        "peft",
-        "webdataset",
-        "ray",
-    ):
+    for pkg in ("distrec", "torch", "transformers", *BACKEND_PACKAGES, "peft", "webdataset", "ray"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

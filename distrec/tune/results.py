@@ -113,18 +113,23 @@ def write_csv(path: Path, records: list[TrialRecord], params: list[Param], metri
             )
 
 
-def best_config(
-    tree: dict,
-    best: TrialRecord,
-    out_dir: Path,
-    metric: str,
-    mode: str,
-    threads: int,
-    workers: int = 1,
-) -> str:
+@dataclass(frozen=True)
+class SweepFacts:
+    """What every output of a finished sweep describes."""
+
+    out_dir: Path  # the sweep folder (--out): the outputs are written here
+    tree: dict  # the run-config tree as the user wrote it (overrides applied)
+    params: list[Param]  # the swept keys
+    cfg: RunConfig  # `tree` validated: tune.metric/mode/stage/scheduler/workers_per_trial
+    threads: int  # torch threads every trial trained with
+
+
+def best_config(sweep: SweepFacts, best: TrialRecord) -> str:
     """best.yaml's text: the user's tree + the best values, tune dropped, its own output.dir."""
+    out_dir, threads, workers = sweep.out_dir, sweep.threads, sweep.cfg.tune.workers_per_trial
+    metric, mode = sweep.cfg.tune.metric, sweep.cfg.tune.mode
     values = {k: v for k, v in best.params.items()}
-    cfg_tree = apply_params(tree, values)
+    cfg_tree = apply_params(sweep.tree, values)
     cfg_tree.pop("tune", None)
     cfg_tree["train"] = {**cfg_tree.get("train", {}), "threads": threads}
     cfg_tree["output"] = {**cfg_tree.get("output", {}), "dir": str(out_dir / "best-run")}
@@ -211,16 +216,9 @@ def plot_sweep(path: Path, records: list[TrialRecord], params: list[Param], metr
     save_figure(fig, path, dpi=100)
 
 
-def write_results(
-    records: list[TrialRecord],
-    out_dir: Path,
-    tree: dict,
-    params: list[Param],
-    cfg: RunConfig,
-    threads: int,
-    wall_s: float,
-) -> str:
+def write_results(records: list[TrialRecord], sweep: SweepFacts, wall_s: float) -> str:
     """Write every output; returns the summary text that was also saved as summary.md."""
+    out_dir, params, cfg = sweep.out_dir, sweep.params, sweep.cfg
     metric, mode = cfg.tune.metric, cfg.tune.mode
     write_csv(out_dir / "results.csv", records, params, metric, mode)
     plot_sweep(out_dir / "sweep.png", records, params, metric, mode)
@@ -237,9 +235,7 @@ def write_results(
     ]
     top = ranked(records, metric, mode)
     if top and not math.isnan(top[0].best(metric, mode)):
-        (out_dir / "best.yaml").write_text(
-            best_config(tree, top[0], out_dir, metric, mode, threads, cfg.tune.workers_per_trial)
-        )
+        (out_dir / "best.yaml").write_text(best_config(sweep, top[0]))
         lines.append(f"Best: {top[0].trial_id} -> {out_dir / 'best.yaml'}")
     else:
         lines.append("No trial reported a metric: no best.yaml written.")

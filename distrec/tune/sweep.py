@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distrec.config import ConfigError, RunConfig, check_environment
+from distrec.config import ConfigError, RunConfig, check_environment, parse_metric
 from distrec.config.load import apply_override, config_from_dict, read_yaml
 from distrec.tune.space import Param, check_searcher, parse_space, ray_space, validate_space
 from distrec.tune.trainable import TrialSpec
@@ -52,10 +52,8 @@ def check_sweep(tree: dict, cfg: RunConfig) -> list[Param]:
     validate_space(tree, params)
     check_searcher(params, cfg.tune.search_alg)
     check_stage(cfg)
-    metric = cfg.tune.metric.removeprefix("valid.")
-    if metric not in {f"{m}@{k}" for m in ("recall", "ndcg") for k in cfg.eval.ks} | {
-        f"mrr@{k}" for k in (10,)
-    }:
+    kind, k = parse_metric(cfg.tune.metric.removeprefix("valid."))
+    if (k != 10) if kind == "mrr" else (k not in cfg.eval.ks):
         raise ConfigError(
             f"tune.metric={cfg.tune.metric!r}: validation reports recall/ndcg@K for K in "
             f"eval.ks={cfg.eval.ks} and mrr@10; pick one of those"
@@ -126,12 +124,11 @@ def warm_caches(cfg: RunConfig) -> None:
     concurrent trials read them instead of racing to write them."""
     from distrec.data.prepare import prepare_domains
     from distrec.distributed.accelerator import build_accelerator
-    from distrec.train.context import Run, load_domains
+    from distrec.train.workspace import Workspace
 
     prepare_domains(cfg)
     accelerator, precision = build_accelerator(cfg)
-    run = Run(cfg, accelerator, precision, Path(cfg.output.dir))
-    load_domains(run, [*cfg.data.sources, *([cfg.data.target] if cfg.data.target else [])])
+    Workspace.open(cfg, accelerator, precision)
 
 
 def check_out_dir(out: Path) -> None:
@@ -201,55 +198,16 @@ def trial_threads(cfg: RunConfig) -> int:
 def _run(
     out_dir: Path, state: dict, params: list[Param], cfg: RunConfig, restore: bool, verbose: bool
 ) -> int:
-    import ray
-    from ray import tune
-
     from distrec.tune.progress import SweepProgress
-    from distrec.tune.results import records_from_grid, write_results
-    from distrec.tune.trainable import run_trial, run_trial_workers
+    from distrec.tune.results import SweepFacts, records_from_grid, write_results
 
     t = cfg.tune
-    spec = TrialSpec(
-        state["trial_tree"],
-        t.stage,
-        state["threads"],
-        t.workers_per_trial,
-        t.cpus_per_trial,
-        t.gpus_per_trial,
-        t.max_failures,
-        f"{state['storage'].rstrip('/')}/train",
-    )
-    # Per-epoch checkpoints of short trials trip Ray's "snapshotting too often" warning
-    # every few seconds; the snapshots are what --resume needs, so the warning is noise.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if "://" not in state["storage"]:
-        # See build_tuner: the experiment state must never name a deleted checkpoint.
-        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-    if not ray.is_initialized():
-        # RAY_ADDRESS (a cluster) is honoured by ray.init; locally it starts one.
-        ray.init(include_dashboard=False, log_to_driver=verbose, configure_logging=verbose)
-    fn = run_trial if t.workers_per_trial == 1 else run_trial_workers
-    # With Ray Train workers the trial itself only drives them and the workers ask for the
-    # CPUs/GPUs. Ray refuses an all-zero request, and any CPU share for the driver would
-    # leave the last worker unschedulable on a full node: one byte of memory it is.
-    resources = (
-        {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial}
-        if t.workers_per_trial == 1
-        else {"cpu": 0, "memory": 1}
-    )
-    trainable = tune.with_resources(tune.with_parameters(fn, spec=spec), resources)
-    path = f"{state['storage'].rstrip('/')}/{state['experiment']}"
+    spec = trial_spec(state, cfg)
+    start_ray(state, verbose)
+    trainable = build_trainable(spec, cfg)
     start = time.perf_counter()
     if restore:
-        if not tune.Tuner.can_restore(path):
-            raise ConfigError(f"--resume {out_dir}: no Ray experiment to restore at {path}")
-        log(f"resuming sweep from {path}")
-        # Finished and failed trials stay as they are; running and pending ones continue
-        # (a running one from its last checkpoint). The progress callback comes back with
-        # the pickled RunConfig.
-        tuner = tune.Tuner.restore(
-            path, trainable=trainable, resume_unfinished=True, resume_errored=False
-        )
+        tuner = restore_tuner(trainable, out_dir, state)
     else:
         progress = SweepProgress(t.num_samples * grid_size(params), t.metric, t.mode)
         tuner = build_tuner(trainable, cfg, params, state, progress)
@@ -266,11 +224,73 @@ def _run(
         )
         return 130
     records = records_from_grid(grid, t.metric)
-    summary = write_results(
-        records, out_dir, state["tree"], params, cfg, state["threads"], time.perf_counter() - start
-    )
+    sweep = SweepFacts(out_dir, state["tree"], params, cfg, state["threads"])
+    summary = write_results(records, sweep, time.perf_counter() - start)
     print(summary, end="")
     return 0
+
+
+def trial_spec(state: dict, cfg: RunConfig) -> TrialSpec:
+    t = cfg.tune
+    return TrialSpec(
+        state["trial_tree"],
+        t.stage,
+        state["threads"],
+        t.workers_per_trial,
+        t.cpus_per_trial,
+        t.gpus_per_trial,
+        t.max_failures,
+        f"{state['storage'].rstrip('/')}/train",
+    )
+
+
+def start_ray(state: dict, verbose: bool) -> None:
+    """Ray, quiet about the per-epoch checkpoints; an existing cluster when RAY_ADDRESS."""
+    import ray
+
+    # Per-epoch checkpoints of short trials trip Ray's "snapshotting too often" warning
+    # every few seconds; the snapshots are what --resume needs, so the warning is noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if "://" not in state["storage"]:
+        # See build_tuner: the experiment state must never name a deleted checkpoint.
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    if not ray.is_initialized():
+        # RAY_ADDRESS (a cluster) is honoured by ray.init; locally it starts one.
+        ray.init(include_dashboard=False, log_to_driver=verbose, configure_logging=verbose)
+
+
+def build_trainable(spec: TrialSpec, cfg: RunConfig):
+    """The trial function bound to `spec`, with the resources each trial asks Ray for."""
+    from ray import tune
+
+    from distrec.tune.trainable import run_trial, run_trial_workers
+
+    t = cfg.tune
+    fn = run_trial if t.workers_per_trial == 1 else run_trial_workers
+    # With Ray Train workers the trial itself only drives them and the workers ask for the
+    # CPUs/GPUs. Ray refuses an all-zero request, and any CPU share for the driver would
+    # leave the last worker unschedulable on a full node: one byte of memory it is.
+    resources = (
+        {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial}
+        if t.workers_per_trial == 1
+        else {"cpu": 0, "memory": 1}
+    )
+    return tune.with_resources(tune.with_parameters(fn, spec=spec), resources)
+
+
+def restore_tuner(trainable, out_dir: Path, state: dict):
+    """The interrupted sweep's Tuner: finished and failed trials stay as they are; running
+    and pending ones continue (a running one from its last checkpoint)."""
+    from ray import tune
+
+    path = f"{state['storage'].rstrip('/')}/{state['experiment']}"
+    if not tune.Tuner.can_restore(path):
+        raise ConfigError(f"--resume {out_dir}: no Ray experiment to restore at {path}")
+    log(f"resuming sweep from {path}")
+    # The progress callback comes back with the pickled RunConfig.
+    return tune.Tuner.restore(
+        path, trainable=trainable, resume_unfinished=True, resume_errored=False
+    )
 
 
 def grid_size(params: list[Param]) -> int:

@@ -1,8 +1,8 @@
 """One trial = one real `distrec train` run with the sampled overrides.
 
 The run lives in the trial's working directory (`run/`; Ray gives each trial its own,
-on whichever node runs it). After every epoch of the swept stage, `fit` calls back
-(`Run.on_epoch`) once its own checkpoint is on disk, and the trial reports
+on whichever node runs it). After every epoch of the swept stage, the Trainer's
+`EpochReport` hook calls back once its own checkpoint is on disk, and the trial reports
 `valid.<metric>` for that epoch with the whole run folder as the Ray checkpoint (the
 trial's `checkpoint_*/` in sweep storage is that folder). A retried or restored trial
 gets the folder back and continues through distrec's resume path (`--resume auto`:
@@ -118,43 +118,54 @@ def write_trial_config(
     return path
 
 
+@dataclass(frozen=True)
+class TrialRun:
+    """Where one trial (or one worker of a multi-worker trial) runs, and how it starts."""
+
+    folder: Path  # the trial's working directory: trial.yaml, and the run in run/
+    trial: int | None  # trial_index's answer (fault injection)
+    resume: str | None  # prepare_run_dir's answer: distrec's resume mode ...
+    restores: int  # ... and how often this trial's run has been restored
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder / "run"
+
+
 def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
     """Ray Tune function trainable (bound to `spec` with tune.with_parameters)."""
     from ray import tune
 
     # Ray starts each trial in its own working directory (RAY_CHDIR_TO_TRIAL_DIR).
     folder = Path.cwd()
-    run_dir = folder / "run"
-    restored = prepare_run_dir(run_dir, tune.get_checkpoint())
-    trial = trial_index(tune.get_context().get_trial_id())
+    resume, restores = prepare_run_dir(folder / "run", tune.get_checkpoint())
+    run = TrialRun(folder, trial_index(tune.get_context().get_trial_id()), resume, restores)
 
     def report(metrics: dict) -> None:
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(run_dir)))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(run.run_dir)))
 
-    train_one(params, spec, folder, run_dir, restored, trial, report)
+    train_one(params, spec, run, report)
 
 
-def train_one(
-    params, spec: TrialSpec, folder: Path, run_dir: Path, restored, trial: int | None, report
-):
-    """The distrec run of one trial (or of one worker of a multi-worker trial);
-    `restored` is prepare_run_dir's answer."""
+def train_one(params: dict[str, Any], spec: TrialSpec, run: TrialRun, report) -> None:
+    """The distrec run of one trial (or of one worker of a multi-worker trial); `report`
+    takes each epoch's metrics."""
     from distrec.train.entry import run_training
+    from distrec.train.hooks import EpochReport
 
-    resume, restores = restored
-    config = write_trial_config(folder, spec, params, run_dir)
-    crash = crash_plan(trial)
+    config = write_trial_config(run.folder, spec, params, run.run_dir)
+    crash = crash_plan(run.trial)
 
     def on_epoch(stage: str, entry: dict, last: bool) -> None:
         if stage != spec.stage:
             return
-        report(epoch_metrics(entry, last, restores))
-        if should_crash(crash, entry["epoch"], restores):
+        report(epoch_metrics(entry, last, run.restores))
+        if should_crash(crash, entry["epoch"], run.restores):
             raise InjectedCrash(f"{CRASH_ENV}: injected crash after epoch {entry['epoch']}")
 
-    code = run_training(str(config), resume=resume, on_epoch=on_epoch)
+    code = run_training(str(config), resume=run.resume, hooks=[EpochReport(on_epoch)])
     if code != 0:
-        raise RuntimeError(f"distrec training exited with {code} (run folder {run_dir})")
+        raise RuntimeError(f"distrec training exited with {code} (run folder {run.run_dir})")
 
 
 def run_trial_workers(params: dict[str, Any], spec: TrialSpec) -> None:
@@ -200,23 +211,22 @@ def run_trial_workers(params: dict[str, Any], spec: TrialSpec) -> None:
 
 def _worker_loop(config: dict) -> None:
     import ray.train
-    import torch.distributed as dist
+
+    from distrec.distributed.collectives import broadcast_object, world_size
 
     spec: TrialSpec = config["spec"]
     folder = Path(config["folder"])
-    run_dir = folder / "run"
     rank = ray.train.get_context().get_world_rank()
     # One run folder shared by the workers (one node here; a shared filesystem on a
     # cluster, as for any multi-process distrec run): rank 0 restores it, the others wait.
-    restored = [None]
-    if rank == 0:
-        restored[0] = prepare_run_dir(run_dir, ray.train.get_checkpoint())
-    dist.broadcast_object_list(restored, src=0)
+    restored = prepare_run_dir(folder / "run", ray.train.get_checkpoint()) if rank == 0 else None
+    resume, restores = broadcast_object(restored, src=0)
+    run = TrialRun(folder, config["trial"], resume, restores)
 
     def report(metrics: dict) -> None:
-        ckpt = ray.train.Checkpoint.from_directory(str(run_dir)) if rank == 0 else None
+        ckpt = ray.train.Checkpoint.from_directory(str(run.run_dir)) if rank == 0 else None
         # Measured, not configured: shows the trial really trained as one process group.
-        metrics["world_size"] = dist.get_world_size()
+        metrics["world_size"] = world_size()
         ray.train.report(metrics, checkpoint=ckpt)
 
-    train_one(config["params"], spec, folder, run_dir, restored[0], config["trial"], report)
+    train_one(config["params"], spec, run, report)

@@ -15,10 +15,12 @@ T = TypeVar("T")
 
 
 def is_rank_zero() -> bool:
+    """True in the process that logs (global rank 0, or not launched distributed)."""
     return int(os.environ.get("RANK", "0")) == 0
 
 
 def log(message: str) -> None:
+    """Print `[distrec] message` on rank zero only."""
     if is_rank_zero():
         print(f"[distrec] {message}", flush=True)
 

@@ -4,8 +4,14 @@ A test checks ranks_from_scores against distrec.eval.metrics.ranks_from_scores."
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from perf.peers.split_check import IdMaps
 
 KS = (10,)
 
@@ -25,6 +31,7 @@ def ranks_from_scores(
 
 
 def ndcg_at(ranks: torch.Tensor, k: int = 10) -> float:
+    """Mean NDCG@k of 0-based ranks (nan for no users)."""
     r = ranks.double()
     if len(r) == 0:
         return float("nan")
@@ -32,6 +39,7 @@ def ndcg_at(ranks: torch.Tensor, k: int = 10) -> float:
 
 
 def summary_metrics(ranks: torch.Tensor) -> dict[str, float]:
+    """users, recall@k and ndcg@k for each k in KS, and mrr@10, from 0-based ranks."""
     r = ranks.double()
     out = {"users": len(r)}
     for k in KS:
@@ -43,11 +51,40 @@ def summary_metrics(ranks: torch.Tensor) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- RecBole set-up
-def score_batches(model, cases, rid_of_user, rid_of_cat, cat, seq, max_hist, dataset, batch=256):
-    """Fractional ranks for [(user, (history, target))] under the protocol."""
-    from recbole.data.interaction import Interaction
+@dataclass(frozen=True)
+class ModelInputs:
+    """How users reach a RecBole model: its dataset's field names, the id maps between RecBole
+    and distrec, and whether (with what history cap) the model reads histories."""
 
-    num_items = len(cat) - 1
+    dataset: Any
+    ids: IdMaps
+    seq: bool
+    max_hist: int
+
+    def interaction(self, chunk: list):
+        """RecBole Interaction of [(user, (history, target))]: histories or user ids."""
+        from recbole.data.interaction import Interaction
+
+        ds = self.dataset
+        if not self.seq:
+            return Interaction(
+                {ds.uid_field: torch.tensor([self.ids.rid_of_user[u] for u, _ in chunk])}
+            )
+        hl = [h[-self.max_hist :] for _, (h, _) in chunk]
+        mat = torch.zeros(len(chunk), ds.field2seqlen[ds.item_id_list_field], dtype=torch.long)
+        for r, h in enumerate(hl):
+            mat[r, : len(h)] = torch.as_tensor(self.ids.rid_of_cat[h])
+        return Interaction(
+            {
+                ds.item_id_list_field: mat,
+                ds.item_list_length_field: torch.tensor([len(h) for h in hl]),
+            }
+        )
+
+
+def score_batches(model, cases: list, inputs: ModelInputs, *, batch: int = 256) -> torch.Tensor:
+    """Fractional ranks for [(user, (history, target))] under the protocol."""
+    cat = inputs.ids.cat
     # catalog column of each RecBole item id column (PAD -> column 0, never ranked)
     col = torch.as_tensor(np.where(cat < 0, 0, cat))
     out = []
@@ -55,29 +92,20 @@ def score_batches(model, cases, rid_of_user, rid_of_cat, cat, seq, max_hist, dat
     with torch.no_grad():
         for b in range(0, len(cases), batch):
             chunk = cases[b : b + batch]
-            if seq:
-                hl = [h[-max_hist:] for _, (h, _) in chunk]
-                width = dataset.field2seqlen[dataset.item_id_list_field]
-                mat = torch.zeros(len(chunk), width, dtype=torch.long)
-                for r, h in enumerate(hl):
-                    mat[r, : len(h)] = torch.as_tensor(rid_of_cat[h])
-                inter = Interaction(
-                    {
-                        dataset.item_id_list_field: mat,
-                        dataset.item_list_length_field: torch.tensor([len(h) for h in hl]),
-                    }
-                )
-            else:
-                inter = Interaction(
-                    {dataset.uid_field: torch.tensor([rid_of_user[u] for u, _ in chunk])}
-                )
-            raw = model.full_sort_predict(inter).view(len(chunk), -1).double()
-            scores = torch.zeros(len(chunk), num_items + 1, dtype=torch.float64)
-            scores[:, col[1:]] = raw[:, 1:]
-            exclude = torch.zeros(len(chunk), num_items + 1, dtype=torch.bool)
-            for r, (_, (h, t)) in enumerate(chunk):
-                exclude[r, h] = True
-                exclude[r, t] = False
-            targets = torch.tensor([t for _, (_, t) in chunk])
-            out.append(ranks_from_scores(scores, targets, exclude))
+            raw = model.full_sort_predict(inputs.interaction(chunk)).view(len(chunk), -1).double()
+            out.append(chunk_ranks(raw, chunk, col, num_items=len(cat) - 1))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def chunk_ranks(
+    raw: torch.Tensor, chunk: list, col: torch.Tensor, *, num_items: int
+) -> torch.Tensor:
+    """Ranks of one chunk from RecBole's scores [B, item ids], moved to catalog columns."""
+    scores = torch.zeros(len(chunk), num_items + 1, dtype=torch.float64)
+    scores[:, col[1:]] = raw[:, 1:]
+    exclude = torch.zeros(len(chunk), num_items + 1, dtype=torch.bool)
+    for r, (_, (h, t)) in enumerate(chunk):
+        exclude[r, h] = True
+        exclude[r, t] = False
+    targets = torch.tensor([t for _, (_, t) in chunk])
+    return ranks_from_scores(scores, targets, exclude)

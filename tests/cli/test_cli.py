@@ -41,3 +41,28 @@ def test_console_script_runs():
         cwd=ROOT,
     )
     assert "cross-domain" in out.stdout.lower()
+
+
+def test_config_docs_prints_or_writes_the_generated_reference(tmp_path, capsys):
+    from distrec.config.docs import config_reference
+
+    reference = config_reference()
+    assert main(["config", "docs"]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == reference.rstrip("\n")
+    out = tmp_path / "docs" / "config.md"
+    out.parent.mkdir()
+    out.write_text("a stale copy\n")
+    assert main(["config", "docs", "--out", str(out)]) == 0  # generated: overwritten
+    assert out.read_text().rstrip("\n") == reference.rstrip("\n")
+    assert f"to {out}" in capsys.readouterr().out
+
+
+def test_config_validate_checks_dataset_names_against_the_registries(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "data:\n  domains:\n    - {name: d, embedded: ml-20m}\n  sources: [d]\n"
+        "stages: {zero_shot: false, adapt: {enabled: false}, baselines: []}\n"
+    )
+    assert main(["config", "validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "data.domains.0 ('d')" in err and "embedded='ml-20m'" in err and "'ml-1m'" in err

@@ -4,6 +4,7 @@ import pytest
 
 from distrec.config import ConfigError, check_environment, config_from_dict, load_config
 from distrec.config.load import apply_override
+from distrec.distributed.launcher import check_launcher
 from tests.conftest import ROOT
 
 SHIPPED = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -14,6 +15,7 @@ def test_every_shipped_config_validates(path, monkeypatch):
     monkeypatch.chdir(ROOT)
     cfg = load_config(path)
     check_environment(cfg, ROOT)
+    check_launcher(cfg, ROOT)
 
 
 def test_there_are_shipped_configs():
@@ -153,7 +155,7 @@ def test_zero3_with_a_plain_cpu_launcher_is_impossible(tmp_path):
     with pytest.raises(
         ConfigError, match=r"strategy='zero3' but .* provides 'ddp', which cannot run it"
     ):
-        check_environment(cfg, Path("/"))
+        check_launcher(cfg, Path("/"))
 
 
 def test_yaml_floats_without_a_dot_parse(tmp_path):
@@ -175,3 +177,20 @@ def test_shard_url_needs_the_shard_placeholder():
     assert config_from_dict(
         {"data": {"shard_url": "pipe:cat {root}/shards/{shard}"}}
     ).data.shard_url
+
+
+def test_a_missing_launcher_file_is_named(tmp_path):
+    cfg = config_from_dict({"distributed": {"launcher": "launch/nope.yaml"}})
+    with pytest.raises(
+        ConfigError, match=r"distributed.launcher='launch/nope.yaml': no such file; see launch/"
+    ):
+        check_launcher(cfg, tmp_path)
+    assert check_environment(cfg, tmp_path) == []  # the disk checks leave the launcher alone
+
+
+def test_every_launch_template_names_the_strategy_it_provides():
+    from distrec.distributed.launcher import launcher_strategy
+
+    assert launcher_strategy(ROOT / "launch" / "cpu_multiprocess.yaml") == "ddp"
+    assert launcher_strategy(ROOT / "launch" / "zero3.yaml") == "zero3"
+    assert launcher_strategy(ROOT / "launch" / "fsdp.yaml") == "fsdp"

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from distrec.eval.evaluate import EvalCase, eval_cases, evaluate_sharded, history_mask
+from distrec.eval.evaluate import EvalCase, Ranking, eval_cases, evaluate_sharded, history_mask
+from distrec.utils.sharding import Shard
 from distrec.eval.metrics import NonFiniteScores, metrics_from_ranks, random_ndcg, ranks_from_scores
 
 
@@ -47,7 +48,9 @@ def test_constant_scores_rank_at_random():
     n = 500
     seqs = [{"index": u, "items": [(u * 7 + j) % n + 1 for j in range(6)]} for u in range(400)]
     cases = eval_cases(seqs, "test")
-    m = evaluate_sharded(cases, n, lambda h, last: torch.zeros(h.shape[0], n + 1), [10], 10)
+    m = evaluate_sharded(
+        cases, lambda h, last: torch.zeros(h.shape[0], n + 1), Ranking(n, 10), [10]
+    )
     # all ties: rank = (unmasked - 1) / 2 for everyone, far outside the top 10
     assert m["ndcg@10"] == 0.0 and random_ndcg(n) < 0.01
 
@@ -65,10 +68,14 @@ def test_sharded_evaluation_equals_single_process():
     def score(history, last):
         return table[history[torch.arange(len(last)), last]] @ table.T
 
-    single = evaluate_sharded(cases, n, score, [10, 20], 4, batch_size=4)
+    single = evaluate_sharded(cases, score, Ranking(n, 4, batch_size=4), [10, 20])
     shards = [
         evaluate_sharded(
-            cases, n, score, [10, 20], 4, rank=r, world=3, batch_size=4, gather=lambda t: [t]
+            cases,
+            score,
+            Ranking(n, 4, batch_size=4),
+            [10, 20],
+            Shard(rank=r, world=3, gather=lambda t: [t]),
         )
         for r in range(3)
     ]

@@ -256,11 +256,71 @@ def test_driver_split_check_passes_on_export_and_fails_loudly(synth: Path, tmp_p
     sets = [_FakeDataset(folder / f"{name}.{s}.inter", seq, 4) for s in ("train", "valid", "test")]
     cat = np.array([-1, *range(1, summary["num_items"] + 1)], dtype=np.int64)  # id -> catalog
     users = np.arange(-1, len(split["sequences"]), dtype=np.int64)
-    cases = split_check.check_split(*sets, split, cat, users, seq, 4)
+    ids = split_check.IdMaps.of(cat, users, summary["num_items"])
+    sets = split_check.RecBoleSets(*sets)
+    cases = split_check.check_split(sets, split, ids, seq=seq, max_hist=4)
     seqs = read_sequences(load_manifest(synth).shard_urls())
     assert [(u, (h, t)) for u, (h, t) in cases["test"]] == [
         (c.user, (c.history, c.target)) for c in eval_cases(seqs, "test")
     ]
-    sets[2].inter_feat["item_id"][0] = sets[2].inter_feat["item_id"][0] % summary["num_items"] + 1
+    sets.test.inter_feat["item_id"][0] = (
+        sets.test.inter_feat["item_id"][0] % summary["num_items"] + 1
+    )
     with pytest.raises(split_check.SplitMismatch, match="test: user"):
-        split_check.check_split(*sets, split, cat, users, seq, 4)
+        split_check.check_split(sets, split, ids, seq=seq, max_hist=4)
+
+
+def test_id_maps_invert_each_other():
+    import numpy as np
+
+    cat = np.array([-1, 3, 1, 2], dtype=np.int64)  # RecBole item id -> catalog index
+    users = np.array([-1, 7, 5], dtype=np.int64)
+    ids = split_check.IdMaps.of(cat, users, num_items=3)
+    assert ids.rid_of_cat.tolist() == [0, 2, 3, 1]
+    assert all(cat[ids.rid_of_cat[i]] == i for i in (1, 2, 3))
+    assert ids.rid_of_user == {7: 1, 5: 2}
+
+
+def test_chunk_ranks_moves_recbole_columns_to_the_catalog():
+    """RecBole's item-id columns are permuted back to catalog columns before ranking."""
+    gen = torch.Generator().manual_seed(1)
+    perm = (
+        torch.randperm(12, generator=gen) + 1
+    )  # RecBole id r (1..12) holds catalog item perm[r-1]
+    col = torch.cat([torch.zeros(1, dtype=torch.long), perm])
+    by_catalog = torch.randint(0, 5, (6, 13), generator=gen).double()  # ties included
+    raw = torch.zeros(6, 13, dtype=torch.float64)
+    raw[:, 1:] = by_catalog[:, perm]
+    chunk = [(u, ([1 + u, 2 + u], 1 + u if u % 2 else 9)) for u in range(6)]
+    got = protocol.chunk_ranks(raw, chunk, col, num_items=12)
+    exclude = torch.zeros(6, 13, dtype=torch.bool)
+    for r, (_, (h, t)) in enumerate(chunk):
+        exclude[r, h], exclude[r, t] = True, False
+    want = ranks_from_scores(by_catalog, torch.tensor([t for _, (_, t) in chunk]), exclude)
+    assert torch.equal(got, want)
+
+
+def test_driver_log_line_round_trips_through_curve_from_log(tmp_path: Path, capsys):
+    from perf.peers import run_recbole
+
+    clock = run_recbole.EpochClock("SASRec", cap_min=None)
+    for epoch, (loss, ndcg) in enumerate([(0.9, 0.05), (0.7, 0.0812345)]):
+        clock.start_epoch(epoch)
+        clock.record_validation(valid_t0=clock.epoch_t0, ndcg=ndcg, loss=loss)
+    log = tmp_path / "run.log"
+    log.write_text(capsys.readouterr().out)
+    parsed = run_recbole.curve_from_log(log, "SASRec")
+    assert [c["epoch"] for c in parsed] == [0, 1]
+    assert [c["valid_ndcg@10"] for c in parsed] == [0.05, 0.08123]
+    assert [c["train_loss"] for c in parsed] == [0.9, 0.7]
+
+
+def test_driver_wall_cap_stops_before_an_epoch_that_would_end_past_it():
+    from perf.peers import run_recbole
+
+    clock = run_recbole.EpochClock("GRU4Rec", cap_min=1.0)
+    clock.start_epoch(0)  # no curve yet: the first epoch always runs
+    clock.curve.append({"epoch": 0})
+    clock.durations.append(61.0)  # one epoch took longer than the whole cap
+    with pytest.raises(run_recbole.WallCap, match=r"epoch 1 would end past the 1\.0 min cap"):
+        clock.start_epoch(1)

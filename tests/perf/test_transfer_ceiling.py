@@ -37,3 +37,59 @@ def test_an_oracle_scorer_gets_ndcg_one_and_a_reversed_one_less(split):
 
     assert ndcg10(SEQS, 6, split, oracle) == pytest.approx(1.0)
     assert ndcg10(SEQS, 6, split, lambda s, h: -oracle(s, h)) < 1.0
+
+
+def _domain(name: str, item_ids: list[str], seed: int):
+    import types
+
+    import pandas as pd
+    import torch
+
+    rng = np.random.default_rng(seed)
+    seqs = []
+    for u in range(30):
+        n = int(rng.integers(3, 10))
+        stamps = np.sort(rng.uniform(0, 100 * 86400, n)).tolist()
+        seqs.append(
+            {"index": u, "items": rng.integers(1, len(item_ids) + 1, n).tolist(), "ts": stamps}
+        )
+    catalog = pd.DataFrame({"item_id": item_ids, "item_index": np.arange(1, len(item_ids) + 1)})
+    features = torch.randn(len(item_ids) + 1, 8, generator=torch.Generator().manual_seed(seed))
+    return types.SimpleNamespace(
+        name=name,
+        num_items=len(item_ids),
+        catalog=catalog,
+        sequences=lambda: seqs,
+        features=features,
+    )
+
+
+def test_main_scores_every_ingredient_against_popularity(monkeypatch):
+    import types
+
+    from perf import transfer_ceiling
+
+    source = _domain("src", [f"m{i}" for i in range(20)], 1)
+    target = _domain("tgt", [f"m{i}" for i in range(4, 20)] + ["new0", "new1"], 2)
+    cfg = types.SimpleNamespace(data=types.SimpleNamespace(sources=["src"], target="tgt"))
+    run = types.SimpleNamespace(domains={"src": source, "tgt": target})
+    written = {}
+    monkeypatch.setattr(transfer_ceiling, "load", lambda config: (cfg, run))
+    monkeypatch.setattr(transfer_ceiling, "write_result", lambda path, r: written.update(r))
+    transfer_ceiling.main(["--out", "unused.json"])
+    assert written["source"] == "src" and written["target"] == "tgt"
+    results = written["results"]
+    assert list(results) == [
+        "popularity",
+        "time_window_popularity",
+        "source_cooccurrence",
+        "target_cooccurrence_in_domain",
+        "text_similarity",
+    ]
+    assert results["popularity"]["test_over_popularity"] == 1.0
+    for name in ("source_cooccurrence", "target_cooccurrence_in_domain", "text_similarity"):
+        blend = results[name]["plus_popularity"]
+        assert blend["alpha"] in transfer_ceiling.ALPHAS
+        assert blend["test_over_popularity"] == pytest.approx(
+            blend["test"] / results["popularity"]["test"]
+        )

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from distrec.config.load import config_from_dict, load_config
-from distrec.tune.results import TrialRecord, write_results
+from distrec.tune.results import SweepFacts, TrialRecord, write_results
 from distrec.tune.space import parse_space
 from tests.conftest import tiny_run_config
 
@@ -40,7 +40,8 @@ def sweep(tmp_path):
         TrialRecord("t_00003", "completed", {"train.lr": 5e-4, "model.pooling": "cls"},
                     history(0.2, 0.25, float("nan"), 0.27), 8.0),
     ]  # fmt: skip
-    text = write_results(records, tmp_path, tree, params, config_from_dict(tree), 1, 42.0)
+    sweep = SweepFacts(tmp_path, tree, params, config_from_dict(tree), threads=1)
+    text = write_results(records, sweep, 42.0)
     return tmp_path, text
 
 
@@ -93,6 +94,7 @@ def test_no_best_yaml_when_nothing_reported(tmp_path):
     tree["tune"] = {"search_space": {"train.lr": {"choice": [1e-3]}}}
     params = parse_space(tree["tune"]["search_space"])
     records = [TrialRecord("t_0", "error", {"train.lr": 1e-3}, [], 0.5, error="x")]
-    text = write_results(records, tmp_path, tree, params, config_from_dict(tree), 1, 1.0)
+    sweep = SweepFacts(tmp_path, tree, params, config_from_dict(tree), threads=1)
+    text = write_results(records, sweep, 1.0)
     assert "no best.yaml" in text and not (tmp_path / "best.yaml").exists()
     assert math.isnan(records[0].best(METRIC, "max"))

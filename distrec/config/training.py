@@ -1,0 +1,192 @@
+"""The `stages`, `train` and `eval` sections: what runs, how it optimizes, how it is scored."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from distrec.config.base import Section
+from distrec.config.metric_names import parse_metric
+
+STAGES = ("pretrain", "zero_shot", "adapt")
+BASELINES = ("popularity", "id_target_only", "text_target_only")
+
+
+class StageConfig(Section):
+    """One training stage's budget."""
+
+    enabled: bool = Field(default=True, description="Run this stage.")
+    epochs: int = Field(
+        default=5, ge=0, description="Epochs of this stage (upper bound with early stopping)."
+    )
+    lr: float | None = Field(
+        default=None, gt=0.0, description="This stage's learning rate (null = train.lr)."
+    )
+    train_fraction: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="Fraction of users trained on (a fixed hashed subset: few-shot experiments).",
+    )
+
+
+class AdaptConfig(StageConfig):
+    """Adaptation to the target domain, after pretraining."""
+
+    mode: Literal["lora", "full", "auto"] = Field(
+        default="auto",
+        description=(
+            "`lora`: a new PEFT adapter per target (+ its ID rows) on the frozen base; `full`: "
+            "warm-start fine-tuning of every tower parameter from the pretrained base (the LM stays "
+            "frozen in cached mode, gets a merged LoRA end-to-end); `auto`: train both, keep the "
+            "one with the better validation eval.metric (both are reported)."
+        ),
+    )
+    id_dropout: float | None = Field(
+        default=None,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "The target's ID-row dropout while adapting (null = model.id_dropout). Pretraining "
+            "hides IDs so text carries the transfer; a target with data of its own may lean on "
+            "its IDs."
+        ),
+    )
+
+
+class StagesConfig(Section):
+    """Which stages and baselines run, in the order pretrain, zero_shot, adapt, baselines."""
+
+    pretrain: StageConfig = Field(default=StageConfig(), description="Pretraining on data.sources.")
+    zero_shot: bool = Field(
+        default=True, description="Evaluate the pretrained model on the target without training."
+    )
+    adapt: AdaptConfig = Field(default=AdaptConfig(), description="Adaptation to data.target.")
+    baselines: list[Literal["popularity", "id_target_only", "text_target_only"]] = Field(
+        default=list(BASELINES), description="Baselines trained and evaluated on the target."
+    )
+    # The ID baseline's own knobs exist so it is tuned, not crippled (reported in report.md).
+    id_baseline_lr: float = Field(
+        default=1e-3, gt=0.0, description="Learning rate of the SASRec-style ID baseline."
+    )
+    id_baseline_dropout: float = Field(
+        default=0.2, ge=0.0, lt=1.0, description="Dropout of the SASRec-style ID baseline."
+    )
+    id_baseline_epochs: int = Field(
+        default=30, ge=1, description="Epoch budget of the ID baseline (early stopping applies)."
+    )
+    id_baseline_score: Literal["cosine", "dot"] | None = Field(
+        default=None,
+        description=(
+            "The ID baseline's score function (null = model.score): an ID model's best scoring "
+            "is not the text model's (perf/results/tune_id_baseline)."
+        ),
+    )
+    id_baseline_temperature: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="The ID baseline's temperature (null = model.temperature).",
+    )
+    text_baseline_epochs: int = Field(
+        default=30,
+        ge=1,
+        description=(
+            "Epoch budget of the target-only text model, which also trains to convergence "
+            "(early stopping), not for the pretraining budget."
+        ),
+    )
+    extra: list[str] = Field(
+        default=[],
+        description=(
+            "Registered stages (distrec.train.stages registry) to run after the built-in ones, "
+            "in this order; each writes its own stage records."
+        ),
+    )
+
+
+class TrainConfig(Section):
+    """Optimization shared by every stage."""
+
+    batch_size: int = Field(
+        default=64, ge=1, description="Users per batch per process (per micro-step)."
+    )
+    grad_accum: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
+    lr: float = Field(default=1e-3, gt=0.0, description="Peak learning rate (stages may override).")
+    weight_decay: float = Field(default=0.01, ge=0.0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(
+        default=0.05, ge=0.0, lt=1.0, description="Fraction of a stage's steps spent warming up."
+    )
+    max_grad_norm: float | None = Field(
+        default=1.0, gt=0.0, description="Gradient-norm clipping (null = no clipping)."
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="Compute precision; `auto` = bf16 where the hardware has it."
+    )
+    early_stopping_patience: int = Field(
+        default=3,
+        ge=1,
+        description=(
+            "Early stopping on eval.metric (validation split), checked at every epoch end: stop "
+            "after this many evaluations without an improvement larger than min_delta."
+        ),
+    )
+    early_stopping_min_delta: float = Field(
+        default=0.0, ge=0.0, description="The smallest eval.metric gain that counts as improvement."
+    )
+    max_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "An optimizer-step budget per training stage instead of epochs: the stage trains until "
+            "this many steps (or early stopping), however many epochs that takes."
+        ),
+    )
+    checkpoint_every_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "A mid-epoch checkpoint every N optimizer steps (epoch ends always get one); what a "
+            "crash can cost. null: epoch ends only."
+        ),
+    )
+    log_every: int = Field(default=20, ge=1, description="Log training progress every N steps.")
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Torch intra-op threads per process (null = torch's default). Float sums, and so "
+            "metrics, change with it; `distrec tune` pins it so best.yaml retrains identically."
+        ),
+    )
+
+
+class EvalConfig(Section):
+    """Full-catalog ranking evaluation."""
+
+    ks: list[int] = Field(default=[10, 20, 50], description="Cut-offs K of recall@K and ndcg@K.")
+    batch_size: int = Field(default=256, ge=1, description="Users scored at once.")
+    metric: str = Field(
+        default="ndcg@10",
+        description=(
+            "The validation metric that selects checkpoints, early-stops and picks adapt.mode=auto: "
+            "recall@K or ndcg@K with K in ks, or mrr@K."
+        ),
+    )
+    max_users: int | None = Field(
+        default=None, ge=1, description="Evaluate at most this many users per split (null = all)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EvalConfig:
+        try:
+            kind, k = parse_metric(self.metric)
+        except ValueError:
+            raise ValueError(
+                f"eval.metric={self.metric!r}: expected recall@K, ndcg@K or mrr@K (e.g. ndcg@10)"
+            ) from None
+        if kind != "mrr" and k not in self.ks:
+            raise ValueError(f"eval.metric={self.metric!r}: K={k} is not in eval.ks={self.ks}")
+        if any(k <= 0 for k in self.ks):
+            raise ValueError(f"eval.ks={self.ks}: every K must be positive")
+        return self

@@ -1,0 +1,98 @@
+"""What goes into and comes out of a recommender: typed, with shapes.
+
+Inputs are frozen dataclasses. Outputs are NamedTuples on purpose: Accelerate's
+mixed-precision wrapper converts a model's outputs back to fp32 by walking
+tensors, mappings and named tuples (not dataclasses), and the losses and ranks
+depend on that conversion being exactly what it was for the dict outputs before.
+
+Shapes: N items in the request, B windows (users), T = max_history positions,
+P real (non-padding) training positions, C candidate items, d = model.dim,
+H = the LM's hidden size, L = tokens per item text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+
+@dataclass(frozen=True)
+class ItemBatch:
+    """Items of one domain to encode.
+
+    items: [N] catalog indices (>= 1). popularity: [N] log training share (None: no prior).
+    features: [N, H] cached LM features (cached mode), or input_ids/attention_mask: [N, L]
+    tokens (end-to-end mode); an ID-only item tower reads neither.
+    """
+
+    domain: str
+    items: torch.Tensor
+    popularity: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    input_ids: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """Windows of one domain to train on.
+
+    inputs, targets: [B, T] indices into [pad] + candidates.items (0 = padding); targets are
+    the inputs shifted by one. valid: [B] False for a padding window (keeps ranks in step).
+    candidates: the items scored against (the whole catalog in cached mode, the batch's
+    distinct items end to end). ratings: [B, T] each target's rating (for a rating loss;
+    the model does not read it), None when the data has none.
+    """
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    valid: torch.Tensor
+    candidates: ItemBatch
+    ratings: torch.Tensor | None = None
+
+    @property
+    def domain(self) -> str:
+        return self.candidates.domain
+
+    def real_positions(self) -> torch.Tensor:
+        """[B, T] True at positions with a real target in a real window."""
+        return (self.targets > 0) & self.valid[:, None]
+
+
+@dataclass(frozen=True)
+class UserQuery:
+    """Histories to turn into user vectors.
+
+    history: [B, T] catalog indices (0 = padding, right-padded). last: [B] position of each
+    history's newest item. table: [N+1, d] the domain's item vectors, row 0 = padding.
+    """
+
+    domain: str
+    history: torch.Tensor
+    last: torch.Tensor
+    table: torch.Tensor
+
+
+class ItemVectors(NamedTuple):
+    """vectors: [N, d] (unit length under model.score=cosine); bias: [N] per-item score offset;
+    scale: [1] 1/temperature. score(u, i) = <u, i> * scale + bias_i."""
+
+    vectors: torch.Tensor
+    bias: torch.Tensor
+    scale: torch.Tensor
+
+
+class TrainOutputs(NamedTuple):
+    """users: [P, d] user vectors at the real positions; targets: [P] their next item as an
+    index into candidates; candidates: [C, d]; candidate_items: [C] catalog indices;
+    bias: [C]; scale: [1]; rating: [P] predicted ratings (rating head only, else None)."""
+
+    users: torch.Tensor
+    targets: torch.Tensor
+    candidates: torch.Tensor
+    candidate_items: torch.Tensor
+    bias: torch.Tensor
+    scale: torch.Tensor
+    rating: torch.Tensor | None = None

@@ -1,0 +1,60 @@
+"""Model architectures by name (`model.architecture`): the extension point for a new model.
+
+A builder takes a `ModelSpec` (everything a model may need, known before it is
+built) and returns an nn.Module with the Recommender's named methods
+(`encode_items`, `encode_users`, `train_outputs`, `score`, `lora_targets`) and an
+`item_tower` that says whether it `reads_text`. Register a new one with
+`@MODELS.register("name")` (README "Extending distrec").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from distrec.config.schema import ModelConfig
+from distrec.models.recommender import Recommender
+from distrec.models.towers import IdItemTower, ItemTower
+from distrec.utils.registry import Registry
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model is built from.
+
+    domain_items: items per domain (ID tables, domain embeddings); feature_dim: the LM's
+    hidden size (0 when no LM was loaded); lm: the LM itself in end-to-end mode, else None;
+    dropout: the user tower's dropout when it differs from model.user_tower.dropout.
+    """
+
+    cfg: ModelConfig
+    domain_items: dict[str, int]
+    max_len: int
+    feature_dim: int = 0
+    lm: nn.Module | None = None
+    dropout: float | None = None
+
+
+ModelBuilder = Callable[[ModelSpec], nn.Module]
+MODELS: Registry[ModelBuilder] = Registry("model architecture", "model.architecture")
+
+
+@MODELS.register("two_tower")
+def two_tower(spec: ModelSpec) -> Recommender:
+    """Item = projected LM text (+ a per-domain ID row, `model.item_id_embeddings`)."""
+    tower = ItemTower(spec.cfg, spec.feature_dim, spec.domain_items, lm=spec.lm)
+    return Recommender(spec.cfg, tower, list(spec.domain_items), spec.max_len, spec.dropout)
+
+
+@MODELS.register("id_only")
+def id_only(spec: ModelSpec) -> Recommender:
+    """Item = a learned ID row only: the SASRec-style target-only baseline."""
+    tower = IdItemTower(spec.cfg.dim, spec.domain_items)
+    return Recommender(spec.cfg, tower, list(spec.domain_items), spec.max_len, spec.dropout)
+
+
+def build_model(name: str, spec: ModelSpec) -> nn.Module:
+    """The `name`d architecture built from `spec` (ConfigError listing the known ones)."""
+    return MODELS.get(name)(spec)

@@ -1,0 +1,53 @@
+"""From the stream's batches (dicts of CPU tensors) to the model's typed requests."""
+
+from __future__ import annotations
+
+import torch
+
+from distrec.models.io import ItemBatch, TrainBatch
+from distrec.train.domains import DomainData
+
+
+def train_batch(batch: dict, d: DomainData, device: torch.device, reads_text: bool) -> TrainBatch:
+    """The model's input for one stream batch of domain `d`.
+
+    End to end, the stream's worker already tokenized the batch's distinct items
+    (`items`, `input_ids`) and re-indexed the windows into them (`*_local`): those items
+    are the candidates. Otherwise the whole catalog is (with its cached features when the
+    model reads text).
+    """
+    ratings = batch.get("target_ratings")
+    ratings = ratings.to(device) if ratings is not None else None
+    if "items" in batch:
+        items = ItemBatch(
+            d.name,
+            batch["items"].to(device),
+            popularity=d.popularity[batch["items"]].to(device),
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+        )
+        return TrainBatch(
+            batch["inputs_local"].to(device),
+            batch["targets_local"].to(device),
+            batch["valid"].to(device),
+            items,
+            ratings,
+        )
+    items = ItemBatch(
+        d.name,
+        torch.arange(1, d.num_items + 1, device=device),
+        popularity=d.popularity[1:].to(device),
+        features=d.features[1:].to(device) if reads_text else None,
+    )
+    return TrainBatch(
+        batch["inputs"].to(device),
+        batch["targets"].to(device),
+        batch["valid"].to(device),
+        items,
+        ratings,
+    )
+
+
+def is_sampled(batch: dict) -> bool:
+    """Whether the batch's candidates are its own items (end to end) rather than the catalog."""
+    return "items" in batch

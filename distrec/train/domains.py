@@ -1,0 +1,120 @@
+"""A domain as training sees it: manifest, catalog, popularity, and its item text (LM features
+in cached mode, a token table end to end)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+from distrec.config import ConfigError, RunConfig
+from distrec.data.manifest import Manifest, load_manifest, manifest_path
+from distrec.data.shards import read_sequences
+from distrec.data.tokens import TokenTable
+from distrec.models.features import TextEncoding, cached_catalog_features, encode_texts, feature_key
+from distrec.utils.progress import log
+from distrec.utils.sharding import Shard
+
+
+@dataclass
+class DomainData:
+    """One prepared domain; `features` [N+1, H] (cached mode) or `tokens` (end-to-end mode)
+    are set when the run reads item text, else both are None."""
+
+    name: str
+    manifest: Manifest
+    catalog: pd.DataFrame
+    features: torch.Tensor | None = None
+    tokens: TokenTable | None = None
+    shard_url: str | None = None
+    _sequences: list[dict] | None = field(default=None, repr=False)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.catalog)
+
+    @property
+    def texts(self) -> list[str]:
+        return self.catalog["text"].tolist()
+
+    @property
+    def train_counts(self) -> torch.Tensor:
+        """[N+1] training popularity (row 0 = padding, count 0)."""
+        return torch.cat(
+            [torch.zeros(1), torch.tensor(self.catalog["train_count"].values, dtype=torch.float32)]
+        )
+
+    @property
+    def share(self) -> torch.Tensor:
+        """[N+1] each item's share of training interactions (+1 smoothing; row 0 unused)."""
+        c = self.train_counts + 1.0
+        return c / c[1:].sum()
+
+    @property
+    def popularity(self) -> torch.Tensor:
+        """[N+1] log share of the domain's training interactions (+1 smoothing): a feature any
+        logged catalog has, so the prior learned on sources applies to a new domain's counts."""
+        z = torch.log(self.share)
+        z[0] = 0.0
+        return z
+
+    def sequences(self) -> list[dict]:
+        """Every user's full sequence (read once from the shards)."""
+        if self._sequences is None:
+            self._sequences = read_sequences(self.manifest.shard_urls(self.shard_url))
+        return self._sequences
+
+
+@dataclass(frozen=True)
+class ItemText:
+    """The loaded LM and tokenizer, and the precision features are encoded in."""
+
+    lm: torch.nn.Module
+    tokenizer: object
+    feature_dim: int
+    precision: str
+
+
+def read_domain(cfg: RunConfig, name: str) -> DomainData:
+    """Manifest and catalog of a prepared domain (no item text yet)."""
+    path = manifest_path(cfg.data.prepared_dir, name)
+    if not path.exists():
+        raise ConfigError(
+            f"domain {name!r}: no prepared data at {path}; run "
+            f"`distrec data prepare --config <this config>` first"
+        )
+    m = load_manifest(path)
+    if cfg.model.head == "rating" and not m.data.get("has_ratings"):
+        raise ConfigError(
+            f"model.head=rating but domain {name!r} has no ratings (its log had no rating "
+            f"column); map `columns.rating` when preparing it or use model.head=retrieval|ctr"
+        )
+    return DomainData(name, m, pd.read_parquet(m.catalog_path), shard_url=cfg.data.shard_url)
+
+
+def attach_text(cfg: RunConfig, d: DomainData, text: ItemText, shard: Shard) -> None:
+    """Cached mode: the catalog's LM features (from the cache, or encoded sharded over ranks);
+    end-to-end mode: its token table."""
+    catalog_sha = d.manifest.data["catalog"]["sha256"]
+    m = cfg.model
+    if m.mode == "cached":
+        key = feature_key(
+            m.item_encoder,
+            m.pooling,
+            d.manifest.data.get("template", ""),
+            catalog_sha,
+            m.max_text_tokens,
+            text.precision,
+        )
+        how = TextEncoding(m.pooling, m.max_text_tokens, autocast=text.precision == "bf16")
+
+        def encode(texts: list[str]) -> torch.Tensor:
+            return encode_texts(text.lm, text.tokenizer, texts, how, f"{d.name}: item features")
+
+        d.features = cached_catalog_features(key, cfg.cache_dir, d.texts, encode, shard)
+    else:
+        d.tokens = TokenTable.build(
+            text.tokenizer, d.texts, m.max_text_tokens, cfg.cache_dir, m.item_encoder, catalog_sha
+        )
+    log(f"{d.name}: {d.num_items} items ready ({m.mode} mode)")

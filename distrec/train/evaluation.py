@@ -1,0 +1,109 @@
+"""Full-catalog evaluation of a model during and after training, sharded over ranks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from distrec.eval.evaluate import Ranking, UserRanks, eval_cases, rank_sharded
+from distrec.eval.metrics import metrics_from_ranks
+from distrec.models.io import ItemBatch, ItemVectors, UserQuery
+from distrec.train.domains import DomainData
+from distrec.train.workspace import Workspace
+
+
+def mean_metrics(per_domain: list[dict[str, float]]) -> dict[str, float]:
+    """Mean over domains of their metrics; one domain gives its metrics unchanged."""
+    keys = per_domain[0].keys()
+    return {k: sum(p[k] for p in per_domain) / len(per_domain) for k in keys}
+
+
+def reads_text(model: nn.Module) -> bool:
+    """Whether the model's item tower reads item text (an ID-only one does not)."""
+    return bool(model.item_tower.reads_text)
+
+
+class Evaluator:
+    """Ranks every evaluated user's held-out item against the whole catalog."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+
+    def ranking(self, d: DomainData) -> Ranking:
+        return Ranking(d.num_items, self.ws.cfg.data.max_history, self.ws.cfg.eval.batch_size)
+
+    @torch.no_grad()
+    def metrics(self, model: nn.Module, domains: list[str], split: str) -> dict[str, float]:
+        """Mean over `domains` of full-ranking metrics (eval.ks, MRR@10)."""
+        per_domain = [self.ranks(model, self.ws.domains[n], split).ranks for n in domains]
+        return mean_metrics([metrics_from_ranks(r, self.ws.cfg.eval.ks) for r in per_domain])
+
+    @torch.no_grad()
+    def ranks(self, model: nn.Module, d: DomainData, split: str) -> UserRanks:
+        """Every evaluated user's target rank in `split` (sharded over ranks, gathered)."""
+        acc = self.ws.accelerator
+        plain = acc.unwrap_model(model)  # for attributes; calls still go through the wrapper
+        was_training = model.training
+        model.eval()
+        # Towers under autocast (fast); the scores themselves in fp32 (Recommender.score).
+        with acc.autocast():
+            catalog = self.catalog(model, d)
+
+            def score(history: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+                device = self.ws.device
+                query = UserQuery(d.name, history.to(device), last.to(device), catalog.vectors)
+                return plain.score(model(query), catalog)
+
+            cases = eval_cases(d.sequences(), split, self.ws.cfg.eval.max_users)
+            found = rank_sharded(cases, score, self.ranking(d), self.ws.shard())
+        model.train(was_training)
+        return found
+
+    @torch.no_grad()
+    def catalog(self, model: nn.Module, d: DomainData) -> ItemVectors:
+        """The whole catalog's vectors [N+1, d] and bias [N+1] (row 0 = padding), encoded
+        in chunks sharded over ranks end to end (a projection of cached features is cheap:
+        every rank does it all), gathered on every rank."""
+        text = reads_text(self.ws.accelerator.unwrap_model(model))
+        e2e = d.tokens is not None and text
+        shard = self.ws.shard() if e2e else None
+        rank, world = (shard.rank, shard.world) if shard else (0, 1)
+        mine = list(range(1 + rank, d.num_items + 1, world))
+        size = self.ws.cfg.eval.batch_size if e2e else max(1, len(mine))
+        chunks = math.ceil(math.ceil(d.num_items / world) / size)
+        packed, scale = [], None
+        for c in range(chunks):  # equal forward counts on every rank (ZeRO-3/FSDP)
+            idx = torch.tensor(mine[c * size : (c + 1) * size] or [1])
+            out = model(self.item_batch(d, idx, text, e2e))
+            rows = torch.cat([out.vectors.float(), out.bias.float()[:, None]], 1).cpu()
+            packed.append(rows[: len(mine[c * size : (c + 1) * size])])
+            scale = out.scale
+        local = torch.cat(packed)
+        parts = shard.gathered(local) if shard else [local]
+        table = torch.zeros(d.num_items + 1, local.shape[1])
+        for r, part in enumerate(parts):
+            table[1 + r :: world][: part.shape[0]] = part
+        table = table.to(self.ws.device)
+        return ItemVectors(table[:, :-1], table[:, -1], scale.float().reshape(-1)[:1])
+
+    def item_batch(self, d: DomainData, idx: torch.Tensor, text: bool, e2e: bool) -> ItemBatch:
+        """Catalog items `idx` [n] as the model reads them: tokens end to end, cached features,
+        or IDs alone."""
+        device = self.ws.device
+        popularity = d.popularity[idx].to(device)
+        if e2e:
+            width = max(1, int(d.tokens.lengths[idx].max()))
+            mask = (torch.arange(width)[None, :] < d.tokens.lengths[idx, None]).long()
+            pad = self.ws.text.tokenizer.pad_token_id
+            ids = d.tokens.input_ids[idx, :width].long().masked_fill(mask == 0, pad)
+            return ItemBatch(
+                d.name,
+                idx.to(device),
+                popularity,
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+            )
+        features = d.features[idx].to(device) if text else None
+        return ItemBatch(d.name, idx.to(device), popularity, features=features)

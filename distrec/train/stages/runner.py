@@ -1,0 +1,22 @@
+"""Run a config's stages in order, skipping those a resumed run already finished."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+# The built-in stages register themselves on import, in this (the run) order.
+from distrec.train.stages import adapt, baselines, transfer  # noqa: F401
+from distrec.train.stages.pipeline import Pipeline
+from distrec.train.stages.registry import STAGES, planned_stages
+from distrec.train.trainer import TrainHook
+from distrec.train.workspace import Workspace
+
+
+def run_stages(ws: Workspace, hooks: Sequence[TrainHook] = ()) -> dict[str, dict]:
+    """Run every planned stage; on resume, finished stages are read back from `stages.json`
+    (and the pretrained base from its export) instead of being re-run."""
+    pipe = Pipeline(ws, hooks)
+    for name in planned_stages(ws.cfg):
+        if name not in pipe.results:
+            STAGES.get(name).run(pipe)
+    return pipe.results.stages

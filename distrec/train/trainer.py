@@ -1,0 +1,317 @@
+"""The Trainer: one stage's training recipe, built once with typed state.
+
+setup (loader, optimizer, schedule, `accelerator.prepare`) -> per epoch: train steps,
+evaluate on validation, checkpoint, hooks -> back to the best epoch's weights.
+It calls accelerator.prepare/backward/autocast and never asks which backend runs
+underneath (DDP, DeepSpeed, FSDP are chosen by the launch template).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from transformers import get_cosine_schedule_with_warmup
+
+from distrec.data.loader import MixtureLoader, StreamLoader
+from distrec.data.stream import StreamSpec
+from distrec.data.tokens import AttachTokens
+from distrec.distributed.accelerator import live_strategy
+from distrec.distributed.collectives import barrier, mean_over_ranks
+from distrec.distributed.unshard import PlainCopy
+from distrec.models.io import TrainOutputs
+from distrec.train.batches import is_sampled, train_batch
+from distrec.train.checkpoint import Preempted, StageCheckpoints, preemption_requested
+from distrec.train.evaluation import Evaluator, reads_text
+from distrec.train.losses import LOSSES, LossContext
+from distrec.train.state import EarlyStopping, FitResult, TrainState
+from distrec.train.workspace import Workspace
+from distrec.utils.progress import log, progress
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """What a stage trains on (`train_domains`: name -> mixture weight), what it is evaluated
+    on, for how long (`epochs`, unless `train.max_steps` sets a step budget) and how fast."""
+
+    name: str
+    train_domains: dict[str, float]
+    eval_domains: list[str]
+    epochs: int
+    lr: float
+    train_fraction: float = 1.0
+
+
+class TrainHook:
+    """Code run at fixed points of `Trainer.fit`; override what you need (no-op defaults)."""
+
+    def on_step(self, trainer: Trainer, step: int) -> None:
+        """After optimizer step `step` (1-based) and its scheduler step, before zero_grad:
+        the gradients are still there."""
+
+    def on_epoch_end(self, trainer: Trainer, entry: dict, last: bool) -> None:
+        """After the epoch's evaluation and checkpoint; `entry` is its history record,
+        `last` whether the stage stops here."""
+
+    def close(self, trainer: Trainer) -> None:
+        """When the stage's training has ended (also after early stopping)."""
+
+
+def build_loader(ws: Workspace, plan: StagePlan, with_tokens: bool) -> MixtureLoader:
+    """The plan's training stream on this rank (a mixture over its domains); `with_tokens`:
+    end to end, the workers tokenize each batch's distinct items."""
+    cfg = ws.cfg
+    rank, world = ws.rank_world
+    loaders = {}
+    for name in plan.train_domains:
+        d = ws.domains[name]
+        spec = StreamSpec(
+            batch_size=cfg.train.batch_size,
+            max_history=cfg.data.max_history,
+            seed=cfg.seed,
+            num_workers=cfg.data.num_workers,
+            shuffle_shards=cfg.data.shuffle_shards,
+            resampled=cfg.data.resampled,
+            corrupt=cfg.data.corrupt_shards,
+            train_fraction=plan.train_fraction,
+            shard_url=cfg.data.shard_url,
+            train_window=cfg.data.train_window,
+        )
+        transform = None
+        if cfg.model.mode == "end_to_end" and with_tokens:
+            transform = AttachTokens(d.tokens, ws.text.tokenizer.pad_token_id)
+        loaders[name] = StreamLoader(
+            d.manifest, spec, rank, world, transform, cfg.data.epoch_batches
+        )
+    return MixtureLoader(loaders, plan.train_domains, seed=cfg.seed)
+
+
+def step_budget(ws: Workspace, plan: StagePlan, batches_per_epoch: int) -> int:
+    """Optimizer steps a stage takes at most: `train.max_steps` when set (a step budget
+    instead of epochs), else the plan's epochs."""
+    if ws.cfg.train.max_steps:
+        return ws.cfg.train.max_steps
+    per_epoch = -(-batches_per_epoch // ws.cfg.train.grad_accum)
+    return max(1, per_epoch * plan.epochs)
+
+
+def planned_steps(ws: Workspace, plan: StagePlan) -> int:
+    """`step_budget` before a Trainer exists (AdaLoRA's schedule is fixed when the adapter
+    is created)."""
+    return step_budget(ws, plan, len(build_loader(ws, plan, with_tokens=False)))
+
+
+class Trainer:
+    """Trains one model on one StagePlan with early stopping on `eval.metric`; resumable
+    from the stage's newest checkpoint; a SIGTERM ends it with a final checkpoint."""
+
+    def __init__(
+        self, ws: Workspace, model: nn.Module, plan: StagePlan, hooks: Sequence[TrainHook] = ()
+    ) -> None:
+        cfg = ws.cfg
+        self.ws, self.plan, self.hooks = ws, plan, list(hooks)
+        self.accelerator: Accelerator = ws.accelerator
+        self.reads_text = reads_text(model)
+        self.loss = LOSSES.get(cfg.model.head)
+        self.loader = build_loader(ws, plan, with_tokens=self.reads_text)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=plan.lr, weight_decay=cfg.train.weight_decay)
+        self.total_steps = step_budget(ws, plan, len(self.loader))
+        # Stepped by hand once per optimizer step: a prepared scheduler would step
+        # world_size times, assuming a loader that accelerate itself sharded.
+        self.scheduler = get_cosine_schedule_with_warmup(
+            optimizer, int(cfg.train.warmup_ratio * self.total_steps), self.total_steps
+        )
+        self._plain = PlainCopy(live_strategy(self.accelerator), model)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.checkpoints = StageCheckpoints(ws.out, plan.name, cfg.output.keep_last)
+        self.best_dir = ws.out / "checkpoints" / plan.name / "best"
+        self.state = TrainState(
+            gen=torch.Generator().manual_seed(cfg.seed), scheduler=self.scheduler
+        )
+        self.stopping = EarlyStopping.of(cfg)
+        self.evaluator = Evaluator(ws)
+        self.clock_start = time.perf_counter()
+
+    # --- the recipe ---------------------------------------------------------------------
+
+    def fit(self) -> tuple[nn.Module, FitResult]:
+        """Train to the step budget or early stop; returns the best epoch's model, plain."""
+        self.resume_if_asked()
+        self.clock_start = time.perf_counter() - self.state.result.wall_s
+        self.state.result.train_targets_per_epoch = self.loader.targets_per_epoch()
+        self.log_budget()
+        while self.epochs_left():
+            if self.train_epoch():
+                self.checkpoint()
+                raise Preempted(
+                    f"{self.plan.name}: stopped by SIGTERM after {self.state.global_batches} "
+                    f"batches; checkpoint saved, continue with --resume auto"
+                )
+            self.loader.prefetch()  # next epoch's workers read while we evaluate
+            valid = self.evaluate("valid")
+            stop = self.state.end_epoch(valid, self.stopping, self.total_steps)
+            entry = self.record_epoch(valid)
+            if self.state.result.best_epoch == self.state.epoch:
+                self.accelerator.save_state(str(self.best_dir))
+            self.checkpoint()
+            last = stop or not self.epochs_left()
+            for hook in self.hooks:  # after the save: a sweep hands this checkpoint on
+                hook.on_epoch_end(self, entry, last)
+            if stop:
+                break
+        return self.finish()
+
+    def train_epoch(self) -> bool:
+        """The rest of the current epoch (all of it unless resumed mid-epoch), with a
+        checkpoint every `train.checkpoint_every_steps` optimizer steps. Returns True when
+        a preemption was requested (checked after whole steps)."""
+        state, every = self.state, self.ws.cfg.train.checkpoint_every_steps
+        self.model.train()
+        epoch_start = time.perf_counter()
+        batches = iter(self.loader)
+        preempted = False
+        for _ in progress(range(self.loader.batches_left()), f"{self.plan.name}: train"):
+            wait_start = time.perf_counter()
+            batch = next(batches)
+            state.epoch_wait_s += time.perf_counter() - wait_start
+            loss, stepped = self.train_step(batch)
+            # Averaged over ranks so the curve means the global batch (and is the same on
+            # every rank, which is what rank 0's checkpoint records for all of them).
+            state.epoch_loss += mean_over_ranks(loss).item()
+            state.epoch_batches += 1
+            state.global_batches += 1
+            self.log_step(stepped)
+            preempted = preemption_requested()
+            if preempted or state.result.steps >= self.total_steps:
+                break
+            if every and stepped and state.result.steps % every == 0:
+                self.checkpoint()
+        state.epoch_train_s += time.perf_counter() - epoch_start
+        del batches
+        return preempted
+
+    def train_step(self, batch: dict) -> tuple[torch.Tensor, bool]:
+        """Forward, loss, backward and (at a gradient-accumulation boundary) an optimizer
+        step on one stream batch. Returns (loss, whether the optimizer stepped)."""
+        acc, max_norm = self.accelerator, self.ws.cfg.train.max_grad_norm
+        d = self.ws.domains[batch["domain"]]
+        with acc.accumulate(self.model), acc.autocast():
+            request = train_batch(batch, d, self.ws.device, self.reads_text)
+            out: TrainOutputs = self.model(request)
+            loss = self.loss(out, self.loss_context(batch, request))
+            acc.backward(loss)
+            if acc.sync_gradients and max_norm:
+                acc.clip_grad_norm_(self.model.parameters(), max_norm)
+            self.optimizer.step()
+            if acc.sync_gradients:
+                self.state.result.steps += 1
+                self.scheduler.step()
+                for hook in self.hooks:  # before zero_grad: AdaLoRA reads the gradients
+                    hook.on_step(self, self.state.result.steps)
+            self.optimizer.zero_grad()
+        return loss, acc.sync_gradients
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Metrics of the model being trained on the plan's evaluation domains."""
+        return self.evaluator.metrics(self.model, self.plan.eval_domains, split)
+
+    def checkpoint(self) -> None:
+        """A complete, resumable checkpoint of model, optimizer, RNGs, counters and streams."""
+        self.checkpoints.save(
+            self.accelerator,
+            f"step-{self.state.global_batches:08d}",
+            self.state.to_json(self.clock_start),
+            self.loader.state_dict(),
+        )
+
+    # --- the steps' parts -----------------------------------------------------------------
+
+    def loss_context(self, batch: dict, request) -> LossContext:
+        cfg, sampled = self.ws.cfg, is_sampled(batch)
+        cross_rank = sampled and cfg.distributed.cross_rank_negatives
+        return LossContext(
+            batch=request,
+            share=self.ws.domains[batch["domain"]].share,
+            sampled=sampled,
+            cross_rank=cross_rank,
+            logq=cfg.model.logq_correction,
+            world=self.ws.rank_world[1] if cross_rank else 1,
+            generator=self.state.gen,
+        )
+
+    def epochs_left(self) -> bool:
+        """Whether another epoch runs: the step budget (train.max_steps) or the plan's epochs."""
+        if self.ws.cfg.train.max_steps:
+            return self.state.result.steps < self.total_steps
+        return self.state.epoch < self.plan.epochs
+
+    def resume_if_asked(self) -> None:
+        latest = self.checkpoints.latest() if self.ws.resume else None
+        if latest is None:
+            return
+        self.state.restore(*self.checkpoints.restore(self.accelerator, latest), self.loader)
+        log(
+            f"{self.plan.name}: resumed from {latest.name} (epoch {self.state.epoch + 1}, "
+            f"{self.state.epoch_batches} batches into it)"
+        )
+
+    def log_budget(self) -> None:
+        cfg = self.ws.cfg
+        budget = (
+            f"{self.total_steps} optimizer steps"
+            if cfg.train.max_steps
+            else f"{self.plan.epochs} epochs"
+        )
+        log(
+            f"{self.plan.name}: {self.state.result.train_targets_per_epoch} training targets per "
+            f"epoch (data.train_window={cfg.data.train_window}), budget {budget}"
+        )
+
+    def log_step(self, stepped: bool) -> None:
+        """Every `train.log_every` optimizer steps: the epoch's running loss to the trackers."""
+        steps, state = self.state.result.steps, self.state
+        if stepped and steps % self.ws.cfg.train.log_every == 0:
+            running = state.epoch_loss / max(1, state.epoch_batches)
+            self.accelerator.log({f"{self.plan.name}/train_loss": running}, step=steps)
+
+    def record_epoch(self, valid: dict[str, float]) -> dict:
+        """The epoch's history entry, completed with its wall time, logged and tracked."""
+        entry, metric = self.state.result.history[-1], self.ws.cfg.eval.metric
+        elapsed = time.perf_counter() - self.clock_start
+        entry["elapsed_s"] = elapsed  # wall time to this point (time to quality)
+        self.accelerator.log(
+            {
+                f"{self.plan.name}/loss": entry["loss"],
+                f"{self.plan.name}/valid_{metric}": valid[metric],
+            },
+            step=self.state.epoch,
+        )
+        log(
+            f"{self.plan.name} epoch {self.state.epoch} ({self.state.result.steps}/"
+            f"{self.total_steps} steps): loss {entry['loss']:.4f}  valid {metric} "
+            f"{valid[metric]:.4f}  data wait {entry['data_wait_fraction']:.1%}  ({elapsed:.0f}s)"
+        )
+        return entry
+
+    def finish(self) -> tuple[nn.Module, FitResult]:
+        """Back to the best epoch's weights, as a plain module on every rank."""
+        self.loader.close()
+        if self.state.result.best_epoch >= 0:
+            self.accelerator.load_state(str(self.best_dir))
+        barrier()
+        if self.ws.is_main:
+            shutil.rmtree(self.best_dir, ignore_errors=True)
+        result = self.state.result
+        result.wall_s = time.perf_counter() - self.clock_start
+        result.data_wait_fraction = result.data_wait_s / max(result.train_s, 1e-9)
+        model = self._plain.trained(self.accelerator, self.model)
+        self.accelerator.free_memory()
+        for hook in self.hooks:
+            hook.close(self)
+        return model, result
