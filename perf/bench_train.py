@@ -1,19 +1,25 @@
 """Training throughput of distrec's own trainer step, cached and end-to-end LoRA.
 
-Times `distrec.train.loop.train_epoch` (the product's step: loader wait, forward, loss,
-backward, clipping, optimizer) through its `on_step` hook: warm-up steps are dropped and
-the rest is cut into windows; every rate is the median over windows. FLOPs are analytic
-(`perf.flops`), MFU is against the peak measured in the same run (`perf.bench_peak`).
+Times `distrec.train.trainer.Trainer.train_epoch` (the product's step: loader wait, forward,
+loss, backward, clipping, optimizer) through a `TrainHook` on every optimizer step: warm-up
+steps are dropped and the rest is cut into windows; every rate is the median over windows.
+FLOPs are analytic (`perf.flops`), MFU is against the peak measured in the same run
+(`perf.bench_peak`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import dataclasses
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import get_cosine_schedule_with_warmup
 
+from distrec.train.trainer import StagePlan, Trainer, TrainHook
+from distrec.train.workspace import Workspace
 from perf.common import PeakMemory, load_average, median_windows, sync
 from perf.flops import FORMULA, lm_shape, lm_train_flops, tower_shape, tower_train_flops
 
@@ -66,7 +72,7 @@ class BatchStats:
 
 
 def batch_stats(batch: dict, catalog_size: int, buckets: int = 1) -> BatchStats:
-    """`buckets`: the model's length groups (model.length_buckets), for the padded count."""
+    """One batch's shape (`buckets`: model.length_buckets, for the padded token count)."""
     from distrec.models.encoder import length_groups
 
     valid = batch["valid"]
@@ -105,152 +111,146 @@ class RecordingLoader:
         return getattr(self.loader, name)
 
 
-def step_flops(s: BatchStats, lm: dict | None, towers: dict) -> float:
-    flops = tower_train_flops(towers, s.items, s.positions, s.row_sq, s.items * s.positions)
-    if lm is not None:
-        flops += lm_train_flops(lm, s.tokens, s.token_sq)
-    return flops
+@dataclass(frozen=True)
+class StepFlops:
+    """Analytic training FLOPs of one step from its batch's shape (`perf.flops`)."""
+
+    lm: dict | None
+    towers: dict
+
+    @classmethod
+    def of(cls, trainer: Trainer) -> StepFlops:
+        """The shapes of the model `trainer` trains (its LM only when it encodes text)."""
+        cfg = trainer.ws.cfg.model
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        lm = tower_lm(model) if cfg.mode == "end_to_end" else None
+        towers = tower_shape(model, cfg.dim, cfg.user_tower.layers)
+        return cls(lm_shape(lm) if lm is not None else None, towers)
+
+    def __call__(self, s: BatchStats) -> float:
+        flops = tower_train_flops(
+            self.towers, s.items, s.positions, s.row_sq, s.items * s.positions
+        )
+        if self.lm is not None:
+            flops += lm_train_flops(self.lm, s.tokens, s.token_sq)
+        return flops
 
 
-def prepared_trainer(run, model, plan, total: int):
-    """The optimizer, schedule and epoch state `fit` builds (fit itself would also evaluate
-    and checkpoint every epoch, which is not training throughput)."""
-    from distrec.train.loop import EpochState
-
-    cfg = run.cfg
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=plan.lr, weight_decay=cfg.train.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(
-        optimizer, int(cfg.train.warmup_ratio * total), total
-    )
-    model, optimizer = run.accelerator.prepare(model, optimizer)
-    state = EpochState(gen=torch.Generator().manual_seed(cfg.seed), scheduler=scheduler)
-    return model, optimizer, scheduler, state
+def tower_lm(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The LM inside the recommender's item tower (PEFT-wrapped or not), with its LoRA."""
+    base = getattr(model, "base_model", model)
+    return getattr(base, "model", base).item_tower.lm
 
 
-def run_train_epoch(run, model, optimizer, scheduler, loader, plan, state, on_step, total):
-    """The product's `train_epoch`; a benchmark never checkpoints (a no-op callback)."""
-    from distrec.train.loop import train_epoch
+@dataclass(frozen=True)
+class BenchSteps:
+    """Optimizer steps of one measurement: `warmup` dropped, `windows` x `per_window`
+    measured, then `profile` profiled (after the measured ones, so never slowing a window)."""
 
-    return train_epoch(
-        run, model, optimizer, scheduler, loader, plan, state, on_step, total, lambda: None
-    )
+    warmup: int
+    windows: int
+    per_window: int
+    profile: int = 0
+
+    @property
+    def measured(self) -> int:
+        return self.windows * self.per_window
+
+    @property
+    def total(self) -> int:
+        return self.warmup + self.measured + self.profile
 
 
-def distrec_step_losses(run, model, plan, steps: int) -> list[float]:
+class StepMarks(TrainHook):
+    """After every optimizer step: (time, the epoch's data wait so far); steps the profiler."""
+
+    def __init__(self, prof=None) -> None:
+        self.prof = prof
+        self.marks: list[tuple[float, float]] = []
+
+    def on_step(self, trainer: Trainer, step: int) -> None:
+        sync()
+        self.marks.append((time.perf_counter(), trainer.state.epoch_wait_s))
+        if self.prof is not None:
+            self.prof.step()
+
+
+class RunningLoss(TrainHook):
+    """The epoch's running loss sum at every optimizer step (before the step's loss is added)."""
+
+    def __init__(self) -> None:
+        self.before: list[float] = []
+
+    def on_step(self, trainer: Trainer, step: int) -> None:
+        self.before.append(trainer.state.epoch_loss)
+
+
+def prepared_trainer(
+    ws: Workspace, model, plan: StagePlan, total: int, hooks: Sequence[TrainHook] = ()
+) -> Trainer:
+    """The product's Trainer with its schedule over `total` steps (train.max_steps) and no
+    checkpoints (`fit` would also evaluate and checkpoint, which is not training throughput)."""
+    train = ws.cfg.train.model_copy(update={"max_steps": total, "checkpoint_every_steps": None})
+    bench_ws = dataclasses.replace(ws, cfg=ws.cfg.model_copy(update={"train": train}))
+    return Trainer(bench_ws, model, plan, hooks)
+
+
+def record_batches(trainer: Trainer, total: int) -> RecordingLoader:
+    """Wrap the trainer's loader to note each batch's shape; refuse an epoch under `total`."""
+    ws = trainer.ws
+    sizes = {n: d.num_items for n, d in ws.domains.items()}
+    loader = RecordingLoader(trainer.loader, sizes, ws.cfg.model.length_buckets)
+    if len(loader) < total:
+        raise ValueError(
+            f"{trainer.plan.name}: an epoch has {len(loader)} batches, the benchmark needs "
+            f"{total}; use fewer steps or a smaller train.batch_size"
+        )
+    trainer.loader = loader
+    return loader
+
+
+def distrec_step_losses(ws: Workspace, model, plan: StagePlan, steps: int) -> list[float]:
     """Each step's loss from the product's train_epoch (it keeps a running sum)."""
-    from distrec.train.loop import build_loader
-
-    loader = build_loader(run, plan)
-    model, optimizer, scheduler, state = prepared_trainer(run, model, plan, steps)
-    before: list[float] = []  # on_step runs before the step's loss is added to the sum
-    run_train_epoch(
-        run,
-        model,
-        optimizer,
-        scheduler,
-        loader,
-        plan,
-        state,
-        lambda _m, _s: before.append(state.epoch_loss),
-        steps,
-    )
-    after = [*before[1:], state.epoch_loss]
-    return [b - a for a, b in zip(before, after, strict=True)]
+    running = RunningLoss()
+    trainer = prepared_trainer(ws, model, plan, steps, [running])
+    trainer.train_epoch()
+    after = [*running.before[1:], trainer.state.epoch_loss]
+    return [b - a for a, b in zip(running.before, after, strict=True)]
 
 
 def time_training(
-    run,
-    model: torch.nn.Module,
-    plan,
-    warmup: int,
-    windows: int,
-    per_window: int,
-    peak_flops: float,
-    profile_steps: int = 0,
+    ws: Workspace, model: torch.nn.Module, plan: StagePlan, steps: BenchSteps, peak_flops: float
 ) -> dict:
     """Run the product's train_epoch for warm-up + measured (+ profiled) steps and report
     median-of-window rates, data-wait share, MFU and (optionally) a profile."""
-    from distrec.train.loop import build_loader
-
-    cfg, acc = run.cfg, run.accelerator
-    sizes = {n: d.num_items for n, d in run.domains.items()}
-    loader = RecordingLoader(build_loader(run, plan), sizes, run.cfg.model.length_buckets)
-    measured = windows * per_window
-    total = warmup + measured + profile_steps
-    if len(loader) < total:
-        raise ValueError(
-            f"{plan.name}: an epoch has {len(loader)} batches, the benchmark needs {total}; "
-            f"use fewer steps or a smaller train.batch_size"
-        )
-    model, optimizer, scheduler, state = prepared_trainer(run, model, plan, total)
-    marks: list[tuple[float, float]] = []
-    prof = _profiler(warmup + measured, profile_steps) if profile_steps else None
-
-    def on_step(_model, _step: int) -> None:
-        sync()
-        marks.append((time.perf_counter(), state.epoch_wait_s))
-        if prof is not None:
-            prof.step()
-
+    prof = _profiler(steps.warmup + steps.measured, steps.profile) if steps.profile else None
+    clock = StepMarks(prof)
+    trainer = prepared_trainer(ws, model, plan, steps.total, [clock])
+    loader = record_batches(trainer, steps.total)
     load_before = load_average()
-    with PeakMemory() as mem:
-        if prof is not None:
-            with prof:
-                run_train_epoch(
-                    run, model, optimizer, scheduler, loader, plan, state, on_step, total
-                )
-        else:
-            run_train_epoch(run, model, optimizer, scheduler, loader, plan, state, on_step, total)
-    if len(marks) < total:
-        raise RuntimeError(f"{plan.name}: the trainer stopped after {len(marks)} of {total} steps")
-    lm = lm_shape(run.lm) if (cfg.model.mode == "end_to_end" and run.lm is not None) else None
-    towers = tower_shape(acc.unwrap_model(model), cfg.model.dim, cfg.model.user_tower.layers)
-    rows = []
-    for w in range(windows):
-        first, last = warmup + w * per_window, warmup + (w + 1) * per_window - 1
-        (t0, wait0), (t1, wait1) = marks[first - 1], marks[last]
-        stats = loader.stats[first : last + 1]
-        seconds = t1 - t0
-        flops = sum(step_flops(s, lm, towers) for s in stats)
-        rows.append(
-            {
-                "seconds": seconds,
-                "steps_per_s": per_window / seconds,
-                "users_per_s": sum(s.users for s in stats) / seconds,
-                "items_encoded_per_s": sum(s.items for s in stats) / seconds,
-                "tokens_per_s": sum(s.tokens for s in stats) / seconds,
-                "padded_tokens_per_s": sum(s.padded_tokens for s in stats) / seconds,
-                "model_flops_per_s": flops / seconds,
-                "data_wait_fraction": (wait1 - wait0) / seconds,
-            }
+    with PeakMemory() as mem, prof if prof is not None else contextlib.nullcontext():
+        trainer.train_epoch()
+    marks = clock.marks
+    if len(marks) < steps.total:
+        raise RuntimeError(
+            f"{plan.name}: the trainer stopped after {len(marks)} of {steps.total} steps"
         )
-    keys = [k for k in rows[0] if k != "seconds"]
-    summary = {k: median_windows([r[k] for r in rows])["median"] for k in keys}
-    summary["mfu"] = summary["model_flops_per_s"] / peak_flops
-    # On a shared machine contention only ever slows a window down: the fastest window is
-    # the load-robust estimate, reported beside the median.
-    best = dict(max(rows, key=lambda r: r["users_per_s"]))
-    best["mfu"] = best["model_flops_per_s"] / peak_flops
-    m_stats = loader.stats[warmup : warmup + measured]
-    (t_a, wait_a), (t_b, wait_b) = marks[warmup - 1], marks[warmup + measured - 1]
+    flops_of = StepFlops.of(trainer)
+    rows = window_rows(marks, loader.stats, steps, flops_of)
+    median, best = window_summary(rows, peak_flops)
+    end = steps.warmup + steps.measured
+    (t_a, wait_a), (t_b, wait_b) = marks[steps.warmup - 1], marks[end - 1]
+    state = trainer.state
     result = {
-        "mode": cfg.model.mode,
-        "precision": run.precision,
-        "steps": {"warmup": warmup, "windows": windows, "per_window": per_window},
-        "median": summary,
+        "mode": ws.cfg.model.mode,
+        "precision": ws.precision,
+        "steps": {"warmup": steps.warmup, "windows": steps.windows, "per_window": steps.per_window},
+        "median": median,
         "best_window": best,
         "windows": rows,
         "data_wait_fraction_measured": (wait_b - wait_a) / (t_b - t_a),
-        "per_step_mean": {
-            "users": _mean([s.users for s in m_stats]),
-            "positions": _mean([s.positions for s in m_stats]),
-            "items_encoded": _mean([s.items for s in m_stats]),
-            "tokens": _mean([s.tokens for s in m_stats]),
-            "padded_tokens": _mean([s.padded_tokens for s in m_stats]),
-            "model_flops": _mean([step_flops(s, lm, towers) for s in m_stats]),
-        },
-        "flops": {"formula": FORMULA, "lm": lm, "towers": towers},
+        "per_step_mean": per_step_mean(loader.stats[steps.warmup : end], flops_of),
+        "flops": {"formula": FORMULA, "lm": flops_of.lm, "towers": flops_of.towers},
         "peak_flops_per_s": peak_flops,
         "mean_loss": state.epoch_loss / max(1, state.epoch_batches),
         "memory": mem.report(),
@@ -258,10 +258,63 @@ def time_training(
         "load_average_after": load_average(),
     }
     if prof is not None:
-        wall = marks[-1][0] - marks[-1 - profile_steps][0]
-        flops = sum(step_flops(s, lm, towers) for s in loader.stats[-profile_steps:])
-        result["profile"] = summarize_profile(prof, wall, flops, peak_flops, profile_steps)
+        wall = marks[-1][0] - marks[-1 - steps.profile][0]
+        flops = sum(flops_of(s) for s in loader.stats[-steps.profile :])
+        result["profile"] = summarize_profile(prof, wall, flops, peak_flops, steps.profile)
     return result
+
+
+def window_rows(
+    marks: list[tuple[float, float]],
+    stats: list[BatchStats],
+    steps: BenchSteps,
+    flops_of: Callable[[BatchStats], float],
+) -> list[dict]:
+    """Each measured window's rates: steps, users, items, tokens, FLOPs per second, data wait."""
+    rows = []
+    for w in range(steps.windows):
+        first = steps.warmup + w * steps.per_window
+        last = first + steps.per_window - 1
+        (t0, wait0), (t1, wait1) = marks[first - 1], marks[last]
+        window = stats[first : last + 1]
+        seconds = t1 - t0
+        rows.append(
+            {
+                "seconds": seconds,
+                "steps_per_s": steps.per_window / seconds,
+                "users_per_s": sum(s.users for s in window) / seconds,
+                "items_encoded_per_s": sum(s.items for s in window) / seconds,
+                "tokens_per_s": sum(s.tokens for s in window) / seconds,
+                "padded_tokens_per_s": sum(s.padded_tokens for s in window) / seconds,
+                "model_flops_per_s": sum(flops_of(s) for s in window) / seconds,
+                "data_wait_fraction": (wait1 - wait0) / seconds,
+            }
+        )
+    return rows
+
+
+def window_summary(rows: list[dict], peak_flops: float) -> tuple[dict, dict]:
+    """The median over windows of every rate, and the fastest window, each with its MFU."""
+    keys = [k for k in rows[0] if k != "seconds"]
+    median = {k: median_windows([r[k] for r in rows])["median"] for k in keys}
+    median["mfu"] = median["model_flops_per_s"] / peak_flops
+    # On a shared machine contention only ever slows a window down: the fastest window is
+    # the load-robust estimate, reported beside the median.
+    best = dict(max(rows, key=lambda r: r["users_per_s"]))
+    best["mfu"] = best["model_flops_per_s"] / peak_flops
+    return median, best
+
+
+def per_step_mean(stats: list[BatchStats], flops_of: Callable[[BatchStats], float]) -> dict:
+    """Mean batch shape (and FLOPs) of the measured steps."""
+    return {
+        "users": _mean([s.users for s in stats]),
+        "positions": _mean([s.positions for s in stats]),
+        "items_encoded": _mean([s.items for s in stats]),
+        "tokens": _mean([s.tokens for s in stats]),
+        "padded_tokens": _mean([s.padded_tokens for s in stats]),
+        "model_flops": _mean([flops_of(s) for s in stats]),
+    }
 
 
 def _mean(values: list[float]) -> float:
@@ -344,31 +397,30 @@ def explain_mfu(result: dict, target: float = 0.30) -> str | None:
     return text
 
 
-def train_plan(run, source: str):
-    from distrec.train.loop import StagePlan
+def train_plan(ws: Workspace, source: str) -> StagePlan:
+    """The pretraining stage's plan on `source` alone, at the run's learning rate."""
+    return StagePlan("pretrain", {source: 1.0}, [source], 1, ws.cfg.train.lr)
 
-    return StagePlan("pretrain", {source: 1.0}, [source], 1, run.cfg.train.lr)
 
-
-def end_to_end_model(run, pristine_lm: torch.nn.Module) -> torch.nn.Module:
+def end_to_end_model(ws: Workspace, pristine_lm: torch.nn.Module) -> torch.nn.Module:
     """What `distrec train` builds for end-to-end pretraining: the recommender with a LoRA on a
     fresh copy of the LM (PEFT edits the LM in place, so every model gets its own copy)."""
-    import copy
-
     from distrec.train.adapters import add_lm_lora
-    from distrec.train.stages import new_model
+    from distrec.train.stages.pipeline import new_model
 
-    run.lm = copy.deepcopy(pristine_lm)
-    return add_lm_lora(new_model(run), run.cfg, "pretrain")
+    text = dataclasses.replace(ws.text, lm=copy.deepcopy(pristine_lm))
+    return add_lm_lora(new_model(dataclasses.replace(ws, text=text)), ws.cfg, "pretrain")
 
 
-def bench_mode(run, model, source: str, steps: tuple[int, int, int], peak: float, profile: int):
+def bench_mode(
+    ws: Workspace, model, source: str, steps: tuple[int, int, int], peak: float, profile: int
+) -> dict:
+    """`time_training` of one mode on `source`, printed, with the MFU explained when low."""
     warmup, windows, per_window = steps
-    label = f"{run.cfg.model.mode} mode"
+    label = f"{ws.cfg.model.mode} mode"
     print(f"[perf] train ({label}): {warmup} warm-up + {windows}x{per_window} measured steps")
-    result = time_training(
-        run, model, train_plan(run, source), warmup, windows, per_window, peak, profile
-    )
+    bench_steps = BenchSteps(warmup, windows, per_window, profile)
+    result = time_training(ws, model, train_plan(ws, source), bench_steps, peak)
     m = result["median"]
     print(
         f"[perf] train ({label}): {m['users_per_s']:.1f} users/s, "

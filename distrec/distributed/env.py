@@ -11,7 +11,6 @@ import os
 
 import torch.distributed as dist
 
-
 # The launch/sharding packages whose versions every run records (metrics.json).
 BACKEND_PACKAGES = ("accelerate", "deepspeed")
 

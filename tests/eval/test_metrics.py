@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from distrec.eval.evaluate import EvalCase, Ranking, eval_cases, evaluate_sharded, history_mask
-from distrec.utils.sharding import Shard
 from distrec.eval.metrics import NonFiniteScores, metrics_from_ranks, random_ndcg, ranks_from_scores
+from distrec.utils.sharding import Shard
 
 
 def test_rank_counts_strictly_higher_plus_half_ties():

@@ -5,39 +5,35 @@ import math
 import torch
 
 from distrec.config.schema import ModelConfig
+from distrec.models.io import ItemBatch, TrainBatch, TrainOutputs
 from distrec.models.recommender import MAX_LOGIT_SCALE, Recommender
+from distrec.models.registry import ModelSpec, build_model
 
 
 def model(**cfg) -> Recommender:
     torch.manual_seed(0)
-    return Recommender(
+    spec = ModelSpec(
         ModelConfig(dim=16, user_tower={"layers": 1, "heads": 2}, **cfg),
-        feature_dim=1,
         domain_items={"d": 30},
         max_len=8,
-        use_text=False,
-        use_ids=True,
     )
+    return build_model("id_only", spec)
 
 
-def train_out(m: Recommender) -> dict:
+def train_out(m: Recommender) -> TrainOutputs:
     inputs = torch.tensor([[1, 2, 3, 4]])
-    return m(
-        task="train",
-        domain="d",
-        inputs=inputs,
-        targets=inputs + 1,
-        valid=torch.tensor([True]),
-        items=torch.arange(1, 31),
+    batch = TrainBatch(
+        inputs, inputs + 1, torch.tensor([True]), ItemBatch("d", torch.arange(1, 31))
     )
+    return m(batch)
 
 
 def test_cosine_normalises_and_dot_does_not():
     cos = train_out(model(score="cosine"))
     dot = train_out(model(score="dot"))
-    assert torch.allclose(cos["users"].norm(dim=-1), torch.ones(4), atol=1e-5)
-    assert torch.allclose(cos["candidates"].norm(dim=-1), torch.ones(30), atol=1e-5)
-    assert not torch.allclose(dot["candidates"].norm(dim=-1), torch.ones(30), atol=1e-2)
+    assert torch.allclose(cos.users.norm(dim=-1), torch.ones(4), atol=1e-5)
+    assert torch.allclose(cos.candidates.norm(dim=-1), torch.ones(30), atol=1e-5)
+    assert not torch.allclose(dot.candidates.norm(dim=-1), torch.ones(30), atol=1e-2)
 
 
 def test_a_learned_temperature_starts_at_the_configured_one_and_gets_gradients():

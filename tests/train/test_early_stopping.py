@@ -2,11 +2,11 @@
 
 import torch
 
-from distrec.train.loop import EarlyStopping, EpochState
+from distrec.train.state import EarlyStopping, TrainState
 
 
-def state() -> EpochState:
-    return EpochState(gen=torch.Generator())
+def state() -> TrainState:
+    return TrainState(gen=torch.Generator())
 
 
 def feed(rule: EarlyStopping, scores: list[float], total_steps: int = 10_000) -> tuple[int, int]:

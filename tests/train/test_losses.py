@@ -4,6 +4,7 @@ import math
 
 import torch
 
+from distrec.models.io import TrainOutputs
 from distrec.train.losses import (
     duplicate_positives,
     inclusion_log_prob,
@@ -13,14 +14,14 @@ from distrec.train.losses import (
 
 
 def outputs(users, cand, ids, targets, scale=20.0):
-    return {
-        "users": users,
-        "targets": targets,
-        "candidates": cand,
-        "candidate_items": ids,
-        "bias": torch.zeros(cand.shape[0]),
-        "scale": torch.tensor([scale]),
-    }
+    return TrainOutputs(
+        users=users,
+        targets=targets,
+        candidates=cand,
+        candidate_items=ids,
+        bias=torch.zeros(cand.shape[0]),
+        scale=torch.tensor([scale]),
+    )
 
 
 def test_a_positive_gathered_twice_is_masked_as_a_negative():
@@ -60,7 +61,7 @@ def test_masking_the_copy_restores_the_positive_logit_share(monkeypatch):
         outputs(users, torch.cat([cand, other_rows[1:]]), None, torch.tensor([0]))
     )
     assert math.isclose(masked.item(), alone.item(), rel_tol=1e-6)
-    unmasked = dict(local, candidate_items=None)
+    unmasked = local._replace(candidate_items=None)
     assert retrieval_loss(unmasked, cross_rank=True).item() > math.log(2) - 1e-4
 
 
@@ -91,15 +92,16 @@ def test_the_scale_multiplies_the_logits():
 
 
 def test_ranking_scores_stay_fp32_inside_autocast():
-    from distrec.train.loop import CatalogVectors
+    from distrec.models.io import ItemVectors
+    from distrec.models.recommender import Recommender
 
     torch.manual_seed(0)
     vectors = torch.randn(500, 64)
     users = torch.randn(4, 64)
-    catalog = CatalogVectors(vectors, torch.zeros(500), 20.0)
+    catalog = ItemVectors(vectors, torch.zeros(500), torch.tensor([20.0]))
     exact = users @ vectors.T * 20.0
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        scores = catalog.scores(users)
+        scores = Recommender.score(users, catalog)
         rounded = users @ vectors.T * 20.0
     assert scores.dtype == torch.float32 and torch.equal(scores, exact)
     assert rounded.dtype == torch.bfloat16  # what ranking used to see: ties and shuffles

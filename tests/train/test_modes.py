@@ -7,20 +7,22 @@ import torch
 
 from distrec.config import config_from_dict
 from distrec.distributed.accelerator import build_accelerator
-from distrec.train.context import Run, load_domains
-from distrec.train.loop import evaluate_domain
-from distrec.train.stages import new_model
+from distrec.train.evaluation import Evaluator
+from distrec.train.stages.pipeline import Pipeline, new_model
+from distrec.train.workspace import Workspace
 from tests.conftest import tiny_run_config
 
 
-def make_run(synth_dir: Path, tmp_path: Path, mode: str, **model) -> Run:
+def make_run(synth_dir: Path, tmp_path: Path, mode: str, **model) -> Workspace:
     cfg = config_from_dict(
         tiny_run_config(synth_dir, tmp_path / mode, model={"mode": mode, **model})
     )
     accelerator, precision = build_accelerator(cfg)
-    run = Run(cfg, accelerator, precision, tmp_path / mode)
-    load_domains(run, ["tiny", "tiny-b"])
-    return run
+    return Workspace.open(cfg, accelerator, precision, out=tmp_path / mode)
+
+
+def evaluate_domain(ws: Workspace, model, d, split: str) -> dict:
+    return Evaluator(ws).metrics(model, [d.name], split)
 
 
 def test_frozen_lm_gives_identical_metrics_cached_and_end_to_end(synth_dir, tmp_path):
@@ -47,7 +49,7 @@ def test_untrained_towers_rank_near_random(synth_dir, tmp_path):
 
 
 def test_the_popularity_prior_alone_is_a_popularity_ranker(synth_dir, tmp_path):
-    from distrec.train.stages import popularity
+    from distrec.train.stages.baselines import popularity
 
     run = make_run(synth_dir, tmp_path, "cached")
     model = new_model(run)
@@ -55,7 +57,10 @@ def test_the_popularity_prior_alone_is_a_popularity_ranker(synth_dir, tmp_path):
         if name != "pop_weight":
             p.data.zero_()
     m = evaluate_domain(run, model, run.domains["tiny-b"], "test")
-    assert m["ndcg@10"] == pytest.approx(popularity(run, "tiny-b")["test"]["ndcg@10"], abs=0.02)
+    pipe = Pipeline(run)
+    popularity(pipe)
+    pop = pipe.results["baseline_popularity"]["test"]["ndcg@10"]
+    assert m["ndcg@10"] == pytest.approx(pop, abs=0.02)
 
 
 def test_end_to_end_lora_and_adalora_train(synth_dir, tmp_path):

@@ -4,7 +4,7 @@ import json
 
 import yaml
 
-import distrec.train.loop as loop
+import distrec.train.trainer as loop
 from distrec.train.checkpoint import PREEMPTED
 from distrec.train.entry import run_training
 from tests.conftest import tiny_run_config
