@@ -32,6 +32,8 @@ def keep_previous_run(out: Path) -> None:
 
 
 def run_demo(config: str, overrides: list[str], processes: int = 2) -> int:
+    """Prepare the domains, train through `accelerate launch` on `processes` CPU processes
+    and print the report's stage table; returns the exit code (training's, if it failed)."""
     cfg = load_config(config, overrides)
     check_environment(cfg)
     check_launcher(cfg)

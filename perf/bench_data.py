@@ -90,23 +90,6 @@ def loader_throughput(
     return rows
 
 
-# shape: perf/suite.py's positional call; delete once it calls loader_throughput()
-def loader_rows(
-    name: str,
-    manifest,
-    table: TokenTable,
-    pad_id: int,
-    workers: tuple[int, ...],
-    batch: int,
-    batches: int,
-    max_history: int,
-) -> list[dict]:
-    """Transitional alias of `loader_throughput` with the old positional arguments."""
-    run = LoaderRun(batch_size=batch, batches=batches, max_history=max_history)
-    tokens = AttachTokens(table, pad_id)
-    return loader_throughput(name, manifest, tokens, run, workers=workers)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The standalone benchmark's command line."""
     p = argparse.ArgumentParser()

@@ -1,33 +1,35 @@
 """Evaluation throughput of distrec's own evaluation path: catalog items encoded/s (the LM over
 the whole catalog in end-to-end mode, the projection of cached features in cached mode) and
-users ranked/s under the full-ranking protocol (DESIGN section 5)."""
+users ranked/s under the full-catalog ranking protocol (README "Quality: how the results table
+is made"; `distrec.train.evaluation.Evaluator`)."""
 
 from __future__ import annotations
 
 import statistics
 import time
 
+from distrec.train.evaluation import Evaluator
+from distrec.train.workspace import Workspace
 from perf.common import PeakMemory, load_average, sync
 
 
-def time_catalog(run, model, domain: str, repeats: int) -> dict:
-    """`catalog_table` as `evaluate_domain` calls it (eval mode, autocast), median of repeats."""
-    from distrec.train.loop import catalog_table
-
-    d = run.domains[domain]
+def time_catalog(ws: Workspace, model, domain: str, repeats: int) -> dict:
+    """`Evaluator.catalog` as `Evaluator.ranks` calls it (eval mode, autocast), median of
+    repeats."""
+    evaluator, d = Evaluator(ws), ws.domains[domain]
     model.eval()
     times = []
     with PeakMemory() as mem:
         for _ in range(repeats):
             t0 = time.perf_counter()
-            with run.accelerator.autocast():
-                catalog_table(run, model, d, True)
+            with ws.accelerator.autocast():
+                evaluator.catalog(model, d)
             sync()
             times.append(time.perf_counter() - t0)
     model.train()
     t = statistics.median(times)
     return {
-        "mode": run.cfg.model.mode,
+        "mode": ws.cfg.model.mode,
         "items": d.num_items,
         "repeats": repeats,
         "seconds": t,
@@ -36,17 +38,16 @@ def time_catalog(run, model, domain: str, repeats: int) -> dict:
     }
 
 
-def time_ranking(run, model, domain: str, catalog_s: float) -> dict:
-    """Full-catalog ranking of the test users through `evaluate_domain`; the catalog's own
+def time_ranking(ws: Workspace, model, domain: str, catalog_s: float) -> dict:
+    """Full-catalog ranking of the test users through `Evaluator.metrics`; the catalog's own
     time (measured separately) is subtracted, leaving user tower + scoring + metrics."""
     from distrec.eval.evaluate import eval_cases
-    from distrec.train.loop import evaluate_domain
 
-    d = run.domains[domain]
-    users = len(eval_cases(d.sequences(), "test", run.cfg.eval.max_users))
-    evaluate_domain(run, model, d, "test")  # warm-up (and reads the sequences once)
+    evaluator, d = Evaluator(ws), ws.domains[domain]
+    users = len(eval_cases(d.sequences(), "test", ws.cfg.eval.max_users))
+    evaluator.metrics(model, [domain], "test")  # warm-up (and reads the sequences once)
     t0 = time.perf_counter()
-    metrics = evaluate_domain(run, model, d, "test")
+    metrics = evaluator.metrics(model, [domain], "test")
     sync()
     seconds = time.perf_counter() - t0 - catalog_s
     return {
@@ -58,12 +59,15 @@ def time_ranking(run, model, domain: str, catalog_s: float) -> dict:
     }
 
 
-def bench_eval(cached_run, cached_model, e2e_run, e2e_model, domain: str) -> dict:
+def bench_eval(
+    cached_ws: Workspace, cached_model, e2e_ws: Workspace, e2e_model, domain: str
+) -> dict:
+    """Catalog encoding in both modes and full ranking (cached model) on `domain`."""
     print(f"[perf] eval: catalog encoding and full ranking on {domain}")
     load_before = load_average()
-    cached = time_catalog(cached_run, cached_model, domain, repeats=5)
-    e2e = time_catalog(e2e_run, e2e_model, domain, repeats=1)
-    ranking = time_ranking(cached_run, cached_model, domain, cached["seconds"])
+    cached = time_catalog(cached_ws, cached_model, domain, repeats=5)
+    e2e = time_catalog(e2e_ws, e2e_model, domain, repeats=1)
+    ranking = time_ranking(cached_ws, cached_model, domain, cached["seconds"])
     print(
         f"[perf] eval: end-to-end catalog {e2e['items_per_s']:.0f} items/s, cached catalog "
         f"{cached['items_per_s']:.0f} items/s, {ranking['users_ranked_per_s']:.0f} users ranked/s"

@@ -13,7 +13,6 @@ as a single process and once under `accelerate launch` with 2 processes (DDP ove
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 from pathlib import Path
@@ -47,7 +46,8 @@ def allreduce_bus_gbps(numel: int, reps: int = 5) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from perf.bench_train import end_to_end_model, time_training, train_plan
+    """One process's end-to-end step time, parameter counts and all-reduce bandwidth."""
+    from perf.bench_train import BenchSteps, end_to_end_model, time_training, train_plan
     from perf.common import build_run
     from perf.workloads import full_workload, quick_workload
 
@@ -65,13 +65,13 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(args.work)
     extra = [f"train.batch_size={args.batch_size}", "data.num_workers=0", *args.overrides]
     w = quick_workload(work, extra) if args.suite == "quick" else full_workload(work, extra, None)
-    run = build_run(w.config, work / "scaling-run", [w.source])
-    model = end_to_end_model(run, copy.deepcopy(run.lm))
-    rank, world = run.rank_world
+    ws = build_run(w.config, work / "scaling-run", [w.source])
+    model = end_to_end_model(ws, ws.text.lm)
+    rank, world = ws.rank_world
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    warmup, windows, per_window = args.steps
-    result = time_training(run, model, train_plan(run, w.source), warmup, windows, per_window, 1.0)
+    steps = BenchSteps(*args.steps)
+    result = time_training(ws, model, train_plan(ws, w.source), steps, 1.0)
     allreduce = allreduce_bus_gbps(trainable)
     if rank == 0:
         m = result["median"]
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
                 "load_average": load_average(),
             },
         )
-    run.accelerator.end_training()
+    ws.accelerator.end_training()
     import torch.distributed as dist
 
     if dist.is_initialized():

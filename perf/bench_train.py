@@ -62,6 +62,8 @@ CATEGORIES = {
 
 @dataclass
 class BatchStats:
+    """One training batch's size: what the rates and the FLOPs count."""
+
     users: int
     positions: int
     row_sq: int  # sum over rows of (real history length)^2: user-tower attention
@@ -154,10 +156,12 @@ class BenchSteps:
 
     @property
     def measured(self) -> int:
+        """Steps inside the measured windows."""
         return self.windows * self.per_window
 
     @property
     def total(self) -> int:
+        """Every step the trainer takes (the schedule's length)."""
         return self.warmup + self.measured + self.profile
 
 
@@ -169,6 +173,7 @@ class StepMarks(TrainHook):
         self.marks: list[tuple[float, float]] = []
 
     def on_step(self, trainer: Trainer, step: int) -> None:
+        """Note the time and the data wait after the step's work has finished."""
         sync()
         self.marks.append((time.perf_counter(), trainer.state.epoch_wait_s))
         if self.prof is not None:
@@ -182,6 +187,7 @@ class RunningLoss(TrainHook):
         self.before: list[float] = []
 
     def on_step(self, trainer: Trainer, step: int) -> None:
+        """Note the sum of the losses of the steps before this one."""
         self.before.append(trainer.state.epoch_loss)
 
 

@@ -5,7 +5,6 @@ summary.md and PNG plots into --out."""
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import socket
@@ -16,7 +15,7 @@ import time
 from pathlib import Path
 
 from perf.common import ROOT, device_description, load_average, write_result
-from perf.summary import build_summary, summary_markdown
+from perf.summary import SuiteResults, summarize, summary_markdown
 
 SUITES = ("quick", "full")
 
@@ -26,12 +25,14 @@ class BenchError(Exception):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The suite's command line."""
     p = argparse.ArgumentParser(prog="python -m perf", description=__doc__)
     add_arguments(p)
     return p.parse_args(argv)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The suite's options (shared with `distrec bench`)."""
     p.add_argument("--suite", default="quick", help="quick (~1-2 min, tiny model) or full")
     p.add_argument("--out", default=None, help="results folder (default runs/bench-SUITE)")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
@@ -75,6 +76,7 @@ def prepare_out(out: Path, overwrite: bool) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the suite; exit 2 on bad input, 1 when a benchmark failed."""
     args = parse_args(argv)
     try:
         return run_suite(args)
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_suite(args: argparse.Namespace) -> int:
+    """Every benchmark into --out, then summary.json and summary.md."""
     if args.suite not in SUITES:
         raise BenchError(f"--suite {args.suite!r}: expected one of {list(SUITES)}")
     if args.encoder and args.suite != "full":
@@ -104,6 +107,8 @@ def run_suite(args: argparse.Namespace) -> int:
 
 
 class Suite:
+    """One suite run: its arguments, results and work folders, what was skipped or failed."""
+
     def __init__(self, args: argparse.Namespace, out: Path, work: Path) -> None:
         self.args, self.out, self.work = args, out, work
         self.skipped: dict[str, str] = {f"{s}": "--skip" for s in args.skip}
@@ -111,11 +116,13 @@ class Suite:
         self.failures: dict[str, str] = {}
 
     def save(self, name: str, result: dict) -> dict:
+        """Write `result` as <name>.json (with machine facts) and return what was written."""
         path = write_result(self.out / f"{name}.json", result)
         self.files.append(path.name)
         return json.loads(path.read_text())
 
     def run(self) -> dict:
+        """Every benchmark not skipped, in order; returns summary.json's content."""
         from perf.bench_peak import default_sizes, measure_peak
         from perf.plots import write_plots
         from perf.workloads import full_workload, quick_workload
@@ -129,22 +136,22 @@ class Suite:
         )
         print(f"[perf] {a.suite} suite on {device_description()}, load {load_start}")
         peak = self.save("peak", measure_peak(default_sizes(), 1.0 if a.suite == "full" else 0.3))
-        train, (cached_run, cached_model), (e2e_run, e2e_model), pristine = self.training(peak)
+        train, (cached_ws, cached_model), (e2e_ws, e2e_model) = self.training(peak)
         baseline = equal = evaluation = None
         if "baseline" not in a.skip:
-            baseline, equal = self.baseline(e2e_run, pristine)
+            baseline, equal = self.baseline(e2e_ws)
         if "eval" not in a.skip:
             from perf.bench_eval import bench_eval
 
-            result = bench_eval(cached_run, cached_model, e2e_run, e2e_model, w.target)
+            result = bench_eval(cached_ws, cached_model, e2e_ws, e2e_model, w.target)
             evaluation = self.save("eval", {**result, "config": w.describe()})
-        data = self.data(e2e_run) if "data" not in a.skip else None
+        data = self.data(e2e_ws) if "data" not in a.skip else None
         memory = self.memory(train, baseline) if "memory" not in a.skip else None
         scaling = self.scaling() if "scaling" not in a.skip else None
-        summary = build_summary(
-            a.suite, w, peak, train, baseline, equal, evaluation, data, memory, scaling,
-            self.skipped, load_start,
-        )  # fmt: skip
+        results = SuiteResults(peak, train, baseline, equal, evaluation, data, memory, scaling)
+        summary = summarize(
+            results, suite=a.suite, workload=w, skipped=self.skipped, load_start=load_start
+        )
         summary["failures"] = self.failures
         summary["plots"] = write_plots(self.out, train, baseline, data, scaling, memory)
         summary["files"] = [*self.files, "summary.json", "summary.md", *summary["plots"]]
@@ -152,8 +159,9 @@ class Suite:
 
     def training(self, peak: dict):
         """Cached and end-to-end training throughput, one after the other on the same data;
-        returns the results, both (run, model) pairs and a pristine copy of the LM."""
-        from distrec.train.stages import new_model
+        returns the results and both (workspace, model) pairs. The end-to-end workspace's
+        LM stays pristine: every end-to-end model trains its own copy."""
+        from distrec.train.stages.pipeline import new_model
         from perf.bench_train import bench_mode, end_to_end_model
         from perf.common import build_run
         from perf.workloads import with_mode
@@ -161,30 +169,30 @@ class Suite:
         w = self.workload
         domains = [w.source, *([w.target] if w.target != w.source else [])]
         peak_for = {k: v["flops_per_s"] for k, v in peak["measured"].items()}
-        e2e_run = build_run(w.config, self.work / "run", domains)
-        pristine = copy.deepcopy(e2e_run.lm)
-        cached_run = build_run(with_mode(w.config, "cached"), self.work / "run", domains)
-        cached_model = new_model(cached_run)
+        e2e_ws = build_run(w.config, self.work / "run", domains)
+        cached_ws = build_run(with_mode(w.config, "cached"), self.work / "run", domains)
+        cached_model = new_model(cached_ws)
         cached = bench_mode(
-            cached_run, cached_model, w.source, w.steps.cached, peak_for[cached_run.precision], 0
+            cached_ws, cached_model, w.source, w.steps.cached, peak_for[cached_ws.precision], 0
         )
-        e2e_model = end_to_end_model(e2e_run, pristine)
+        e2e_model = end_to_end_model(e2e_ws, e2e_ws.text.lm)
         e2e = bench_mode(
-            e2e_run, e2e_model, w.source, w.steps.end_to_end, peak_for[e2e_run.precision],
+            e2e_ws, e2e_model, w.source, w.steps.end_to_end, peak_for[e2e_ws.precision],
             w.steps.profile_steps,
         )  # fmt: skip
         result = {"benchmark": "train", "config": w.describe(), "cached": cached, "end_to_end": e2e}
         train = self.save("train", result)
-        return train, (cached_run, cached_model), (e2e_run, e2e_model), pristine
+        return train, (cached_ws, cached_model), (e2e_ws, e2e_model)
 
-    def baseline(self, e2e_run, pristine):
+    def baseline(self, e2e_ws):
+        """The HF Trainer baseline on a fresh end-to-end model, then the equal-loss check."""
         from perf.baselines.hf_trainer import bench_baseline
         from perf.bench_train import end_to_end_model, train_plan
 
         w = self.workload
-        model = end_to_end_model(e2e_run, pristine)
+        model = end_to_end_model(e2e_ws, e2e_ws.text.lm)
         result = bench_baseline(
-            e2e_run, model, train_plan(e2e_run, w.source), w.steps.baseline, self.work
+            e2e_ws, model, train_plan(e2e_ws, w.source), w.steps.baseline, self.work
         )
         baseline = self.save(
             "baseline_hf_trainer",
@@ -209,25 +217,25 @@ class Suite:
         equal = self.save("baseline_equal_loss", json.loads(eq_path.read_text()))
         return baseline, equal
 
-    def data(self, e2e_run) -> dict:
-        from perf.bench_data import dedup_ratios, loader_rows
+    def data(self, e2e_ws) -> dict:
+        """Loader-only throughput and per-batch deduplication on the source domain."""
+        from distrec.data.tokens import AttachTokens
+        from perf.bench_data import LoaderRun, dedup_ratios, loader_throughput
 
         w = self.workload
-        d = e2e_run.domains[w.source]
-        rows = loader_rows(
+        d = e2e_ws.domains[w.source]
+        pad_id = e2e_ws.text.tokenizer.pad_token_id
+        rows = loader_throughput(
             w.source,
             d.manifest,
-            d.tokens,
-            e2e_run.tokenizer.pad_token_id,
-            w.steps.data_workers,
-            w.config.train.batch_size,
-            w.steps.data_batches,
-            w.config.data.max_history,
+            AttachTokens(d.tokens, pad_id),
+            LoaderRun(w.config.train.batch_size, w.steps.data_batches, w.config.data.max_history),
+            workers=w.steps.data_workers,
         )
         dedup = dedup_ratios(
             d.manifest,
             d.tokens,
-            e2e_run.tokenizer.pad_token_id,
+            pad_id,
             w.config.data.max_history,
             [w.config.train.batch_size, 64, 256],
             5,
@@ -249,6 +257,7 @@ class Suite:
         )
 
     def memory(self, train: dict, baseline: dict | None) -> dict:
+        """Peak memory per training mode, plus the ZeRO benchmark on the full suite."""
         per_mode = {
             "cached_train": train["cached"]["memory"],
             "end_to_end_train": train["end_to_end"]["memory"],
@@ -279,6 +288,7 @@ class Suite:
         return self.save("memory", result)
 
     def scaling(self) -> dict:
+        """The scaling model's 7B table and its check against a 1-vs-2 process measurement."""
         from perf.scaling_model import Links, Workload, predict
 
         a = self.args
@@ -335,6 +345,7 @@ class Suite:
         return self.save("scaling", result)
 
     def scaling_measurement(self) -> dict | None:
+        """`perf.bench_scaling` as 1 process and as 2 (DDP); None with a single GPU."""
         import torch
 
         a = self.args
@@ -369,6 +380,7 @@ class Suite:
         return {"1": json.loads(one.read_text()), "2": json.loads(two.read_text())}
 
     def subprocess(self, cmd: list[str], what: str, env: dict | None = None) -> None:
+        """Run `cmd` from the checkout; RuntimeError with its output tail when it fails."""
         print(f"[perf] {what}: {' '.join(cmd[1:4])} ...")
         full_env = {**os.environ, **(env or {})}
         full_env["PYTHONPATH"] = os.pathsep.join(
@@ -382,6 +394,7 @@ class Suite:
 
 
 def free_port() -> int:
+    """A TCP port free on this machine right now (for the 2-process launch)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

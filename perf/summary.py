@@ -51,28 +51,6 @@ def summarize(
     return s
 
 
-# shape: perf/suite.py's positional call; delete once it passes SuiteResults to summarize()
-def build_summary(
-    suite,
-    workload,
-    peak,
-    train,
-    baseline,
-    equal,
-    evaluation,
-    data,
-    memory,
-    scaling,
-    skipped,
-    load_start,
-) -> dict:
-    """Transitional alias of `summarize` with the benchmarks' results as positionals."""
-    results = SuiteResults(peak, train, baseline, equal, evaluation, data, memory, scaling)
-    return summarize(
-        results, suite=suite, workload=workload, skipped=skipped, load_start=load_start
-    )
-
-
 def _headline(suite: str, peak: dict, train: dict, baseline: dict | None) -> dict:
     """Training throughput, MFU and data wait of both modes (equal_loss is filled in later)."""
     e2e, cached = train["end_to_end"], train["cached"]

@@ -87,6 +87,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def config_from_dict(tree: dict[str, Any], source: str = "<dict>") -> RunConfig:
+    """Validate a run-config tree; raises ConfigError naming `source`, one line per problem."""
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as err:
@@ -133,4 +134,5 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
 
 
 def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML, every key in schema order (`config.yaml`, `distrec config`)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

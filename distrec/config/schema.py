@@ -77,6 +77,7 @@ class RunConfig(Section):
         return self
 
     def domain(self, name: str) -> DomainConfig:
+        """The data.domains entry called `name`; KeyError listing the known names if none."""
         for d in self.data.domains:
             if d.name == name:
                 return d

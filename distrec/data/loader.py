@@ -48,6 +48,7 @@ class StreamLoader:
 
     @property
     def epoch(self) -> int:
+        """The epoch being read (0-based; advances once an epoch's batches are consumed)."""
         return self.pos.epoch
 
     def __len__(self) -> int:

@@ -34,22 +34,27 @@ class Manifest:
 
     @property
     def domain(self) -> str:
+        """The domain's name (as in data.domains)."""
         return self.data["domain"]
 
     @property
     def counts(self) -> dict[str, int]:
+        """The prepared domain's sizes (`users`, `items`, `interactions`, ...)."""
         return self.data["counts"]
 
     @property
     def shards(self) -> list[ShardInfo]:
+        """Every shard's entry, in shard order."""
         return [ShardInfo(**s) for s in self.data["shards"]]
 
     @property
     def num_items(self) -> int:
+        """N, the catalog's items (indices 1..N; 0 is padding)."""
         return int(self.counts["items"])
 
     @property
     def fingerprint(self) -> str:
+        """Hash of the preparation settings and source files: equal means the same dataset."""
         return self.data["fingerprint"]
 
     def shard_urls(self, template: str | None = None) -> list[str]:
@@ -64,6 +69,7 @@ class Manifest:
 
     @property
     def catalog_path(self) -> Path:
+        """The domain's catalog.parquet (one row per item, in index order)."""
         return self.root / CATALOG
 
 

@@ -13,6 +13,7 @@ from distrec.distributed.collectives import world_size
 
 
 def cpu_supports_fast_bf16() -> bool:
+    """Whether /proc/cpuinfo lists AMX or AVX512 bf16 (False where it cannot be read)."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
@@ -31,6 +32,8 @@ def resolve_precision(precision: str) -> str:
 
 
 def build_accelerator(cfg: RunConfig, log_dir: str | None = None):
+    """(Accelerator, resolved precision) for this launch: the backend is the launch
+    template's, checked against distributed.strategy; `log_dir`: TensorBoard logs there."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
@@ -70,6 +73,8 @@ def build_accelerator(cfg: RunConfig, log_dir: str | None = None):
 
 
 def live_strategy(accelerator) -> str:
+    """The backend this launch runs, in distributed.strategy's terms: zero1/2/3,
+    zero3_offload, fsdp, ddp or single."""
     kind = str(accelerator.distributed_type).split(".")[-1]
     if kind == "DEEPSPEED":
         plugin = accelerator.state.deepspeed_plugin
@@ -84,6 +89,8 @@ def live_strategy(accelerator) -> str:
 
 
 def check_strategy(cfg: RunConfig, accelerator) -> None:
+    """ConfigError unless distributed.strategy is `auto` or what the launch provides (`ddp`
+    also accepts a single process)."""
     wanted = cfg.distributed.strategy
     got = live_strategy(accelerator)
     if wanted not in ("auto", got) and not (wanted == "ddp" and got == "single"):

@@ -16,6 +16,7 @@ BACKEND_PACKAGES = ("accelerate", "deepspeed")
 
 
 def rank_and_world() -> tuple[int, int]:
+    """(rank, world size): torch.distributed's once a group exists, else RANK/WORLD_SIZE."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -43,6 +44,7 @@ def is_peer_failure(err: BaseException) -> bool:
 
 
 def peer_failure_message(err: BaseException, timeout_s: int) -> str:
+    """What a surviving rank says about a failed collective `err`, and how to continue."""
     rank, world = rank_and_world()
     first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
     return (

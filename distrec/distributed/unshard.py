@@ -70,6 +70,9 @@ class PlainCopy:
         self.shell = meta_shell(model) if strategy in SHARDING else None
 
     def trained(self, accelerator, prepared: nn.Module) -> nn.Module:
+        """The trained weights of `prepared` in a plain module on the accelerator's device,
+        with the original requires_grad flags (and PEFT config). Collective when sharded;
+        call it once: the copy hands over its shell."""
         unwrapped = accelerator.unwrap_model(prepared)
         if self.shell is None:
             return unwrapped

@@ -41,6 +41,7 @@ class RatioInterval:
         return self.low > 1.0 or self.high < 1.0
 
     def format(self) -> str:
+        """`1.23x [1.01, 1.45]`: the ratio and its interval, two decimals."""
         return f"{self.ratio:.2f}x [{self.low:.2f}, {self.high:.2f}]"
 
 

@@ -140,6 +140,7 @@ def encode_tokens(
 
 
 def hidden_size(lm: torch.nn.Module) -> int:
+    """The LM's hidden width: `config.hidden_size`, or `d_model` (T5-style configs)."""
     cfg = lm.config
     return int(getattr(cfg, "hidden_size", None) or cfg.d_model)
 

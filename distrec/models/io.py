@@ -54,6 +54,7 @@ class TrainBatch:
 
     @property
     def domain(self) -> str:
+        """The domain the windows and candidates belong to."""
         return self.candidates.domain
 
     def real_positions(self) -> torch.Tensor:

@@ -124,6 +124,8 @@ class AdaLoraBudget(TrainHook):
         return cls(peft_model, sharded, cfg.train.max_grad_norm)
 
     def on_step(self, trainer: Trainer, step: int) -> None:
+        """AdaLoRA's `update_and_allocate(step)`; when sharded, on the captured gradients
+        made global, with the LoRA parameters gathered whole."""
         if self.capture is None:
             self.base.update_and_allocate(step)
             return
@@ -138,6 +140,7 @@ class AdaLoraBudget(TrainHook):
         self.capture.clear()
 
     def close(self, trainer: Trainer) -> None:
+        """Remove the gradient-capture hooks (sharded backends only)."""
         if self.capture is not None:
             self.capture.remove()
 

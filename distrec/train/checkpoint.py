@@ -26,6 +26,7 @@ class Preempted(RuntimeError):
 
 
 def install_preemption_handler() -> None:
+    """Make SIGTERM set PREEMPTED (see `preemption_requested`); a no-op off the main thread."""
     # Only the main thread may install handlers. A Ray Tune trial trains in a worker
     # thread; Ray stops and restores it itself (from the checkpoints reported per epoch).
     if threading.current_thread() is threading.main_thread():

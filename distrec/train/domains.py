@@ -32,10 +32,12 @@ class DomainData:
 
     @property
     def num_items(self) -> int:
+        """N, the catalog's items (indices 1..N; 0 is padding)."""
         return len(self.catalog)
 
     @property
     def texts(self) -> list[str]:
+        """Each catalog item's text, in item order (index i-1 is item i)."""
         return self.catalog["text"].tolist()
 
     @property

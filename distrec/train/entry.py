@@ -113,6 +113,8 @@ def report_peer_failure(err: Exception, cfg: RunConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m distrec.train --config FILE [--resume auto] [key=value ...]`; returns the
+    exit code (2 for an invalid config)."""
     import argparse
 
     from distrec.config import ConfigError

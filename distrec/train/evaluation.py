@@ -32,6 +32,7 @@ class Evaluator:
         self.ws = ws
 
     def ranking(self, d: DomainData) -> Ranking:
+        """How domain `d` is ranked: its whole catalog, data.max_history, eval.batch_size."""
         return Ranking(d.num_items, self.ws.cfg.data.max_history, self.ws.cfg.eval.batch_size)
 
     @torch.no_grad()

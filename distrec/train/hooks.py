@@ -16,4 +16,5 @@ class EpochReport(TrainHook):
         self.report = report
 
     def on_epoch_end(self, trainer: Trainer, entry: dict, last: bool) -> None:
+        """Pass the stage's name, the epoch's history record and `last` to `report`."""
         self.report(trainer.plan.name, entry, last)

@@ -74,6 +74,8 @@ def write_ranks(out: Path, stages: dict) -> Path:
 
 
 def write_metrics(out: Path, cfg: RunConfig, stages: dict, extra: dict) -> Path:
+    """ranks.parquet, then metrics.json: the stage records, the resolved config, package
+    versions and `extra` (run-wide facts); returns metrics.json's path."""
     write_ranks(out, stages)
     path = out / "metrics.json"
     write_json(
@@ -84,6 +86,8 @@ def write_metrics(out: Path, cfg: RunConfig, stages: dict, extra: dict) -> Path:
 
 
 def stage_table(stages: dict, target: str | None) -> str:
+    """The report's Markdown table: one row per finished stage (ROWS order), its test
+    metrics in COLUMNS (nan where missing)."""
     lines = [
         f"Target domain: **{target}** (test split, full ranking, history masked)",
         "",
@@ -124,6 +128,8 @@ def ratios(out: Path, stages: dict) -> list[str]:
 
 
 def write_report(out: Path, cfg: RunConfig, stages: dict, extra: dict) -> None:
+    """report.md (stage table, transfer ratios, protocol and run facts) and report.png;
+    reads ranks.parquet, so after `write_metrics`."""
     parts = [
         "# distrec run report",
         "",
@@ -180,6 +186,7 @@ def write_report(out: Path, cfg: RunConfig, stages: dict, extra: dict) -> None:
 
 
 def plot_report(path: Path, stages: dict) -> None:
+    """report.png: validation NDCG@10 per epoch for each stage, and each stage's test NDCG@10."""
     plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))

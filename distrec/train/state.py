@@ -36,6 +36,7 @@ class EarlyStopping:
 
     @classmethod
     def of(cls, cfg: RunConfig) -> EarlyStopping:
+        """The run's rule: eval.metric with train.early_stopping_patience and _min_delta."""
         t = cfg.train
         return cls(cfg.eval.metric, t.early_stopping_patience, t.early_stopping_min_delta)
 

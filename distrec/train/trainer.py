@@ -233,6 +233,8 @@ class Trainer:
     # --- the steps' parts -----------------------------------------------------------------
 
     def loss_context(self, batch: dict, request) -> LossContext:
+        """What the loss needs besides the outputs for stream batch `batch`, whose model input
+        is `request` (TrainBatch): the domain's item shares, sampled/cross-rank candidates."""
         cfg, sampled = self.ws.cfg, is_sampled(batch)
         cross_rank = sampled and cfg.distributed.cross_rank_negatives
         return LossContext(
@@ -252,6 +254,8 @@ class Trainer:
         return self.state.epoch < self.plan.epochs
 
     def resume_if_asked(self) -> None:
+        """With --resume, restore the stage's newest checkpoint: weights, optimizer, the
+        trainer's state and the loader's position within the epoch."""
         latest = self.checkpoints.latest() if self.ws.resume else None
         if latest is None:
             return
@@ -262,6 +266,7 @@ class Trainer:
         )
 
     def log_budget(self) -> None:
+        """Log the training targets per epoch and the budget (optimizer steps or epochs)."""
         cfg = self.ws.cfg
         budget = (
             f"{self.total_steps} optimizer steps"

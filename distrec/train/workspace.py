@@ -61,14 +61,17 @@ class Workspace:
 
     @property
     def rank_world(self) -> tuple[int, int]:
+        """(rank, world size) of this process (`distrec.distributed.env.rank_and_world`)."""
         return rank_and_world()
 
     @property
     def is_main(self) -> bool:
+        """Rank 0: the process that writes the run's shared files."""
         return self.rank_world[0] == 0
 
     @property
     def device(self) -> torch.device:
+        """The accelerator's device for this process."""
         return self.accelerator.device
 
     @property
@@ -82,6 +85,7 @@ class Workspace:
 
 
 def collective_shard() -> Shard:
+    """This process's Shard, with the real gather and barrier collectives."""
     rank, world = rank_and_world()
     return Shard(rank, world, gather_tensors, barrier)
 

@@ -28,6 +28,8 @@ class SweepProgress(Callback):
         self.live: set[str] = set()
 
     def setup(self, **info) -> None:
+        """Ray's start (also after a restore): reset the clock and the live trials, and
+        register this instance as the `active` one."""
         self.start = time.monotonic()
         self.live = set()
         SweepProgress.active = self
@@ -37,10 +39,12 @@ class SweepProgress(Callback):
         return len(self.live)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        """Count the trial as live; print it with its sampled params."""
         self.live.add(trial.trial_id)
         self._line(trials, f"started {trial.trial_id} {_params(trial.config)}", starting=trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        """Track the best finite value of the sweep's metric so far (no line printed)."""
         value = result.get(self.metric)
         if not isinstance(value, float) or math.isnan(value):
             return
@@ -48,6 +52,7 @@ class SweepProgress(Callback):
             self.best = value
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        """Print whether the trial finished its stage or the scheduler stopped it, and when."""
         self.live.discard(trial.trial_id)
         last = trial.last_result or {}
         how = "finished" if last.get("final") else "stopped early"
@@ -56,10 +61,12 @@ class SweepProgress(Callback):
         )
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        """Print that the trial failed with no retries left."""
         self.live.discard(trial.trial_id)
         self._line(trials, f"{trial.trial_id} failed for good (retries exhausted)", trial, True)
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        """Print that the trial failed and Ray retries it from its last checkpoint."""
         self._line(trials, f"{trial.trial_id} failed; retrying from its last checkpoint")
 
     def _line(self, trials, event: str, ending=None, failed: bool = False, starting=None) -> None:

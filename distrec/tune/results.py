@@ -29,6 +29,9 @@ STATUSES = ("completed", "early_stopped", "error")
 
 @dataclass
 class TrialRecord:
+    """One trial as the results see it: its status (STATUSES), sampled params, per-epoch
+    reports, wall time and last error line."""
+
     trial_id: str
     status: str
     params: dict[str, Any]
@@ -38,9 +41,11 @@ class TrialRecord:
 
     @property
     def epochs(self) -> int:
+        """The last epoch the trial reported (0 if none)."""
         return max((int(h["epoch"]) for h in self.history), default=0)
 
     def best(self, metric: str, mode: str) -> float:
+        """The best finite `metric` over the reported epochs (max or min by `mode`); nan if none."""
         values = [h[metric] for h in self.history if _finite(h.get(metric))]
         if not values:
             return math.nan
@@ -80,6 +85,7 @@ def records_from_grid(grid, metric: str) -> list[TrialRecord]:
 
 
 def best_column(metric: str) -> str:
+    """The results column of `metric`'s best value: `valid.ndcg@10` -> `best_valid_ndcg@10`."""
     return "best_" + metric.replace(".", "_")
 
 
@@ -95,6 +101,7 @@ def ranked(records: list[TrialRecord], metric: str, mode: str) -> list[TrialReco
 
 
 def write_csv(path: Path, records: list[TrialRecord], params: list[Param], metric: str, mode: str):
+    """results.csv: one row per trial, best first (columns in the module docstring)."""
     keys = [p.key for p in params]
     with path.open("w", newline="") as f:
         w = csv.writer(f)
@@ -154,6 +161,7 @@ def _best_epoch(r: TrialRecord, metric: str, mode: str) -> int:
 
 
 def summary_table(records: list[TrialRecord], params: list[Param], metric: str, mode: str) -> str:
+    """summary.md's Markdown table: the results.csv columns, best first."""
     keys = [p.key for p in params]
     lines = [
         f"| trial | status | epochs | {best_column(metric)} | wall_s | " + " | ".join(keys) + " |",
@@ -174,6 +182,7 @@ def _fmt(v: Any) -> str:
 
 
 def counts(records: list[TrialRecord]) -> dict[str, int]:
+    """Trials per status, every one of STATUSES present (0 if none)."""
     return {s: sum(r.status == s for r in records) for s in STATUSES}
 
 

@@ -32,6 +32,8 @@ FROZEN = ("tune", "output")
 
 @dataclass(frozen=True)
 class Param:
+    """One swept key: its dotted run-config path, spec kind (KINDS) and values."""
+
     key: str
     kind: str
     values: tuple  # choice/grid: the options; ranges: (lo, hi)
@@ -46,6 +48,7 @@ class Param:
         return [float(v) for v in self.values]
 
     def ray_domain(self):
+        """The Ray Tune sampler (or grid_search) for this spec; randint's hi is included."""
         from ray import tune
 
         if self.kind == "choice":
@@ -138,6 +141,7 @@ def validate_space(tree: dict[str, Any], params: list[Param]) -> None:
 
 
 def check_searcher(params: list[Param], search_alg: str) -> None:
+    """Refuse `grid` specs under Optuna, which cannot sample them."""
     if search_alg == "optuna" and any(p.kind == "grid" for p in params):
         grid = [p.key for p in params if p.kind == "grid"]
         raise ConfigError(
@@ -147,4 +151,5 @@ def check_searcher(params: list[Param], search_alg: str) -> None:
 
 
 def ray_space(params: list[Param]) -> dict[str, Any]:
+    """Ray Tune's param_space: dotted key -> its sampler."""
     return {p.key: p.ray_domain() for p in params}

@@ -34,6 +34,8 @@ STAGE_EPOCHS = {
 
 
 def load_sweep_tree(config: str, overrides: list[str]) -> tuple[dict, RunConfig]:
+    """The run-config tree with `overrides` applied (what trials override further) and its
+    validated RunConfig."""
     tree = read_yaml(config)
     for item in overrides:
         apply_override(tree, item)
@@ -70,6 +72,7 @@ def check_sweep(tree: dict, cfg: RunConfig) -> list[Param]:
 
 
 def check_stage(cfg: RunConfig) -> None:
+    """tune.stage must be a stage the run config runs (its validation metric is reported)."""
     st, stage = cfg.stages, cfg.tune.stage
     enabled = {
         "pretrain": st.pretrain.enabled,
@@ -132,6 +135,7 @@ def warm_caches(cfg: RunConfig) -> None:
 
 
 def check_out_dir(out: Path) -> None:
+    """A new sweep needs a new or empty --out: never an old sweep, never other files."""
     if (out / SWEEP_FILE).exists():
         raise ConfigError(
             f"--out {out}: already holds a sweep; continue it with `distrec tune --resume {out}` "
@@ -153,6 +157,8 @@ def storage_of(cfg: RunConfig, out: Path) -> str:
 
 
 def start_sweep(config: str, overrides: list[str], out: str | None, verbose: bool = False) -> int:
+    """`distrec tune`: check the sweep, warm the caches, write sweep.json to `out` (default
+    runs/tune-<config stem>) and run it; returns the exit code (130 if interrupted)."""
     tree, cfg = load_sweep_tree(config, overrides)
     params = check_sweep(tree, cfg)
     check_environment(cfg)
@@ -178,6 +184,8 @@ def start_sweep(config: str, overrides: list[str], out: str | None, verbose: boo
 
 
 def resume_sweep(out: str, verbose: bool = False) -> int:
+    """`distrec tune --resume`: continue the sweep in `out` from its sweep.json and Ray's
+    saved experiment; returns the exit code."""
     out_dir = Path(out)
     if not (out_dir / SWEEP_FILE).exists():
         raise ConfigError(
@@ -231,6 +239,7 @@ def _run(
 
 
 def trial_spec(state: dict, cfg: RunConfig) -> TrialSpec:
+    """What every trial of the sweep shares, from sweep.json's `state` and tune.*."""
     t = cfg.tune
     return TrialSpec(
         state["trial_tree"],
@@ -294,6 +303,7 @@ def restore_tuner(trainable, out_dir: Path, state: dict):
 
 
 def grid_size(params: list[Param]) -> int:
+    """Combinations of the `grid` specs (1 without any): trials per tune.num_samples."""
     n = 1
     for p in params:
         if p.kind == "grid":

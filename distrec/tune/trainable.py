@@ -80,6 +80,8 @@ def crash_plan(trial: int | None) -> tuple[int, bool] | None:
 
 
 def should_crash(plan: tuple[int, bool] | None, epoch: int, restores: int) -> bool:
+    """Whether fault injection (`crash_plan`'s `plan`) fires after reporting `epoch`: at
+    epoch E on the first attempt, or at every epoch >= E with `*`."""
     if plan is None:
         return False
     at, always = plan
@@ -104,6 +106,8 @@ def prepare_run_dir(run_dir: Path, checkpoint) -> tuple[str | None, int]:
 def write_trial_config(
     folder: Path, spec: TrialSpec, params: dict[str, Any], run_dir: Path
 ) -> Path:
+    """`folder`/trial.yaml: the spec's tree with `params` applied, no tune section, the
+    trial's threads pinned and output.dir = `run_dir`; written atomically."""
     tree = apply_params(spec.tree, params)
     tree.pop("tune", None)
     # Pinned for every trial and kept in best.yaml: float sums, so metrics, depend on it.
@@ -129,6 +133,7 @@ class TrialRun:
 
     @property
     def run_dir(self) -> Path:
+        """The distrec run folder (output.dir), also the trial's Ray checkpoint."""
         return self.folder / "run"
 
 

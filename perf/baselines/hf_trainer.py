@@ -19,7 +19,10 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from distrec.models.io import ItemBatch, TrainOutputs
 from distrec.train.losses import inclusion_log_prob, item_slots, retrieval_loss
+from distrec.train.trainer import StagePlan, build_loader
+from distrec.train.workspace import Workspace
 from perf.common import PeakMemory, load_average, median_windows, sync
 
 
@@ -78,16 +81,16 @@ class TwoTowerForTrainer(nn.Module):
         self.losses: list[torch.Tensor] = []
 
     def forward(self, item_ids, input_ids, attention_mask):
+        """{"loss"} of a collated batch: every history item encoded, the same retrieval loss."""
         real = item_ids > 0
         # Every history item of every example goes through the LM, duplicates included.
-        vecs = self.rec._unit(
-            self.rec.item_tower(
-                self.domain,
-                item_ids[real],
-                input_ids=input_ids[real],
-                attention_mask=attention_mask[real],
-            )
+        items = ItemBatch(
+            self.domain,
+            item_ids[real],
+            input_ids=input_ids[real],
+            attention_mask=attention_mask[real],
         )
+        vecs = self.rec._unit(self.rec.item_tower(items))
         table = vecs.new_zeros(*item_ids.shape, vecs.shape[-1])
         table[real] = vecs
         targets = item_ids[:, 1:]
@@ -103,13 +106,14 @@ class TwoTowerForTrainer(nn.Module):
         )
         cand = vecs[first]
         bias = self.rec._bias(self.popularity[uniq], cand)
-        out = {
-            "users": users,
-            "targets": torch.searchsorted(uniq, targets[has_target]),
-            "candidates": cand,
-            "bias": bias,
-            "scale": self.rec.scale(),
-        }
+        out = TrainOutputs(
+            users=users,
+            targets=torch.searchsorted(uniq, targets[has_target]),
+            candidates=cand,
+            candidate_items=uniq,
+            bias=bias,
+            scale=self.rec.scale(),
+        )
         slots = item_slots(item_ids[:, :-1], targets)
         log_q = inclusion_log_prob(self.share[uniq], slots) if self.logq else None
         loss = retrieval_loss(out, log_q)
@@ -118,18 +122,23 @@ class TwoTowerForTrainer(nn.Module):
 
 
 class StepClock(TrainerCallback):
+    """The time at the end of every Trainer step."""
+
     def __init__(self) -> None:
         self.marks: list[float] = []
 
     def on_step_end(self, args, state, control, **kwargs):
+        """Note the time once the step's work has finished."""
         sync()
         self.marks.append(time.perf_counter())
 
 
-def train_with_trainer(run, peft_model, examples: list[dict], steps: int, work: Path):
+def train_with_trainer(
+    ws: Workspace, peft_model, examples: list[dict], steps: int, work: Path
+) -> tuple[TwoTowerForTrainer, StepClock, PeakMemory]:
     """Fine-tune with HF Trainer over `examples` in order; returns (model wrapper, clock, memory)."""
-    cfg = run.cfg
-    domain = run.domains[examples[0]["domain"]]
+    cfg = ws.cfg
+    domain = ws.domains[examples[0]["domain"]]
     model = TwoTowerForTrainer(peft_model, domain, cfg.model.logq_correction)
     args = TrainingArguments(
         output_dir=str(work / "hf_trainer"),
@@ -141,7 +150,7 @@ def train_with_trainer(run, peft_model, examples: list[dict], steps: int, work: 
         warmup_steps=int(cfg.train.warmup_ratio * steps),
         max_grad_norm=cfg.train.max_grad_norm or 0.0,
         optim="adamw_torch",
-        bf16=run.precision == "bf16",
+        bf16=ws.precision == "bf16",
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=cfg.data.num_workers,
         # distrec's loader already shuffled these rows: keep its order (the same batches).
@@ -158,7 +167,7 @@ def train_with_trainer(run, peft_model, examples: list[dict], steps: int, work: 
         model=model,
         args=args,
         train_dataset=examples,
-        data_collator=HistoryCollator(run.tokenizer.pad_token_id),
+        data_collator=HistoryCollator(ws.text.tokenizer.pad_token_id),
         callbacks=[clock],
     )
     with PeakMemory() as mem:
@@ -166,28 +175,28 @@ def train_with_trainer(run, peft_model, examples: list[dict], steps: int, work: 
     return model, clock, mem
 
 
-def distrec_batches(run, plan, count: int) -> list[dict]:
+def distrec_batches(ws: Workspace, plan: StagePlan, count: int) -> list[dict]:
     """The first `count` batches distrec's own loader yields for `plan` (fresh loader)."""
-    from distrec.train.loop import build_loader
-
-    loader = build_loader(run, plan)
+    loader = build_loader(ws, plan, with_tokens=True)
     it = iter(loader)
     out = [next(it) for _ in range(count)]
     del it
     return out
 
 
-def bench_baseline(run, peft_model, plan, steps: tuple[int, int, int], work: Path) -> dict:
+def bench_baseline(
+    ws: Workspace, peft_model, plan: StagePlan, steps: tuple[int, int, int], work: Path
+) -> dict:
     """Users/s of the Trainer baseline (median over windows, warm-up dropped)."""
     warmup, windows, per_window = steps
     total = warmup + windows * per_window
     source = next(iter(plan.train_domains))
-    batches = distrec_batches(run, plan, total)
-    examples = history_examples(batches, run.domains[source].tokens, source)
+    batches = distrec_batches(ws, plan, total)
+    examples = history_examples(batches, ws.domains[source].tokens, source)
     print(f"[perf] baseline (HF Trainer + PEFT): {warmup} warm-up + {windows}x{per_window} steps")
     load_before = load_average()
-    _, clock, mem = train_with_trainer(run, peft_model, examples, total, work)
-    bs = run.cfg.train.batch_size
+    _, clock, mem = train_with_trainer(ws, peft_model, examples, total, work)
+    bs = ws.cfg.train.batch_size
     per_step_items = [len(e["item_ids"]) for e in examples]
     rows = []
     for w in range(windows):
@@ -238,26 +247,23 @@ EQUAL_LOSS_RTOL = 1e-4
 
 def equal_loss_check(steps: int, work: Path) -> dict:
     """Same init, same batches, same steps on the tiny case: distrec's trainer vs Trainer."""
-    import copy
-
     from perf.bench_train import distrec_step_losses, end_to_end_model, train_plan
     from perf.common import build_run
     from perf.workloads import quick_workload
 
     w = quick_workload(work, EQUAL_LOSS_OVERRIDES)
-    run = build_run(w.config, work / "run", [w.source])
-    plan = train_plan(run, w.source)
-    pristine = copy.deepcopy(run.lm)
-    ours = end_to_end_model(run, pristine)
-    theirs = end_to_end_model(run, pristine)
+    ws = build_run(w.config, work / "run", [w.source])
+    plan = train_plan(ws, w.source)
+    ours = end_to_end_model(ws, ws.text.lm)  # each gets its own copy of the LM
+    theirs = end_to_end_model(ws, ws.text.lm)
     theirs.load_state_dict(ours.state_dict())
     print(f"[perf] equal-loss check: {steps} steps each, tiny case, fp32, dropout off")
     examples = history_examples(
-        distrec_batches(run, plan, steps), run.domains[w.source].tokens, w.source
+        distrec_batches(ws, plan, steps), ws.domains[w.source].tokens, w.source
     )
-    wrapper, _, _ = train_with_trainer(run, theirs, examples, steps, work)
+    wrapper, _, _ = train_with_trainer(ws, theirs, examples, steps, work)
     trainer_losses = [float(x) for x in wrapper.losses]
-    distrec_losses = distrec_step_losses(run, ours, plan, steps)
+    distrec_losses = distrec_step_losses(ws, ours, plan, steps)
     diffs = [abs(a - b) for a, b in zip(distrec_losses, trainer_losses, strict=True)]
     rel = max(d / max(abs(a), 1e-12) for d, a in zip(diffs, distrec_losses, strict=True))
     return {
@@ -282,6 +288,7 @@ def equal_loss_check(steps: int, work: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`--equal-loss`: run the equal-loss check and write its JSON to --out."""
     import argparse
     import tempfile
 

@@ -43,12 +43,6 @@ def test_loader_throughput_has_a_cached_and_an_end_to_end_row_per_worker_count(d
     assert "[perf] loader bench-synth end_to_end workers=0:" in capsys.readouterr().out
 
 
-def test_transitional_loader_rows_measures_the_same_rows(domain):
-    manifest, table = domain
-    rows = bench_data.loader_rows("bench-synth", manifest, table, 0, (0,), 8, 2, 5)
-    assert [(r["mode"], r["batches"]) for r in rows] == [("cached", 2), ("end_to_end", 2)]
-
-
 def test_dedup_ratios_count_every_history_item_against_distinct_items(domain):
     manifest, table = domain
     (row,) = bench_data.dedup_ratios(manifest, table, 0, 5, [8], 2)

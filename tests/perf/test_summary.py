@@ -77,13 +77,3 @@ def test_skipped_benchmarks_leave_their_sections_out(stored):
     md = summary.summary_markdown(got | {"failures": {"data": "boom\ntrace"}})
     assert "## Evaluation" not in md and "## Data" not in md
     assert "## Skipped\n\n- baseline: --skip" in md and "- data: boom\n" in md
-
-
-def test_transitional_positional_call_matches_summarize(stored):
-    r = _results()
-    positional = summary.build_summary(
-        stored["suite"], _Workload(stored["config"]), r.peak, r.train, r.baseline,
-        r.equal_loss, r.evaluation, r.data, r.memory, r.scaling, stored["skipped"],
-        stored["load_average_start"],
-    )  # fmt: skip
-    assert json.loads(json.dumps(positional)) == _summarize(stored, r)

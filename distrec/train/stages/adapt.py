@@ -22,6 +22,7 @@ from distrec.utils.progress import log
 
 
 def adapt_enabled(cfg) -> bool:
+    """The adapt stage runs when enabled, with a pretrained base and a target to adapt to."""
     return cfg.stages.adapt.enabled and cfg.stages.pretrain.enabled and has_target(cfg)
 
 
@@ -56,6 +57,8 @@ def set_adapt_id_dropout(pipe: Pipeline, model: nn.Module) -> None:
 
 
 def adapt_plan(pipe: Pipeline, name: str) -> StagePlan:
+    """Stage `name` on the target alone: stages.adapt's epochs, lr (else train.lr) and
+    train_fraction."""
     cfg = pipe.ws.cfg
     st, target = cfg.stages, cfg.data.target
     return StagePlan(

@@ -100,6 +100,7 @@ class Pipeline:
 
     @base.setter
     def base(self, model: nn.Module) -> None:
+        """Keep the model the pretrain stage just trained (no read-back from the export)."""
         self._base = model
 
     def train(

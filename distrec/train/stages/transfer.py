@@ -26,6 +26,7 @@ def fit_towers(pipe: Pipeline, model: nn.Module, plan: StagePlan) -> tuple[nn.Mo
 
 
 def has_target(cfg: RunConfig) -> bool:
+    """Whether the run names a target domain (data.target)."""
     return cfg.data.target is not None
 
 

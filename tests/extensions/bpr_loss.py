@@ -1,0 +1,27 @@
+"""A toy loss added as a contributor would: BPR (`model.head: bpr`), one file, one line.
+
+Bayesian personalised ranking: for every real position, the next item should outscore
+one uniformly drawn item; loss = -log sigmoid(s_pos - s_neg).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from distrec.models.io import TrainOutputs
+from distrec.train.losses import LOSSES, LossContext
+
+
+@LOSSES.register("bpr")
+def bpr(out: TrainOutputs, ctx: LossContext) -> torch.Tensor:
+    """Mean -log sigmoid(positive score - sampled negative score) over real positions."""
+    if out.users.shape[0] == 0:  # keeps ranks in step without moving weights
+        return out.candidates.sum() * 0.0 + out.users.sum() * 0.0
+    draws = torch.randint(0, out.candidates.shape[0], out.targets.shape, generator=ctx.generator)
+    negatives = draws.to(out.targets.device)
+
+    def score(items: torch.Tensor) -> torch.Tensor:
+        return (out.users * out.candidates[items]).sum(-1) * out.scale + out.bias[items]
+
+    return -F.logsigmoid((score(out.targets) - score(negatives)).float()).mean()
