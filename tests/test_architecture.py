@@ -1,5 +1,6 @@
 """Guards of the layout (STYLE.md "Shape" and "Code"): function shape, no import cycles,
-dependencies pointing one way, and the distributed backends confined to distrec/distributed/.
+dependencies pointing one way, the distributed backends confined to distrec/distributed/, and
+a docstring on everything public.
 
 Everything is read with `ast` from the source files; nothing is imported.
 """
@@ -254,4 +255,36 @@ def test_backends_only_in_distributed():
     assert not found, (
         "deepspeed / torch.distributed outside distrec/distributed/ (model and training code "
         "does not know the backend):\n  " + "\n  ".join(found)
+    )
+
+
+# --- (e) docstrings ----------------------------------------------------------------------------
+
+
+def undocumented() -> list[str]:
+    """`file:line name` for every public module-level function or class, and every public
+    method or property of a module-level class, that has no docstring."""
+    found = []
+    for path in _sources("distrec"):
+        for node in _tree(path).body:
+            members = [node]
+            if isinstance(node, ast.ClassDef):
+                if not node.name.startswith("_") and not ast.get_docstring(node):
+                    found.append(f"{_where(path, node)} class {node.name}")
+                members = node.body
+            for fn in members:
+                if (
+                    isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
+                    and not fn.name.startswith("_")
+                    and not ast.get_docstring(fn)
+                ):
+                    found.append(f"{_where(path, fn)} {fn.name}")
+    return found
+
+
+def test_public_functions_have_docstrings():
+    found = undocumented()
+    assert not found, (
+        "public functions, methods and classes without a docstring (one line on what it is "
+        "or does; Args/Returns only where not obvious):\n  " + "\n  ".join(found)
     )

@@ -312,35 +312,14 @@ def grid_size(params: list[Param]) -> int:
 
 
 def build_tuner(trainable, cfg: RunConfig, params: list[Param], state: dict, progress):
+    """A new Tuner: ASHA on `epoch` (or FIFO), seeded random or Optuna search, the sweep's
+    storage, retries and checkpoints kept; `progress` is its callback."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     t = cfg.tune
-    max_t = max_epochs(state["tree"], cfg, params)
     local = "://" not in state["storage"]
-    scheduler = (
-        ASHAScheduler(
-            time_attr="epoch",
-            # +1: ASHA stops a trial that reaches max_t at once, before the run writes its
-            # metrics.json and report; one epoch further is never reached, and adds no rung
-            # that could be (a rung at max_t + 1 is past the last epoch).
-            max_t=max_t + 1,
-            grace_period=min(t.grace_period, max_t),
-            reduction_factor=t.reduction_factor,
-        )
-        if t.scheduler == "asha"
-        else FIFOScheduler()
-    )
-    if t.search_alg == "optuna":
-        from ray.tune.search import ConcurrencyLimiter
-        from ray.tune.search.optuna import OptunaSearch
-
-        search = ConcurrencyLimiter(OptunaSearch(seed=cfg.seed), max_concurrent=t.max_concurrent)
-    else:
-        from ray.tune.search.basic_variant import BasicVariantGenerator
-
-        # Seeded: the same config samples the same trials.
-        search = BasicVariantGenerator(random_state=cfg.seed, max_concurrent=t.max_concurrent)
+    scheduler = trial_scheduler(cfg, max_epochs(state["tree"], cfg, params))
+    search = search_algorithm(cfg)
     return tune.Tuner(
         trainable,
         param_space=ray_space(params),
@@ -371,3 +350,35 @@ def build_tuner(trainable, cfg: RunConfig, params: list[Param], state: dict, pro
             verbose=0,
         ),
     )
+
+
+def trial_scheduler(cfg: RunConfig, max_t: int):
+    """ASHA on the trials' `epoch` (tune.scheduler=asha), else FIFO."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    t = cfg.tune
+    if t.scheduler != "asha":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="epoch",
+        # +1: ASHA stops a trial that reaches max_t at once, before the run writes its
+        # metrics.json and report; one epoch further is never reached, and adds no rung
+        # that could be (a rung at max_t + 1 is past the last epoch).
+        max_t=max_t + 1,
+        grace_period=min(t.grace_period, max_t),
+        reduction_factor=t.reduction_factor,
+    )
+
+
+def search_algorithm(cfg: RunConfig):
+    """Optuna (tune.search_alg=optuna) or seeded random search, at most max_concurrent trials."""
+    t = cfg.tune
+    if t.search_alg == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        return ConcurrencyLimiter(OptunaSearch(seed=cfg.seed), max_concurrent=t.max_concurrent)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    # Seeded: the same config samples the same trials.
+    return BasicVariantGenerator(random_state=cfg.seed, max_concurrent=t.max_concurrent)
