@@ -14,12 +14,11 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _cmd_config_validate(args: argparse.Namespace) -> int:
-    from distrec.config import check_environment, load_config
-    from distrec.data.prepare import check_data_names
+    from distrec.config import load_config
+    from distrec.train.preflight import preflight
 
     cfg = load_config(args.file, args.overrides)
-    check_data_names(cfg)
-    for note in check_environment(cfg):
+    for note in preflight(cfg):
         print(f"note: {note}")
     print(f"{args.file}: ok")
     return 0
@@ -58,11 +57,12 @@ def _cmd_data_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_prepare(args: argparse.Namespace) -> int:
-    from distrec.config import check_environment, load_config
+    from distrec.config import load_config
     from distrec.data.prepare import prepare_domains
+    from distrec.train.preflight import preflight
 
     cfg = load_config(args.config, args.overrides)
-    check_environment(cfg)
+    preflight(cfg)
     for manifest in prepare_domains(cfg, overwrite=args.overwrite, only=args.domain):
         print(f"prepared {manifest}")
     return 0

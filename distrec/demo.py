@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from distrec.config import check_environment, load_config
+from distrec.config import load_config
 from distrec.data.prepare import prepare_domains
-from distrec.distributed.launcher import check_launcher
+from distrec.train.preflight import preflight
 from distrec.utils.progress import log
 
 LAUNCHER = Path("launch/cpu_multiprocess.yaml")
@@ -35,8 +35,7 @@ def run_demo(config: str, overrides: list[str], processes: int = 2) -> int:
     """Prepare the domains, train through `accelerate launch` on `processes` CPU processes
     and print the report's stage table; returns the exit code (training's, if it failed)."""
     cfg = load_config(config, overrides)
-    check_environment(cfg)
-    check_launcher(cfg)
+    preflight(cfg)
     prepare_domains(cfg)
     out = Path(cfg.output.dir)
     keep_previous_run(out)

@@ -1,5 +1,5 @@
 """What every benchmark records beside its numbers (machine, versions, commit, load), and the
-measuring tools they share: device sync, median-of-windows, peak memory, building a `Run`."""
+measuring tools they share: device sync, median-of-windows, peak memory, building a `Workspace`."""
 
 from __future__ import annotations
 

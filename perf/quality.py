@@ -71,11 +71,12 @@ def train_command(config: str, seed: int, out: Path, overrides: list[str], proce
 
 def prepare_data(config: str, overrides: list[str]) -> None:
     """Prepare the domains once, before any launch (the ranks would race to do it)."""
-    from distrec.config import check_environment, load_config
+    from distrec.config import load_config
     from distrec.data.prepare import prepare_domains
+    from distrec.train.preflight import preflight
 
     cfg = load_config(config, overrides)
-    check_environment(cfg)
+    preflight(cfg)
     prepare_domains(cfg)
 
 

@@ -14,8 +14,6 @@ from pydantic import Field, model_validator
 from distrec.config.base import Section
 from distrec.config.errors import ConfigError
 
-EMBEDDED_DATASETS = ("ml-1m", "ml-100k")
-
 
 def template_fields(template: str) -> list[str]:
     """Names of the `{field}` placeholders of an item-text template."""

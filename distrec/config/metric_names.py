@@ -19,6 +19,14 @@ class MetricName(NamedTuple):
         return f"{self.kind}@{self.k}"
 
 
+MRR_K = 10  # evaluation reports MRR at this cut-off only
+
+
+def reported_metrics(ks: list[int]) -> list[str]:
+    """Names of the metrics every evaluation reports for cut-offs `ks` (eval.ks)."""
+    return [*(f"{kind}@{k}" for k in ks for kind in ("recall", "ndcg")), f"mrr@{MRR_K}"]
+
+
 def parse_metric(name: str) -> MetricName:
     """'ndcg@10' -> MetricName('ndcg', 10); refuses unknown kinds and K < 1.
 

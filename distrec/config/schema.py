@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from distrec.config.base import Section
 from distrec.config.consistency import check_consistency
-from distrec.config.data import EMBEDDED_DATASETS, ColumnMap, DataConfig, DomainConfig
+from distrec.config.data import ColumnMap, DataConfig, DomainConfig
 from distrec.config.model import AdaLoraConfig, ModelConfig, PeftConfig, UserTowerConfig
 from distrec.config.runtime import DistributedConfig, OutputConfig, TuneConfig
 from distrec.config.training import (
@@ -28,7 +28,6 @@ from distrec.config.training import (
 
 __all__ = [
     "BASELINES",
-    "EMBEDDED_DATASETS",
     "STAGES",
     "AdaLoraConfig",
     "AdaptConfig",

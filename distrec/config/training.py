@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from distrec.config.base import Section
-from distrec.config.metric_names import parse_metric
+from distrec.config.metric_names import MRR_K, parse_metric
 
 STAGES = ("pretrain", "zero_shot", "adapt")
 BASELINES = ("popularity", "id_target_only", "text_target_only")
@@ -170,7 +170,7 @@ class EvalConfig(Section):
         default="ndcg@10",
         description=(
             "The validation metric that selects checkpoints, early-stops and picks adapt.mode=auto: "
-            "recall@K or ndcg@K with K in ks, or mrr@K."
+            "recall@K or ndcg@K with K in ks, or mrr@10."
         ),
     )
     max_users: int | None = Field(
@@ -185,6 +185,8 @@ class EvalConfig(Section):
             raise ValueError(
                 f"eval.metric={self.metric!r}: expected recall@K, ndcg@K or mrr@K (e.g. ndcg@10)"
             ) from None
+        if kind == "mrr" and k != MRR_K:
+            raise ValueError(f"eval.metric={self.metric!r}: MRR is reported at K={MRR_K} only")
         if kind != "mrr" and k not in self.ks:
             raise ValueError(f"eval.metric={self.metric!r}: K={k} is not in eval.ks={self.ks}")
         if any(k <= 0 for k in self.ks):

@@ -2,7 +2,31 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import torch
+
+
+class StreamBatch(TypedDict, total=False):
+    """A training batch as the stream yields it (CPU tensors).
+
+    domain: the domain it came from; inputs, targets: [B, T] catalog indices (0 = padding);
+    users, valid: [B]; target_ratings: [B, T] when the log has ratings. End to end the
+    worker adds items: [U] the batch's distinct items, input_ids, attention_mask: [U, L]
+    their tokens, inputs_local, targets_local: [B, T] indices into [pad] + items.
+    """
+
+    domain: str
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    users: torch.Tensor
+    valid: torch.Tensor
+    target_ratings: torch.Tensor
+    items: torch.Tensor
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    inputs_local: torch.Tensor
+    targets_local: torch.Tensor
 
 
 def collate_sequences(samples: list[dict], max_history: int) -> dict:

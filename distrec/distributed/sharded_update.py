@@ -26,7 +26,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from distrec.distributed.accelerator import live_strategy
 from distrec.distributed.collectives import world_size
+from distrec.distributed.unshard import SHARDING
+
+
+def updates_need_gathering(accelerator) -> bool:
+    """Whether this launch shards parameters or gradients, so code that reads gradients or
+    edits parameters between steps must go through this module."""
+    return live_strategy(accelerator) in SHARDING
 
 
 class GradientCapture:

@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from distrec.config.metric_names import MRR_K
+
 
 class NonFiniteScores(RuntimeError):
     """A model produced NaN/inf scores; evaluating them would invent hits."""
@@ -47,7 +49,7 @@ def metrics_from_ranks(ranks: torch.Tensor, ks: list[int]) -> dict[str, float]:
         out[f"ndcg@{k}"] = (
             torch.where(hit, 1.0 / torch.log2(r + 2.0), torch.zeros_like(r)).mean().item()
         )
-    out["mrr@10"] = torch.where(r < 10, 1.0 / (r + 1.0), torch.zeros_like(r)).mean().item()
+    out[f"mrr@{MRR_K}"] = torch.where(r < MRR_K, 1.0 / (r + 1.0), torch.zeros_like(r)).mean().item()
     return out
 
 

@@ -119,6 +119,15 @@ class Recommender(nn.Module):
             *self.user_tower.lora_targets("user_tower"),
         ]
 
+    def lm_lora_targets(self, lm_names: list[str]) -> list[str]:
+        """The item tower's LM linears named `lm_names` alone (end-to-end source training)."""
+        tower = self.item_tower.lora_targets("item_tower", lm_names)
+        return [t for t in tower if t not in self.item_tower.lora_targets("item_tower", None)]
+
+    def domain_modules(self, domain: str) -> list[str]:
+        """Modules trained in full (not through LoRA) by `domain`'s adapter: its ID table."""
+        return self.item_tower.domain_modules(domain, "item_tower")
+
     def _unit(self, vectors: torch.Tensor) -> torch.Tensor:
         return F.normalize(vectors, dim=-1) if self.cosine else vectors
 

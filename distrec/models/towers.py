@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distrec.config.errors import ConfigError
 from distrec.config.schema import ModelConfig, UserTowerConfig
 from distrec.models.encoder import default_lm_targets, encode_tokens
 from distrec.models.io import ItemBatch
@@ -106,8 +107,23 @@ class ItemTower(nn.Module):
         return found
 
     def lm_lora_names(self, configured: list[str] | None) -> list[str]:
-        """The LM linear names LoRA wraps: `peft.lm_target_modules` or the architecture's."""
-        return list(configured) if configured else default_lm_targets(self.lm)
+        """The LM linear names LoRA wraps: `peft.lm_target_modules` (each the last part of a
+        module name of the LM) or the architecture's."""
+        if not configured:
+            return default_lm_targets(self.lm)
+        present = {name.rsplit(".", 1)[-1] for name, _ in self.lm.named_modules()}
+        missing = [n for n in configured if n not in present]
+        if missing:
+            linears = sorted({n.rsplit(".", 1)[-1] for n in named_linears(self.lm, "lm")})
+            raise ConfigError(
+                f"peft.lm_target_modules: {missing} name no module of {type(self.lm).__name__}; "
+                f"give last parts of its module names, e.g. its linears {linears[:12]}"
+            )
+        return list(configured)
+
+    def domain_modules(self, domain: str, prefix: str) -> list[str]:
+        """Modules a domain's adapter saves in full (its ID table), under `prefix`."""
+        return [f"{prefix}.ids.{id_table_key(domain)}"] if self.ids is not None else []
 
 
 class IdItemTower(nn.Module):
@@ -130,6 +146,10 @@ class IdItemTower(nn.Module):
     def lora_targets(self, prefix: str, lm_names: list[str] | None = None) -> list[str]:
         """No linears: an adapter on an ID-only model adapts the user tower alone."""
         return []
+
+    def domain_modules(self, domain: str, prefix: str) -> list[str]:
+        """Modules a domain's adapter saves in full (its ID table), under `prefix`."""
+        return [f"{prefix}.ids.{id_table_key(domain)}"]
 
 
 class CausalBlock(nn.Module):

@@ -14,14 +14,12 @@ from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import save_model
 
 from distrec.config import ConfigError, RunConfig
-from distrec.distributed.accelerator import live_strategy
 from distrec.distributed.sharded_update import (
     GradientCapture,
     gathered_for_update,
     global_gradients,
+    updates_need_gathering,
 )
-from distrec.distributed.unshard import SHARDING
-from distrec.models.towers import id_table_key
 from distrec.train.trainer import Trainer, TrainHook
 from distrec.utils.hashing import sha256_file
 
@@ -71,7 +69,7 @@ def add_domain_adapter(
     check_adapter_name(model, domain)
     for param in model.parameters():
         param.requires_grad_(False)
-    save = [f"ids.{id_table_key(domain)}"] if model.item_tower.ids is not None else None
+    save = model.domain_modules(domain) or None
     targets = model.lora_targets(lm_names(model, cfg))
     return get_peft_model(model, peft_config(cfg, targets, total_steps, save), adapter_name=domain)
 
@@ -80,12 +78,12 @@ def add_lm_lora(model: torch.nn.Module, cfg: RunConfig, name: str) -> PeftModel:
     """Source training in end-to-end mode: a plain LoRA on the LM (merged afterwards) while
     the projection, user tower and ID tables train fully."""
     p = cfg.peft
-    every = model.lora_targets(lm_names(model, cfg))
-    lm_only = [t for t in every if t.startswith("item_tower.lm.")]
+    lm_only = model.lm_lora_targets(lm_names(model, cfg))
     config = LoraConfig(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=lm_only)
+    frozen_lm = {id(q) for q in model.item_tower.lm.parameters()}
     peft_model = get_peft_model(model, config, adapter_name=name)
-    for param_name, param in peft_model.named_parameters():
-        if ".lm." not in param_name:
+    for param in peft_model.parameters():
+        if id(param) not in frozen_lm:  # the towers train fully; the LM only through LoRA
             param.requires_grad_(True)
     return peft_model
 
@@ -120,8 +118,7 @@ class AdaLoraBudget(TrainHook):
     @classmethod
     def for_run(cls, peft_model: PeftModel, cfg: RunConfig, accelerator) -> AdaLoraBudget:
         """The budget hook for this launch's backend."""
-        sharded = live_strategy(accelerator) in SHARDING
-        return cls(peft_model, sharded, cfg.train.max_grad_norm)
+        return cls(peft_model, updates_need_gathering(accelerator), cfg.train.max_grad_norm)
 
     def on_step(self, trainer: Trainer, step: int) -> None:
         """AdaLoRA's `update_and_allocate(step)`; when sharded, on the captured gradients

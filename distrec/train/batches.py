@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from distrec.data.collate import StreamBatch
 from distrec.models.io import ItemBatch, TrainBatch
 from distrec.train.domains import DomainData
 
 
-def train_batch(batch: dict, d: DomainData, device: torch.device, reads_text: bool) -> TrainBatch:
+def train_batch(
+    batch: StreamBatch, d: DomainData, device: torch.device, reads_text: bool
+) -> TrainBatch:
     """The model's input for one stream batch of domain `d`.
 
     End to end, the stream's worker already tokenized the batch's distinct items
@@ -48,6 +51,6 @@ def train_batch(batch: dict, d: DomainData, device: torch.device, reads_text: bo
     )
 
 
-def is_sampled(batch: dict) -> bool:
+def is_sampled(batch: StreamBatch) -> bool:
     """Whether the batch's candidates are its own items (end to end) rather than the catalog."""
     return "items" in batch

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from distrec.config import RunConfig, check_environment, load_config
+from distrec.config import RunConfig, load_config
 
 
 def run_training(
@@ -18,6 +18,7 @@ def run_training(
 ) -> int:
     """Run every planned stage; `hooks` (distrec.train.trainer.TrainHook) join every stage's
     Trainer (how `distrec tune` reports to Ray). Returns the exit code."""
+    start = time.perf_counter()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     cfg = load_config(config, overrides)
@@ -35,7 +36,7 @@ def run_training(
         cfg, log_dir=cfg.output.dir if cfg.output.tensorboard else None
     )
     try:
-        return train_and_report(cfg, accelerator, precision, resume is not None, hooks)
+        return train_and_report(cfg, accelerator, precision, resume is not None, hooks, start)
     except Preempted as err:
         from distrec.utils.progress import log
 
@@ -50,20 +51,16 @@ def run_training(
 
 def check_run(cfg: RunConfig) -> None:
     """Everything checkable before a process group exists: files, launcher, registered names."""
-    from distrec.data.prepare import check_data_names
-    from distrec.distributed.launcher import check_launcher
-    from distrec.train.plugins import check_registered
-    from distrec.utils.plugins import load_plugins
+    from distrec.train.preflight import preflight
 
-    load_plugins()  # DISTREC_PLUGINS: every rank imports the user's registrations itself
-    check_environment(cfg)
-    check_launcher(cfg)
-    check_data_names(cfg)
-    check_registered(cfg)
+    preflight(cfg)
 
 
-def train_and_report(cfg: RunConfig, accelerator, precision: str, resume: bool, hooks) -> int:
-    """Build the workspace, run the stages, write metrics.json / report.md / report.png."""
+def train_and_report(
+    cfg: RunConfig, accelerator, precision: str, resume: bool, hooks, start: float
+) -> int:
+    """Build the workspace, run the stages, write metrics.json / report.md / report.png
+    (`start`: when the command started, for wall_s)."""
     from distrec.distributed.accelerator import live_strategy
     from distrec.train.checkpoint import install_preemption_handler
     from distrec.train.outputs import write_metrics, write_report
@@ -71,7 +68,6 @@ def train_and_report(cfg: RunConfig, accelerator, precision: str, resume: bool, 
     from distrec.train.workspace import Workspace, prepare_output_dir
     from distrec.utils.progress import log
 
-    start = time.perf_counter()
     out = prepare_output_dir(cfg, resume)
     if cfg.output.tensorboard:
         accelerator.init_trackers("events")

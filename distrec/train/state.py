@@ -6,8 +6,10 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 
 from distrec.config import RunConfig
+from distrec.data.loader import MixtureLoader
 from distrec.utils.progress import log
 
 
@@ -47,7 +49,7 @@ class TrainState:
     accelerator.save_state: model, optimizer, RNG states)."""
 
     gen: torch.Generator
-    scheduler: object = None
+    scheduler: LRScheduler | None = None
     result: FitResult = field(default_factory=FitResult)
     epoch: int = 0  # completed epochs
     epoch_batches: int = 0  # batches done in the current epoch
@@ -118,7 +120,7 @@ class TrainState:
             },
         }
 
-    def restore(self, saved: dict, data: dict, loader) -> None:
+    def restore(self, saved: dict, data: dict, loader: MixtureLoader) -> None:
         """Back to a checkpoint's `saved` trainer JSON and the loader's `data` state."""
         for key in self.COUNTERS:
             setattr(self, key, saved[key])

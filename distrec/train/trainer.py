@@ -18,13 +18,14 @@ from accelerate import Accelerator
 from torch import nn
 from transformers import get_cosine_schedule_with_warmup
 
+from distrec.data.collate import StreamBatch
 from distrec.data.loader import MixtureLoader, StreamLoader
 from distrec.data.stream import StreamSpec
 from distrec.data.tokens import AttachTokens
 from distrec.distributed.accelerator import live_strategy
 from distrec.distributed.collectives import barrier, mean_over_ranks
 from distrec.distributed.unshard import PlainCopy
-from distrec.models.io import TrainOutputs
+from distrec.models.io import TrainBatch, TrainOutputs
 from distrec.train.batches import is_sampled, train_batch
 from distrec.train.checkpoint import Preempted, StageCheckpoints, preemption_requested
 from distrec.train.evaluation import Evaluator, reads_text
@@ -196,7 +197,7 @@ class Trainer:
         del batches
         return preempted
 
-    def train_step(self, batch: dict) -> tuple[torch.Tensor, bool]:
+    def train_step(self, batch: StreamBatch) -> tuple[torch.Tensor, bool]:
         """Forward, loss, backward and (at a gradient-accumulation boundary) an optimizer
         step on one stream batch. Returns (loss, whether the optimizer stepped)."""
         acc, max_norm = self.accelerator, self.ws.cfg.train.max_grad_norm
@@ -232,7 +233,7 @@ class Trainer:
 
     # --- the steps' parts -----------------------------------------------------------------
 
-    def loss_context(self, batch: dict, request) -> LossContext:
+    def loss_context(self, batch: StreamBatch, request: TrainBatch) -> LossContext:
         """What the loss needs besides the outputs for stream batch `batch`, whose model input
         is `request` (TrainBatch): the domain's item shares, sampled/cross-rank candidates."""
         cfg, sampled = self.ws.cfg, is_sampled(batch)

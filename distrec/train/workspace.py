@@ -91,9 +91,11 @@ def collective_shard() -> Shard:
 
 
 def needs_text(cfg: RunConfig) -> bool:
-    """Only the popularity and ID-only baselines run without the LM."""
+    """Only the popularity and ID-only baselines run without the LM; a contributed stage
+    (stages.extra) may read item text, so it gets the LM."""
     st = cfg.stages
-    return st.pretrain.enabled or st.adapt.enabled or "text_target_only" in st.baselines
+    text_stage = st.pretrain.enabled or st.adapt.enabled or "text_target_only" in st.baselines
+    return text_stage or bool(st.extra)
 
 
 def load_item_text(cfg: RunConfig, device: torch.device, precision: str) -> ItemText:

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distrec.config import ConfigError, RunConfig, check_environment, parse_metric
+from distrec.config import ConfigError, RunConfig
 from distrec.config.load import apply_override, config_from_dict, read_yaml
+from distrec.config.metric_names import reported_metrics
 from distrec.tune.space import Param, check_searcher, parse_space, ray_space, validate_space
 from distrec.tune.trainable import TrialSpec
 from distrec.utils.progress import log
@@ -54,8 +55,7 @@ def check_sweep(tree: dict, cfg: RunConfig) -> list[Param]:
     validate_space(tree, params)
     check_searcher(params, cfg.tune.search_alg)
     check_stage(cfg)
-    kind, k = parse_metric(cfg.tune.metric.removeprefix("valid."))
-    if (k != 10) if kind == "mrr" else (k not in cfg.eval.ks):
+    if cfg.tune.metric.removeprefix("valid.") not in reported_metrics(cfg.eval.ks):
         raise ConfigError(
             f"tune.metric={cfg.tune.metric!r}: validation reports recall/ndcg@K for K in "
             f"eval.ks={cfg.eval.ks} and mrr@10; pick one of those"
@@ -159,9 +159,13 @@ def storage_of(cfg: RunConfig, out: Path) -> str:
 def start_sweep(config: str, overrides: list[str], out: str | None, verbose: bool = False) -> int:
     """`distrec tune`: check the sweep, warm the caches, write sweep.json to `out` (default
     runs/tune-<config stem>) and run it; returns the exit code (130 if interrupted)."""
+    from distrec.train.preflight import preflight
+    from distrec.utils.plugins import absolute_plugins
+
     tree, cfg = load_sweep_tree(config, overrides)
     params = check_sweep(tree, cfg)
-    check_environment(cfg)
+    preflight(cfg)
+    absolute_plugins()  # trials run in their own folders: relative plugin paths would break
     out_dir = Path(out or f"runs/tune-{Path(config).stem}")
     check_out_dir(out_dir)
     trial_tree = absolute_paths(tree, cfg, Path.cwd())

@@ -25,6 +25,16 @@ def load_plugins(spec: str | None = None) -> list[str]:
     return [_load(entry.strip()) for entry in spec.split(",") if entry.strip()]
 
 
+def absolute_plugins() -> str:
+    """Rewrite $DISTREC_PLUGINS with every `.py` path made absolute (for processes that run
+    in another folder, such as Ray Tune trials); returns the new value."""
+    entries = [e.strip() for e in os.environ.get(ENV_VAR, "").split(",") if e.strip()]
+    value = ",".join(str(Path(e).resolve()) if e.endswith(".py") else e for e in entries)
+    if entries:
+        os.environ[ENV_VAR] = value
+    return value
+
+
 def _load(entry: str) -> str:
     if entry.endswith(".py"):
         path = Path(entry).resolve()

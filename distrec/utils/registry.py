@@ -36,7 +36,10 @@ class Registry(Generic[T]):
     def add(self, name: str, entry: T) -> None:
         """Register `entry` under `name`; a name is registered once (no silent replacement)."""
         if name in self._entries and self._entries[name] is not entry:
-            raise ValueError(f"{self.kind} {name!r} is already registered ({self._entries[name]})")
+            raise ConfigError(
+                f"{self.kind} {name!r} is registered twice ({self._entries[name]} and {entry}); "
+                f"a plugin imported under two names? give each registration its own name"
+            )
         self._entries[name] = entry
 
     def get(self, name: str) -> T:

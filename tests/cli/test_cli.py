@@ -66,3 +66,18 @@ def test_config_validate_checks_dataset_names_against_the_registries(tmp_path, c
     assert main(["config", "validate", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "data.domains.0 ('d')" in err and "embedded='ml-20m'" in err and "'ml-1m'" in err
+
+
+def test_config_validate_runs_every_preflight_check(capsys, monkeypatch):
+    """validate refuses what training would refuse: a missing launcher, an unknown name."""
+    monkeypatch.chdir(ROOT)
+    for override, message in (
+        (
+            "distributed.launcher=launch/nope.yaml",
+            "distributed.launcher='launch/nope.yaml': no such file",
+        ),
+        ("model.head=nope", "model.head='nope': no loss of that name"),
+        ("model.architecture=nope", "model.architecture='nope': no model architecture"),
+    ):
+        assert main(["config", "validate", "configs/demo.yaml", override]) == 2
+        assert message in capsys.readouterr().err

@@ -31,7 +31,7 @@ from tests.conftest import ROOT
 PACKAGE = ROOT / "distrec"
 SECTIONS = {n for n in schema.__all__ if n.endswith("Config") or n == "ColumnMap"}
 # Fields whose readers other engineers are writing right now.
-NEW_FIELDS = {"model.architecture", "stages.extra"}
+NEW_FIELDS: set[str] = set()  # fields whose reader is still being written (none now)
 
 ALIAS = ("alias",)
 

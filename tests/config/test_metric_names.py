@@ -46,3 +46,16 @@ def test_bootstrap_uses_the_same_parser():
     from distrec.eval import bootstrap
 
     assert bootstrap.parse_metric is parse_metric
+
+
+def test_only_metrics_evaluation_reports_are_accepted():
+    """mrr is reported at 10 only: mrr@20 would pass a name check and fail after epoch 1."""
+    import torch
+
+    from distrec.config.metric_names import reported_metrics
+    from distrec.eval.metrics import metrics_from_ranks
+
+    with pytest.raises(ConfigError, match=r"eval.metric='mrr@20': MRR is reported at K=10 only"):
+        config_from_dict({"eval": {"metric": "mrr@20"}})
+    emitted = set(metrics_from_ranks(torch.tensor([0.0, 3.0]), [5, 20])) - {"users"}
+    assert emitted == set(reported_metrics([5, 20]))

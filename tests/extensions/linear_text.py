@@ -34,6 +34,9 @@ class LinearItemTower(nn.Module):
     def lora_targets(self, prefix: str, lm_names: list[str] | None = None) -> list[str]:
         return [f"{prefix}.proj"]
 
+    def domain_modules(self, domain: str, prefix: str) -> list[str]:
+        return []  # nothing per domain: an adapter is LoRA alone
+
 
 @MODELS.register("linear_text")
 def linear_text(spec: ModelSpec) -> Recommender:

@@ -39,3 +39,25 @@ def test_hooks_run_at_every_step_epoch_end_and_close(synth_dir, tmp_path):
     assert recorder.events[-1] == ("close",)
     assert result.steps == 2 * per_epoch and len(result.history) == 2
     assert isinstance(model, torch.nn.Module) and not model.item_tower.reads_text
+
+
+def test_pretrain_train_fraction_is_honoured(synth_dir, tmp_path):
+    """stages.pretrain.train_fraction trains on that share of the source users."""
+    import json
+
+    import yaml
+
+    from distrec.train.entry import run_training
+    from tests.conftest import tiny_run_config
+
+    targets = []
+    for fraction in (1.0, 0.5):
+        out = tmp_path / f"fraction-{fraction}"
+        stages = {"pretrain": {"epochs": 1, "train_fraction": fraction}, "zero_shot": False}
+        stages |= {"adapt": {"enabled": False}, "baselines": []}
+        cfg = tiny_run_config(synth_dir, out, stages=stages)
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+        assert run_training(str(tmp_path / "c.yaml")) == 0
+        record = json.loads((out / "metrics.json").read_text())["stages"]["pretrain"]
+        targets.append(record["train_targets_per_epoch"])
+    assert 0.3 * targets[0] < targets[1] < 0.7 * targets[0]

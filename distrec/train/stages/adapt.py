@@ -26,7 +26,7 @@ def adapt_enabled(cfg) -> bool:
     return cfg.stages.adapt.enabled and cfg.stages.pretrain.enabled and has_target(cfg)
 
 
-@register_stage("adapt", enabled=adapt_enabled)
+@register_stage("adapt", enabled=adapt_enabled, order=30)
 def adapt(pipe: Pipeline) -> None:
     """One adapt model (lora or full), or both (`adapt_lora`, `adapt_full`, each its own
     stage record and checkpoints) and `adapt` = the one with the better validation

@@ -16,7 +16,7 @@ def baseline(name: str):
     return lambda cfg: name in cfg.stages.baselines and cfg.data.target is not None
 
 
-@register_stage("baseline_popularity", enabled=baseline("popularity"))
+@register_stage("baseline_popularity", enabled=baseline("popularity"), order=40)
 def popularity(pipe: Pipeline) -> None:
     """Training-count popularity, ranked under the same protocol (history masked, half ties)."""
     ws, target = pipe.ws, pipe.ws.cfg.data.target
@@ -35,7 +35,7 @@ def popularity(pipe: Pipeline) -> None:
     pipe.results["baseline_popularity"] = record
 
 
-@register_stage("baseline_id_target_only", enabled=baseline("id_target_only"))
+@register_stage("baseline_id_target_only", enabled=baseline("id_target_only"), order=41)
 def id_target_only(pipe: Pipeline) -> None:
     """The ID-only model with its own tuned lr, dropout, score and temperature."""
     cfg, target = pipe.ws.cfg, pipe.ws.cfg.data.target
@@ -60,7 +60,7 @@ def id_baseline_model(pipe: Pipeline):
     return new_model(pipe.ws, "id_only", cfg=model_cfg, dropout=st.id_baseline_dropout)
 
 
-@register_stage("baseline_text_target_only", enabled=baseline("text_target_only"))
+@register_stage("baseline_text_target_only", enabled=baseline("text_target_only"), order=42)
 def text_target_only(pipe: Pipeline) -> None:
     """A fresh text model trained on the target alone, to convergence."""
     cfg, target = pipe.ws.cfg, pipe.ws.cfg.data.target

@@ -2,8 +2,7 @@
 
 A stage is a function `run(pipe: Pipeline) -> None` that trains and/or evaluates
 and stores its record(s) in `pipe.results`. Built-in stages register with an
-`enabled(cfg)` rule (their own config turns them on) and run in registration
-order; a contributed stage registers without one and runs when named in
+`enabled(cfg)` rule (their own config turns them on) and run by their `order`; a contributed stage registers without one and runs when named in
 `stages.extra`, after the built-ins (README "Extending distrec").
 """
 
@@ -28,18 +27,20 @@ class StageSpec:
 
     run: StageFn
     enabled: Callable[[RunConfig], bool] | None = None
+    order: int = 0
 
 
 STAGES: Registry[StageSpec] = Registry("stage", "stages.extra")
 
 
 def register_stage(
-    name: str, enabled: Callable[[RunConfig], bool] | None = None
+    name: str, enabled: Callable[[RunConfig], bool] | None = None, order: int = 0
 ) -> Callable[[StageFn], StageFn]:
-    """Decorator: `@register_stage("my_stage")` above `def my_stage(pipe): ...`."""
+    """Decorator: `@register_stage("my_stage")` above `def my_stage(pipe): ...`. Built-ins
+    pass `enabled` and their place in the run (`order`, ascending)."""
 
     def add(fn: StageFn) -> StageFn:
-        STAGES.add(name, StageSpec(fn, enabled))
+        STAGES.add(name, StageSpec(fn, enabled, order))
         return fn
 
     return add
@@ -47,7 +48,10 @@ def register_stage(
 
 def planned_stages(cfg: RunConfig) -> list[str]:
     """Names of the stages this config runs, in order: enabled built-ins, then stages.extra."""
-    builtin = [n for n in STAGES.names() if STAGES.get(n).enabled is not None]
+    builtin = sorted(
+        (n for n in STAGES.names() if STAGES.get(n).enabled is not None),
+        key=lambda n: STAGES.get(n).order,
+    )
     for name in cfg.stages.extra:
         if name in builtin:
             raise ConfigError(

@@ -30,7 +30,7 @@ def has_target(cfg: RunConfig) -> bool:
     return cfg.data.target is not None
 
 
-@register_stage("pretrain", enabled=lambda cfg: cfg.stages.pretrain.enabled)
+@register_stage("pretrain", enabled=lambda cfg: cfg.stages.pretrain.enabled, order=10)
 def pretrain(pipe: Pipeline) -> None:
     """A text model trained on the source mixture; exported as the base of every adapter."""
     cfg = pipe.ws.cfg
@@ -52,6 +52,7 @@ def pretrain(pipe: Pipeline) -> None:
 @register_stage(
     "zero_shot",
     enabled=lambda cfg: cfg.stages.zero_shot and cfg.stages.pretrain.enabled and has_target(cfg),
+    order=20,
 )
 def zero_shot(pipe: Pipeline) -> None:
     """The pretrained model on the target, untouched."""
