@@ -100,6 +100,14 @@ class DomainConfig(Section):
     users_per_shard: int = Field(
         default=1000, ge=1, description="Users per prepared shard file (the unit of streaming)."
     )
+    category_field: str | None = Field(
+        default=None,
+        description=(
+            "Item field whose whitespace- or |-separated values are the item's categories "
+            "(e.g. genres): every evaluation then reports categorical intra-list diversity "
+            "(ild_category@K); null = none."
+        ),
+    )
 
 
 class DataConfig(Section):

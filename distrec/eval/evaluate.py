@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from distrec.data.collate import history_batch
+from distrec.eval.beyond import top_items
 from distrec.eval.metrics import metrics_from_ranks, ranks_from_scores
 from distrec.utils.sharding import SINGLE, Shard
 
@@ -51,11 +52,13 @@ def history_mask(cases: list[EvalCase], num_items: int) -> torch.Tensor:
 @dataclass(frozen=True)
 class Ranking:
     """How cases are ranked: over a catalog of `num_items` (indices 1..N), with histories cut
-    to `max_history`, `batch_size` users per score call."""
+    to `max_history`, `batch_size` users per score call; `top_k` > 0 also keeps each user's
+    top-k recommended items (for beyond-accuracy metrics)."""
 
     num_items: int
     max_history: int
     batch_size: int = 256
+    top_k: int = 0
 
 
 Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -64,33 +67,45 @@ Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def rank_cases(
     cases: list[EvalCase], score: Scorer, how: Ranking, num_batches: int | None = None
 ) -> torch.Tensor:
-    """[len(cases)] fractional ranks; `score(history [B, T], last [B])` -> [B, N+1] scores.
+    """[len(cases)] fractional ranks; `score(history [B, T], last [B])` -> [B, N+1] scores."""
+    return rank_and_list(cases, score, how, num_batches)[0]
+
+
+def rank_and_list(
+    cases: list[EvalCase], score: Scorer, how: Ranking, num_batches: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """([len(cases)] fractional ranks, [len(cases), how.top_k] top items) of `rank_cases`.
 
     `num_batches` forces that many score calls (extra ones on a dummy case, dropped):
     sharded backends (ZeRO-3, FSDP) need every rank to run the same number of forwards.
     """
     size = how.batch_size
     total = num_batches if num_batches is not None else -(-len(cases) // size)
-    ranks = []
+    ranks, tops = [], []
     for b in range(total):
         chunk = cases[b * size : (b + 1) * size]
         real = len(chunk)
         chunk = chunk or [EvalCase(-1, [1], 1)]
         history, last = history_batch([c.history for c in chunk], how.max_history)
-        scores = score(history, last)
+        scores = score(history, last).float().cpu()
         targets = torch.tensor([c.target for c in chunk])
-        r = ranks_from_scores(scores.float().cpu(), targets, history_mask(chunk, how.num_items))
-        ranks.append(r[:real])
-    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.float64)
+        seen = history_mask(chunk, how.num_items)
+        ranks.append(ranks_from_scores(scores, targets, seen)[:real])
+        tops.append(top_items(scores, seen, how.top_k)[:real])
+    if not ranks:
+        return torch.zeros(0, dtype=torch.float64), torch.zeros(0, how.top_k, dtype=torch.long)
+    return torch.cat(ranks), torch.cat(tops)
 
 
 @dataclass(frozen=True)
 class UserRanks:
     """Each evaluated user's index [U] and the 0-based fractional rank of their target [U]
-    (what ranks.parquet stores, so any two runs can be compared user by user)."""
+    (what ranks.parquet stores, so any two runs can be compared user by user), and their
+    top-k recommended items [U, k] when the Ranking asked for them (else [U, 0])."""
 
     users: torch.Tensor
     ranks: torch.Tensor
+    top: torch.Tensor | None = None
 
 
 def rank_sharded(
@@ -100,9 +115,13 @@ def rank_sharded(
     user's rank, identical to a single-process evaluation."""
     per_rank = -(-len(cases) // shard.world)
     mine = cases[shard.rank :: shard.world]
-    ranks = rank_cases(mine, score, how, num_batches=-(-per_rank // how.batch_size))
+    ranks, top = rank_and_list(mine, score, how, num_batches=-(-per_rank // how.batch_size))
     users = torch.tensor([c.user for c in mine], dtype=torch.long)
-    return UserRanks(torch.cat(shard.gathered(users)), torch.cat(shard.gathered(ranks)))
+    return UserRanks(
+        torch.cat(shard.gathered(users)),
+        torch.cat(shard.gathered(ranks)),
+        torch.cat(shard.gathered(top)),
+    )
 
 
 def evaluate_sharded(

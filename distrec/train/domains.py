@@ -12,6 +12,7 @@ from distrec.config import ConfigError, RunConfig
 from distrec.data.manifest import Manifest, load_manifest, manifest_path
 from distrec.data.shards import read_sequences
 from distrec.data.tokens import TokenTable
+from distrec.eval.beyond import ItemProfile, multi_hot
 from distrec.models.features import TextEncoding, cached_catalog_features, encode_texts, feature_key
 from distrec.utils.progress import log
 from distrec.utils.sharding import Shard
@@ -28,6 +29,7 @@ class DomainData:
     features: torch.Tensor | None = None
     tokens: TokenTable | None = None
     shard_url: str | None = None
+    category_field: str | None = None
     _sequences: list[dict] | None = field(default=None, repr=False)
 
     @property
@@ -61,6 +63,16 @@ class DomainData:
         z[0] = 0.0
         return z
 
+    def profile(self) -> ItemProfile:
+        """Training counts, LM features (cached mode) and categories (`category_field`) of
+        the items, for beyond-accuracy metrics."""
+        categories = None
+        if self.category_field is not None:
+            categories = multi_hot(
+                self.catalog[f"field.{self.category_field}"].astype(str).tolist()
+            )
+        return ItemProfile(self.train_counts, self.features, categories)
+
     def sequences(self) -> list[dict]:
         """Every user's full sequence (read once from the shards)."""
         if self._sequences is None:
@@ -92,7 +104,16 @@ def read_domain(cfg: RunConfig, name: str) -> DomainData:
             f"model.head=rating but domain {name!r} has no ratings (its log had no rating "
             f"column); map `columns.rating` when preparing it or use model.head=retrieval|ctr"
         )
-    return DomainData(name, m, pd.read_parquet(m.catalog_path), shard_url=cfg.data.shard_url)
+    catalog = pd.read_parquet(m.catalog_path)
+    known = {dom.name for dom in cfg.data.domains}
+    category = cfg.domain(name).category_field if name in known else None
+    if category is not None and f"field.{category}" not in catalog.columns:
+        fields = [c.removeprefix("field.") for c in catalog.columns if c.startswith("field.")]
+        raise ConfigError(
+            f"domain {name!r}: category_field={category!r} is not an item field of its catalog; "
+            f"its fields are {fields}"
+        )
+    return DomainData(name, m, catalog, shard_url=cfg.data.shard_url, category_field=category)
 
 
 def attach_text(cfg: RunConfig, d: DomainData, text: ItemText, shard: Shard) -> None:

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from distrec.eval.beyond import beyond_accuracy
 from distrec.eval.evaluate import Ranking, UserRanks, eval_cases, rank_sharded
 from distrec.eval.metrics import metrics_from_ranks
 from distrec.models.io import ItemBatch, ItemVectors, UserQuery
@@ -15,9 +16,15 @@ from distrec.train.workspace import Workspace
 
 
 def mean_metrics(per_domain: list[dict[str, float]]) -> dict[str, float]:
-    """Mean over domains of their metrics; one domain gives its metrics unchanged."""
-    keys = per_domain[0].keys()
+    """Mean over domains of the metrics they all have; one domain gives its metrics unchanged
+    (a category metric exists only for domains with a category_field)."""
+    keys = [k for k in per_domain[0] if all(k in p for p in per_domain[1:])]
     return {k: sum(p[k] for p in per_domain) / len(per_domain) for k in keys}
+
+
+def domain_metrics(found: UserRanks, d: DomainData, ks: list[int]) -> dict[str, float]:
+    """Accuracy metrics of `found`'s ranks plus beyond-accuracy metrics of its top lists."""
+    return {**metrics_from_ranks(found.ranks, ks), **beyond_accuracy(found.top, d.profile(), ks)}
 
 
 def reads_text(model: nn.Module) -> bool:
@@ -32,14 +39,20 @@ class Evaluator:
         self.ws = ws
 
     def ranking(self, d: DomainData) -> Ranking:
-        """How domain `d` is ranked: its whole catalog, data.max_history, eval.batch_size."""
-        return Ranking(d.num_items, self.ws.cfg.data.max_history, self.ws.cfg.eval.batch_size)
+        """How domain `d` is ranked: its whole catalog, data.max_history, eval.batch_size, and
+        top-K lists as long as the largest eval.ks (for beyond-accuracy metrics)."""
+        cfg = self.ws.cfg
+        return Ranking(d.num_items, cfg.data.max_history, cfg.eval.batch_size, max(cfg.eval.ks))
 
     @torch.no_grad()
     def metrics(self, model: nn.Module, domains: list[str], split: str) -> dict[str, float]:
-        """Mean over `domains` of full-ranking metrics (eval.ks, MRR@10)."""
-        per_domain = [self.ranks(model, self.ws.domains[n], split).ranks for n in domains]
-        return mean_metrics([metrics_from_ranks(r, self.ws.cfg.eval.ks) for r in per_domain])
+        """Mean over `domains` of full-ranking metrics (eval.ks, MRR@10, beyond accuracy)."""
+        ks = self.ws.cfg.eval.ks
+        per_domain = []
+        for name in domains:
+            d = self.ws.domains[name]
+            per_domain.append(domain_metrics(self.ranks(model, d, split), d, ks))
+        return mean_metrics(per_domain)
 
     @torch.no_grad()
     def ranks(self, model: nn.Module, d: DomainData, split: str) -> UserRanks:

@@ -105,6 +105,31 @@ def stage_table(stages: dict, target: str | None) -> str:
     return "\n".join(lines)
 
 
+BEYOND = ["coverage", "novelty", "ild", "ild_category", "arp"]
+
+
+def beyond_table(stages: dict, k: int) -> str:
+    """Beyond-accuracy metrics @k of every finished stage (test split); a column none of the
+    stages has (e.g. ild_category without a category_field) is left out."""
+    rows = [(label, stages[key]["test"]) for key, label in ROWS if key in stages]
+    columns = [c for c in BEYOND if any(f"{c}@{k}" in test for _, test in rows)]
+    if not columns:
+        return ""
+    lines = [
+        f"Beyond accuracy of the top-{k} lists (test split; popularity's coverage is the floor): "
+        "coverage = share of the catalog recommended to anyone, novelty = mean -log2 training "
+        "share, ild = 1 - mean pairwise cosine of LM item features (ild_category: of the "
+        "categories), arp = mean training interactions of recommended items.",
+        "",
+        "| stage | " + " | ".join(f"{c}@{k}" for c in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for label, test in rows:
+        cells = [f"{test.get(f'{c}@{k}', float('nan')):.4f}" for c in columns]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 RATIOS = [
     ("adapt", "baseline_text_target_only", "adapted / target-only text"),
     ("adapt", "baseline_id_target_only", "adapted / target-only ID"),
@@ -140,6 +165,8 @@ def write_report(out: Path, cfg: RunConfig, stages: dict, extra: dict) -> None:
         "",
         "Transfer ratios (NDCG@10, [paired bootstrap 95% interval over users]):",
         *ratios(out, stages),
+        "",
+        beyond_table(stages, min(cfg.eval.ks)),
         "",
     ]
     if "pretrain" in stages:

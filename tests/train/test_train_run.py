@@ -45,6 +45,20 @@ def test_every_stage_reports_valid_and_test_metrics(finished):
     assert metrics["versions"]["torch"].startswith("2.13")
 
 
+def test_every_stage_reports_beyond_accuracy_with_popularity_as_the_coverage_floor(finished):
+    _, metrics = finished
+    stages = metrics["stages"]
+    for stage in STAGES:
+        test = stages[stage]["test"]
+        assert {"coverage@10", "novelty@10", "ild@10", "arp@10", "coverage@50"} <= set(test)
+        assert 0.0 < test["coverage@10"] <= test["coverage@50"] <= 1.0
+    # popularity gives (nearly) everyone the same list: the floor the others are read against
+    floor = stages["baseline_popularity"]["test"]["coverage@10"]
+    target_stages = STAGES - {"baseline_popularity", "pretrain"}  # pretrain: the source domain
+    others = [stages[s]["test"]["coverage@10"] for s in target_stages]
+    assert min(others) >= floor and max(others) > 2 * floor
+
+
 def test_run_folder_holds_reports_events_and_peft_adapter(finished):
     tmp, _ = finished
     out = tmp / "a"

@@ -14,9 +14,8 @@ from torch import nn
 from distrec.config.schema import ModelConfig
 from distrec.distributed.collectives import barrier
 from distrec.eval.evaluate import UserRanks
-from distrec.eval.metrics import metrics_from_ranks
 from distrec.models.registry import ModelSpec, build_model
-from distrec.train.evaluation import Evaluator, mean_metrics
+from distrec.train.evaluation import Evaluator, domain_metrics, mean_metrics
 from distrec.train.outputs import write_stage_ranks
 from distrec.train.state import FitResult
 from distrec.train.trainer import StagePlan, Trainer, TrainHook
@@ -133,7 +132,8 @@ class Pipeline:
             per_domain = []
             for name in domains:
                 found[name, split] = ranks(name, split)
-                per_domain.append(metrics_from_ranks(found[name, split].ranks, self.ws.cfg.eval.ks))
+                d, ks = self.ws.domains[name], self.ws.cfg.eval.ks
+                per_domain.append(domain_metrics(found[name, split], d, ks))
             record[split] = mean_metrics(per_domain)
         if self.ws.is_main:
             write_stage_ranks(self.ws.out, stage, found)
