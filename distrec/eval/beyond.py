@@ -4,7 +4,8 @@ popularity bias, computed from every evaluated user's top-K items.
 - coverage@K: distinct items recommended to anyone / catalog size;
 - novelty@K: mean self-information -log2 p(i) of recommended items, p(i) the item's
   share of the domain's training interactions (+1 smoothing);
-- ild@K: intra-list diversity, 1 - mean pairwise cosine of the items' LM features;
+- ild@K: intra-list diversity, 1 - mean pairwise cosine of the items' cached LM features
+  (cached mode; end to end no features are cached, so it is left out);
 - ild_category@K: the same over multi-hot categories (e.g. genres; DomainConfig.category_field);
 - arp@K: average recommended popularity (training interactions of recommended items).
 """
@@ -33,6 +34,7 @@ class ItemProfile:
 
     @property
     def num_items(self) -> int:
+        """N, the catalog's size."""
         return self.counts.shape[0] - 1
 
     def self_information(self) -> torch.Tensor:
