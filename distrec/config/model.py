@@ -105,6 +105,21 @@ class ModelConfig(Section):
             "1/100) instead of fixing it."
         ),
     )
+    ctr_negatives: int = Field(
+        default=4,
+        ge=1,
+        description=(
+            "model.head=ctr: sampled negatives per positive; never the positive itself nor "
+            "an item of the user's window."
+        ),
+    )
+    ctr_sampling: Literal["uniform", "popularity"] = Field(
+        default="uniform",
+        description=(
+            "model.head=ctr: how negatives are drawn from the candidates: uniformly, or in "
+            "proportion to the items' training share (harder, popular negatives)."
+        ),
+    )
     logq_correction: bool = Field(
         default=True,
         description="Subtract log sampling probability from in-batch negatives' scores (popular items are over-sampled).",

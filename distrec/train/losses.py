@@ -22,6 +22,15 @@ from distrec.utils.registry import Registry
 
 
 @dataclass(frozen=True)
+class NegativeSampling:
+    """CTR negatives: `per_positive` draws per real position, `by_popularity` in proportion
+    to the candidates' training share (else uniformly)."""
+
+    per_positive: int
+    by_popularity: bool = False
+
+
+@dataclass(frozen=True)
 class LossContext:
     """What a loss may need besides the outputs.
 
@@ -30,6 +39,7 @@ class LossContext:
     whole catalog. cross_rank: candidates are gathered from every rank (`world` of them).
     logq: correct sampled logits by log P(item among candidates). generator: for losses
     that draw samples (kept in the checkpoint, so a resumed run draws the same).
+    negatives: how sampling losses (ctr) draw negatives.
     """
 
     batch: TrainBatch
@@ -39,6 +49,7 @@ class LossContext:
     logq: bool
     world: int
     generator: torch.Generator
+    negatives: NegativeSampling = NegativeSampling(1)
 
 
 Loss = Callable[[TrainOutputs, LossContext], torch.Tensor]
@@ -124,22 +135,50 @@ def duplicate_positives(ids: torch.Tensor, positives: torch.Tensor) -> torch.Ten
 
 @LOSSES.register("ctr")
 def ctr(out: TrainOutputs, ctx: LossContext) -> torch.Tensor:
-    """Binary cross-entropy: the next item (label 1) vs one uniformly sampled item (label 0)."""
-    return ctr_loss(out, ctx.generator)
-
-
-def ctr_loss(out: TrainOutputs, generator: torch.Generator) -> torch.Tensor:
-    """BCE of the positive vs one negative drawn with `generator`, per real position."""
-    users, targets, cand = out.users, out.targets, out.candidates
-    if users.shape[0] == 0:
-        return cand.sum() * 0.0 + users.sum() * 0.0
-    negatives = torch.randint(0, cand.shape[0], targets.shape, generator=generator).to(
-        targets.device
+    """Binary cross-entropy: the next item (label 1) vs sampled items (label 0) that are
+    neither the positive nor in the user's window."""
+    if out.users.shape[0] == 0:
+        return out.candidates.sum() * 0.0 + out.users.sum() * 0.0
+    batch = ctx.batch
+    weights = None
+    if ctx.negatives.by_popularity:
+        weights = ctx.share[batch.candidates.items.cpu()].double()
+    forbidden = window_items(batch)[batch.real_positions().nonzero()[:, 0]]
+    negatives = sample_negatives(
+        forbidden.cpu(), ctx.negatives.per_positive, weights, ctx.generator
     )
+    return ctr_loss(out, negatives.to(out.targets.device))
+
+
+def window_items(batch: TrainBatch) -> torch.Tensor:
+    """[B, C] True where candidate c is an item of window b (its inputs or targets)."""
+    rows, width = batch.inputs.shape[0], batch.candidates.items.shape[0] + 1
+    seen = torch.zeros(rows, width, dtype=torch.bool, device=batch.inputs.device)
+    seen.scatter_(1, batch.inputs, True)
+    seen.scatter_(1, batch.targets, True)
+    return seen[:, 1:]  # column 0 is padding
+
+
+def sample_negatives(
+    forbidden: torch.Tensor, k: int, weights: torch.Tensor | None, generator: torch.Generator
+) -> torch.Tensor:
+    """[P, k] candidate indices drawn with replacement, never where `forbidden` [P, C] is
+    True, uniformly or by `weights` [C]. A row with nothing allowed (a window holding the
+    whole candidate set) draws from everything."""
+    base = torch.ones(forbidden.shape[1], dtype=torch.float64) if weights is None else weights
+    probs = base[None, :].expand(forbidden.shape[0], -1).masked_fill(forbidden, 0.0)
+    empty = probs.sum(1) == 0
+    probs[empty] = base
+    return torch.multinomial(probs, k, replacement=True, generator=generator)
+
+
+def ctr_loss(out: TrainOutputs, negatives: torch.Tensor) -> torch.Tensor:
+    """BCE of each real position's positive (label 1) vs its `negatives` [P, k] (label 0)."""
+    users, targets, cand = out.users, out.targets, out.candidates
     pos = (users * cand[targets]).sum(-1) * out.scale + out.bias[targets]
-    neg = (users * cand[negatives]).sum(-1) * out.scale + out.bias[negatives]
-    logits = torch.cat([pos, neg]).float()
-    labels = torch.cat([torch.ones_like(pos), torch.zeros_like(neg)]).float()
+    neg = (users[:, None, :] * cand[negatives]).sum(-1) * out.scale + out.bias[negatives]
+    logits = torch.cat([pos, neg.flatten()]).float()
+    labels = torch.cat([torch.ones_like(pos), torch.zeros(neg.numel(), device=pos.device)]).float()
     return F.binary_cross_entropy_with_logits(logits, labels)
 
 

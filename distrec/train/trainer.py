@@ -29,7 +29,7 @@ from distrec.models.io import TrainBatch, TrainOutputs
 from distrec.train.batches import is_sampled, train_batch
 from distrec.train.checkpoint import Preempted, StageCheckpoints, preemption_requested
 from distrec.train.evaluation import Evaluator, reads_text
-from distrec.train.losses import LOSSES, LossContext
+from distrec.train.losses import LOSSES, LossContext, NegativeSampling
 from distrec.train.state import EarlyStopping, FitResult, TrainState
 from distrec.train.workspace import Workspace
 from distrec.utils.progress import log, progress
@@ -246,6 +246,9 @@ class Trainer:
             logq=cfg.model.logq_correction,
             world=self.ws.rank_world[1] if cross_rank else 1,
             generator=self.state.gen,
+            negatives=NegativeSampling(
+                cfg.model.ctr_negatives, by_popularity=cfg.model.ctr_sampling == "popularity"
+            ),
         )
 
     def epochs_left(self) -> bool:

@@ -105,3 +105,39 @@ def test_ranking_scores_stay_fp32_inside_autocast():
         rounded = users @ vectors.T * 20.0
     assert scores.dtype == torch.float32 and torch.equal(scores, exact)
     assert rounded.dtype == torch.bfloat16  # what ranking used to see: ties and shuffles
+
+
+def test_ctr_negatives_are_never_the_positive_nor_a_window_item():
+    from distrec.models.io import ItemBatch, TrainBatch
+    from distrec.train.losses import sample_negatives, window_items
+
+    inputs = torch.tensor([[1, 2, 3, 0], [5, 6, 0, 0]])
+    targets = torch.tensor([[2, 3, 4, 0], [6, 7, 0, 0]])
+    batch = TrainBatch(
+        inputs, targets, torch.tensor([True, True]), ItemBatch("d", torch.arange(1, 9))
+    )
+    seen = window_items(batch)  # [2, 8]: candidates 1..8 as columns 0..7
+    assert seen[0].nonzero().flatten().tolist() == [0, 1, 2, 3]  # items 1-4
+    forbidden = seen[batch.real_positions().nonzero()[:, 0]]
+    gen = torch.Generator().manual_seed(0)
+    draws = sample_negatives(forbidden, 50, None, gen)
+    assert draws.shape == (5, 50)
+    assert not forbidden.gather(1, draws).any()  # never a positive or a window item
+    assert set(draws[0].tolist()) == {4, 5, 6, 7}  # uniform over what is allowed
+    pop = torch.tensor([1.0, 1, 1, 1, 100, 1, 1, 1], dtype=torch.float64)
+    by_pop = sample_negatives(forbidden[:1], 2000, pop, gen)
+    assert (by_pop == 4).float().mean() > 0.9  # item 5 carries ~97% of the allowed mass
+    everything = torch.ones(1, 8, dtype=torch.bool)  # a window holding the whole catalog
+    assert sample_negatives(everything, 3, None, gen).shape == (1, 3)
+
+
+def test_ctr_loss_uses_k_negatives_per_positive():
+    from distrec.train.losses import ctr_loss
+
+    users = torch.tensor([[1.0, 0.0]])
+    cand = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])
+    out = outputs(users, cand, None, torch.tensor([0]), scale=1.0)
+    loss = ctr_loss(out, torch.tensor([[1, 2]]))
+    # logits: positive 1, negatives -1 and 0 -> mean BCE of the three
+    expected = (math.log1p(math.exp(-1)) + math.log1p(math.exp(-1)) + math.log(2)) / 3
+    assert math.isclose(loss.item(), expected, rel_tol=1e-6)
