@@ -17,17 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import re
 import shutil
 import sys
 import tempfile
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 
 def _threads_from_argv(argv: list[str]) -> str:
@@ -44,22 +39,25 @@ if __name__ == "__main__":
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = _threads_from_argv(sys.argv)
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 # Run as a script in .venv-peers (no package context) or imported by the tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from perf.peers.protocol import ModelInputs, ndcg_at, score_batches, summary_metrics  # noqa: E402
+from perf.peers.protocol import ModelInputs, score_batches, summary_metrics  # noqa: E402
+from perf.peers.recbole_training import (  # noqa: E402
+    EpochClock,
+    Loaded,
+    Training,
+    load_best,
+    protocol_trainer,
+    train_or_recover,
+)
+from perf.peers.run_record import Evaluation, run_record, stage_name, write_ranks  # noqa: E402
 from perf.peers.split_check import IdMaps, RecBoleSets, check_split, id_maps  # noqa: E402
 
 SEQUENTIAL = {"GRU4Rec", "SASRec"}
 MODELS = ("Pop", "BPR", "GRU4Rec", "SASRec")
 DEFAULT_CAP_MIN = {"Pop": None, "BPR": None, "GRU4Rec": 70.0, "SASRec": 70.0}
-
-
-class WallCap(Exception):
-    """Raised before an epoch that would end past the wall-time cap."""
 
 
 def recbole_config(args, data_dir: Path, dataset: str, work: Path) -> dict:
@@ -98,35 +96,6 @@ def recbole_config(args, data_dir: Path, dataset: str, work: Path) -> dict:
         # RecBole's sequential defaults use loss_type CE, which needs negative sampling off.
         cfg["train_neg_sample_args"] = None
     return cfg
-
-
-HYPER_PARAMETERS = (
-    "learning_rate",
-    "train_batch_size",
-    "eval_batch_size",
-    "learner",
-    "weight_decay",
-    "embedding_size",
-    "hidden_size",
-    "inner_size",
-    "n_layers",
-    "n_heads",
-    "num_layers",
-    "hidden_dropout_prob",
-    "attn_dropout_prob",
-    "dropout_prob",
-    "hidden_act",
-    "layer_norm_eps",
-    "initializer_range",
-    "loss_type",
-    "train_neg_sample_args",
-    "MAX_ITEM_LIST_LENGTH",
-    "epochs",
-    "stopping_step",
-    "eval_step",
-    "valid_metric",
-    "clip_grad_norm",
-)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -181,17 +150,6 @@ def run_paths(args: argparse.Namespace, domain: str) -> RunPaths:
     return RunPaths(Path(args.data).resolve(), out, work, repo)
 
 
-@dataclass(frozen=True)
-class Loaded:
-    """RecBole's config, dataset and train/valid/test loaders for this run."""
-
-    config: Any
-    dataset: Any
-    train: Any
-    valid: Any
-    test: Any
-
-
 def load_recbole(args: argparse.Namespace, split: dict, data_dir: Path, work: Path) -> Loaded:
     """RecBole's Config and data for the exported split (run with cwd = the scratch folder)."""
     from recbole.config import Config
@@ -230,136 +188,6 @@ def new_model(loaded: Loaded):
     return get_model(config["model"])(config, loaded.train._dataset).to(config["device"])
 
 
-@dataclass
-class EpochClock:
-    """Timing, the protocol's validation curve and the wall-time cap of one training run."""
-
-    model: str
-    cap_min: float | None
-    curve: list[dict] = field(default_factory=list)
-    t0: float | None = None
-    epoch: int = -1
-    epoch_t0: float | None = None
-    durations: list[float] = field(default_factory=list)
-
-    def start_epoch(self, epoch_idx: int) -> None:
-        """Raise WallCap if this epoch is predicted to end past the cap."""
-        now = time.perf_counter()
-        if self.t0 is None:
-            self.t0 = now
-        elapsed = now - self.t0
-        cap_s = self.cap_min * 60.0 if self.cap_min else None
-        # the next epoch is predicted to take as long as the slowest of the last three
-        next_s = max(self.durations[-3:], default=0.0)
-        if cap_s is not None and self.curve and elapsed + next_s > cap_s:
-            raise WallCap(f"epoch {epoch_idx} would end past the {self.cap_min} min cap")
-        self.epoch, self.epoch_t0 = epoch_idx, now
-
-    def record_validation(self, *, valid_t0: float, ndcg: float, loss) -> None:
-        """Append the epoch's point to the curve and print its `[peers]` log line."""
-        done = time.perf_counter()
-        self.curve.append(
-            {
-                "epoch": self.epoch,
-                "elapsed_s": round(done - self.t0, 3),
-                "train_s": round(valid_t0 - self.epoch_t0, 3),
-                "valid_s": round(done - valid_t0, 3),
-                "train_loss": None if loss is None else float(loss),
-                "valid_ndcg@10": ndcg,
-            }
-        )
-        self.durations.append(done - self.epoch_t0)
-        print(
-            f"[peers] {self.model} epoch {self.epoch}: loss {loss:.4f} valid ndcg@10 {ndcg:.5f} "
-            f"({done - self.epoch_t0:.1f}s, {done - self.t0:.0f}s total)",
-            flush=True,
-        )
-
-
-def protocol_trainer(config, model, *, clock: EpochClock, rank: Callable[[str], torch.Tensor]):
-    """RecBole's trainer for the model, validating under distrec's protocol with a wall cap."""
-    from recbole.utils import get_trainer
-
-    trainer_cls = get_trainer(config["MODEL_TYPE"], config["model"])
-
-    class ProtocolTrainer(trainer_cls):
-        """RecBole's trainer, with validation under distrec's protocol and a wall cap."""
-
-        def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
-            clock.start_epoch(epoch_idx)
-            return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
-
-        def _valid_epoch(self, valid_data, show_progress=False):
-            t = time.perf_counter()
-            ndcg = ndcg_at(rank("valid"), 10)
-            loss = self.train_loss_dict.get(clock.epoch)
-            clock.record_validation(valid_t0=t, ndcg=ndcg, loss=loss)
-            return ndcg, {"ndcg@10": ndcg}
-
-    return ProtocolTrainer(config, model)
-
-
-@dataclass(frozen=True)
-class Training:
-    """How training ended, its wall time and RecBole's best checkpoint."""
-
-    reason: str
-    wall_s: float
-    checkpoint: Path
-
-
-def train_or_recover(args: argparse.Namespace, trainer, loaded: Loaded, clock: EpochClock):
-    """Fit (until early stopping, max epochs or the cap) or, with --recover, read the log."""
-    if args.recover:
-        clock.curve.extend(curve_from_log(Path(args.recover[1]), args.model))
-        wall = clock.curve[-1]["elapsed_s"] if clock.curve else float("nan")
-        training = Training("capped", wall, Path(args.recover[0]).resolve())
-    else:
-        training = fit(args, trainer, loaded, clock)
-    if args.model == "Pop":  # RecBole's TraditionalTrainer: one counting epoch
-        training = Training("single_pass", training.wall_s, training.checkpoint)
-    return training
-
-
-def fit(args: argparse.Namespace, trainer, loaded: Loaded, clock: EpochClock) -> Training:
-    """RecBole's fit, saving its best checkpoint; a WallCap ends it as capped."""
-    reason = "early_stopping"
-    t_start = time.perf_counter()
-    try:
-        trainer.fit(loaded.train, loaded.valid, verbose=False, saved=True, show_progress=False)
-        if clock.curve and len(clock.curve) >= args.epochs:
-            reason = "max_epochs"
-    except WallCap as stop:
-        reason = "capped"
-        print(f"[peers] {args.model}: {stop}", flush=True)
-    return Training(reason, time.perf_counter() - t_start, Path(trainer.saved_model_file))
-
-
-def load_best(model, checkpoint: Path) -> int:
-    """Load RecBole's best checkpoint into `model`; returns its epoch."""
-    # RecBole's own file, written moments ago by this process or, with --recover, by the
-    # killed run of this same driver: it pickles the Config, so torch >= 2.6's weights_only
-    # default cannot read it.
-    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        ckpt = torch.load(checkpoint, map_location="cpu")
-    finally:
-        del os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"]
-    model.load_state_dict(ckpt["state_dict"])
-    model.load_other_parameter(ckpt.get("other_parameter"))
-    return int(ckpt["epoch"])
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """The best checkpoint's ranks and metrics: ours (the protocol) and RecBole's own."""
-
-    best_epoch: int
-    ranks: dict[str, torch.Tensor]
-    protocol: dict[str, dict]
-    recbole: dict[str, dict]
-
-
 def evaluate_best(model, trainer, loaded: Loaded, training: Training, rank) -> Evaluation:
     """Test the best checkpoint under the protocol, and with RecBole's evaluator for reference."""
     best_epoch = load_best(model, training.checkpoint)
@@ -379,98 +207,6 @@ def clean_up(args: argparse.Namespace, paths: RunPaths, training: Training) -> N
     os.chdir(paths.repo)
     if args.work is None:  # our own scratch folder: RecBole's logs and tensorboard files
         shutil.rmtree(paths.work, ignore_errors=True)
-
-
-def stage_name(model: str) -> str:
-    """The stage column of ranks.parquet and peers tables, e.g. recbole_sasrec."""
-    return f"recbole_{model.lower()}"
-
-
-def write_ranks(path: Path, stage: str, domain: str, cases: dict, ranks: dict) -> None:
-    """ranks.parquet with the same columns as distrec's own."""
-    rows = [
-        pd.DataFrame(
-            {
-                "stage": stage,
-                "split": s,
-                "domain": domain,
-                "user": np.array([u for u, _ in cases[s]], dtype=np.int64),
-                "rank": r.numpy().astype(np.float64),
-            }
-        )
-        for s, r in ranks.items()
-    ]
-    pd.concat(rows, ignore_index=True).to_parquet(path, index=False)
-
-
-def hyper_parameters(config) -> dict:
-    """The model's and trainer's settings RecBole resolved (its defaults, our overrides)."""
-    return {
-        k: config[k]
-        for k in HYPER_PARAMETERS
-        if config[k] is not None or k in config.final_config_dict
-    }
-
-
-def recovered_note(args: argparse.Namespace, training: Training) -> dict | None:
-    """run.json's `recovered` entry: None unless --recover."""
-    if not args.recover:
-        return None
-    return {
-        "checkpoint": str(training.checkpoint),
-        "log": args.recover[1],
-        "why": args.recover_note or "stopped from outside at a deadline",
-        "note": "best checkpoint of the stopped run, tested here; curve parsed from its "
-        "log (elapsed rounded to seconds, valid NDCG@10 to 5 decimals)",
-    }
-
-
-def run_record(
-    args: argparse.Namespace,
-    split: dict,
-    *,
-    config,
-    clock: EpochClock,
-    training: Training,
-    evaluation: Evaluation,
-) -> dict:
-    """run.json's content."""
-    import recbole
-
-    curve = clock.curve
-    best_ndcg = max((c["valid_ndcg@10"] for c in curve), default=float("nan"))
-    first_best = next((c for c in curve if c["valid_ndcg@10"] == best_ndcg), None)
-    return {
-        "model": args.model,
-        "stage": stage_name(args.model),
-        "domain": split["domain"],
-        "recbole_version": recbole.__version__,
-        "torch_version": torch.__version__,
-        "dataset": split["dataset"],
-        "fingerprint": split.get("fingerprint"),
-        "hyper_parameters": _jsonable(hyper_parameters(config)),
-        "seed": args.seed,
-        "threads": args.threads,
-        "torch_threads": torch.get_num_threads(),
-        "max_minutes": clock.cap_min,
-        "epochs_run": len(curve),
-        "best_epoch": evaluation.best_epoch,
-        "stopping_reason": training.reason,
-        "capped": training.reason == "capped",
-        "wall_s": round(training.wall_s, 3),
-        "best_valid_ndcg@10": best_ndcg,
-        "first_best_elapsed_s": first_best["elapsed_s"] if first_best else None,
-        "protocol_metrics": evaluation.protocol,
-        "recbole_metrics": evaluation.recbole,
-        "recbole_metrics_note": (
-            "RecBole's own evaluator, reference only: it does not mask history for "
-            "sequential models and counts ties differently"
-        ),
-        "curve": curve,
-        "split_check": "passed",
-        "recovered": recovered_note(args, training),
-        "protocol": "full catalog, history masked, target rankable, 0-based fractional ranks",
-    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -510,41 +246,6 @@ def main(argv: list[str] | None = None) -> None:
         f"(valid {ours['valid']['ndcg@10']:.5f}), wall {training.wall_s:.0f}s -> {paths.out}",
         flush=True,
     )
-
-
-def curve_from_log(log: Path, model: str) -> list[dict]:
-    """Per-epoch curve from this driver's own `[peers] <model> epoch N: ...` log lines."""
-    pat = re.compile(
-        rf"^\[peers\] {re.escape(model)} epoch (\d+): loss (\S+) valid ndcg@10 (\S+) "
-        r"\((\S+)s, (\S+)s total\)"
-    )
-    curve = []
-    for line in log.read_text().splitlines():
-        m = pat.match(line)
-        if m:
-            curve.append(
-                {
-                    "epoch": int(m[1]),
-                    "elapsed_s": float(m[5]),
-                    "epoch_s": float(m[4]),
-                    "train_loss": float(m[2]),
-                    "valid_ndcg@10": float(m[3]),
-                }
-            )
-    return curve
-
-
-def _jsonable(d: dict) -> dict:
-    out = {}
-    for k, v in d.items():
-        try:
-            json.dumps(v)
-            out[k] = v
-        except TypeError:
-            out[k] = str(v)
-        if isinstance(v, float) and math.isnan(v):
-            out[k] = None
-    return out
 
 
 if __name__ == "__main__":

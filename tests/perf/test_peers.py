@@ -301,26 +301,26 @@ def test_chunk_ranks_moves_recbole_columns_to_the_catalog():
 
 
 def test_driver_log_line_round_trips_through_curve_from_log(tmp_path: Path, capsys):
-    from perf.peers import run_recbole
+    from perf.peers import recbole_training
 
-    clock = run_recbole.EpochClock("SASRec", cap_min=None)
+    clock = recbole_training.EpochClock("SASRec", cap_min=None)
     for epoch, (loss, ndcg) in enumerate([(0.9, 0.05), (0.7, 0.0812345)]):
         clock.start_epoch(epoch)
         clock.record_validation(valid_t0=clock.epoch_t0, ndcg=ndcg, loss=loss)
     log = tmp_path / "run.log"
     log.write_text(capsys.readouterr().out)
-    parsed = run_recbole.curve_from_log(log, "SASRec")
+    parsed = recbole_training.curve_from_log(log, "SASRec")
     assert [c["epoch"] for c in parsed] == [0, 1]
     assert [c["valid_ndcg@10"] for c in parsed] == [0.05, 0.08123]
     assert [c["train_loss"] for c in parsed] == [0.9, 0.7]
 
 
 def test_driver_wall_cap_stops_before_an_epoch_that_would_end_past_it():
-    from perf.peers import run_recbole
+    from perf.peers import recbole_training
 
-    clock = run_recbole.EpochClock("GRU4Rec", cap_min=1.0)
+    clock = recbole_training.EpochClock("GRU4Rec", cap_min=1.0)
     clock.start_epoch(0)  # no curve yet: the first epoch always runs
     clock.curve.append({"epoch": 0})
     clock.durations.append(61.0)  # one epoch took longer than the whole cap
-    with pytest.raises(run_recbole.WallCap, match=r"epoch 1 would end past the 1\.0 min cap"):
+    with pytest.raises(recbole_training.WallCap, match=r"epoch 1 would end past the 1\.0 min cap"):
         clock.start_epoch(1)
