@@ -21,7 +21,7 @@ def train_batch(
     """
     ratings = batch.get("target_ratings")
     ratings = ratings.to(device) if ratings is not None else None
-    if "items" in batch:
+    if is_sampled(batch):
         items = ItemBatch(
             d.name,
             batch["items"].to(device),
@@ -29,25 +29,17 @@ def train_batch(
             input_ids=batch["input_ids"].to(device),
             attention_mask=batch["attention_mask"].to(device),
         )
-        return TrainBatch(
-            batch["inputs_local"].to(device),
-            batch["targets_local"].to(device),
-            batch["valid"].to(device),
-            items,
-            ratings,
+        inputs, targets = batch["inputs_local"], batch["targets_local"]
+    else:
+        items = ItemBatch(
+            d.name,
+            torch.arange(1, d.num_items + 1, device=device),
+            popularity=d.popularity[1:].to(device),
+            features=d.features[1:].to(device) if reads_text else None,
         )
-    items = ItemBatch(
-        d.name,
-        torch.arange(1, d.num_items + 1, device=device),
-        popularity=d.popularity[1:].to(device),
-        features=d.features[1:].to(device) if reads_text else None,
-    )
+        inputs, targets = batch["inputs"], batch["targets"]
     return TrainBatch(
-        batch["inputs"].to(device),
-        batch["targets"].to(device),
-        batch["valid"].to(device),
-        items,
-        ratings,
+        inputs.to(device), targets.to(device), batch["valid"].to(device), items, ratings
     )
 
 

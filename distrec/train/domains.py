@@ -4,6 +4,7 @@ in cached mode, a token table end to end)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import pandas as pd
 import torch
@@ -31,6 +32,7 @@ class DomainData:
     shard_url: str | None = None
     category_field: str | None = None
     _sequences: list[dict] | None = field(default=None, repr=False)
+    _profile: ItemProfile | None = field(default=None, repr=False)
 
     @property
     def num_items(self) -> int:
@@ -42,20 +44,20 @@ class DomainData:
         """Each catalog item's text, in item order (index i-1 is item i)."""
         return self.catalog["text"].tolist()
 
-    @property
+    @cached_property
     def train_counts(self) -> torch.Tensor:
         """[N+1] training popularity (row 0 = padding, count 0)."""
         return torch.cat(
             [torch.zeros(1), torch.tensor(self.catalog["train_count"].values, dtype=torch.float32)]
         )
 
-    @property
+    @cached_property
     def share(self) -> torch.Tensor:
         """[N+1] each item's share of training interactions (+1 smoothing; row 0 unused)."""
         c = self.train_counts + 1.0
         return c / c[1:].sum()
 
-    @property
+    @cached_property
     def popularity(self) -> torch.Tensor:
         """[N+1] log share of the domain's training interactions (+1 smoothing): a feature any
         logged catalog has, so the prior learned on sources applies to a new domain's counts."""
@@ -65,7 +67,12 @@ class DomainData:
 
     def profile(self) -> ItemProfile:
         """Training counts, LM features (cached mode) and categories (`category_field`) of
-        the items, for beyond-accuracy metrics."""
+        the items, for beyond-accuracy metrics (built once)."""
+        if self._profile is None:
+            self._profile = self._build_profile()
+        return self._profile
+
+    def _build_profile(self) -> ItemProfile:
         categories = None
         if self.category_field is not None:
             categories = multi_hot(

@@ -38,15 +38,17 @@ class Evaluator:
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
 
-    def ranking(self, d: DomainData) -> Ranking:
-        """How domain `d` is ranked: its whole catalog, data.max_history, eval.batch_size, and
-        top-K lists as long as the largest eval.ks (for beyond-accuracy metrics)."""
+    def ranking(self, d: DomainData, lists: bool = False) -> Ranking:
+        """How domain `d` is ranked: its whole catalog, data.max_history, eval.batch_size; with
+        `lists`, also each user's top-K list (K = the largest eval.ks) for beyond-accuracy
+        metrics (stage records; per-epoch validation needs the ranks alone)."""
         cfg = self.ws.cfg
-        return Ranking(d.num_items, cfg.data.max_history, cfg.eval.batch_size, max(cfg.eval.ks))
+        top_k = max(cfg.eval.ks) if lists else 0
+        return Ranking(d.num_items, cfg.data.max_history, cfg.eval.batch_size, top_k)
 
     @torch.no_grad()
     def metrics(self, model: nn.Module, domains: list[str], split: str) -> dict[str, float]:
-        """Mean over `domains` of full-ranking metrics (eval.ks, MRR@10, beyond accuracy)."""
+        """Mean over `domains` of full-ranking accuracy metrics (eval.ks, MRR@10)."""
         ks = self.ws.cfg.eval.ks
         per_domain = []
         for name in domains:
@@ -55,8 +57,9 @@ class Evaluator:
         return mean_metrics(per_domain)
 
     @torch.no_grad()
-    def ranks(self, model: nn.Module, d: DomainData, split: str) -> UserRanks:
-        """Every evaluated user's target rank in `split` (sharded over ranks, gathered)."""
+    def ranks(self, model: nn.Module, d: DomainData, split: str, lists: bool = False) -> UserRanks:
+        """Every evaluated user's target rank in `split` (sharded over ranks, gathered), and
+        with `lists` their top-K lists."""
         acc = self.ws.accelerator
         plain = acc.unwrap_model(model)  # for attributes; calls still go through the wrapper
         was_training = model.training
@@ -71,7 +74,7 @@ class Evaluator:
                 return plain.score(model(query), catalog)
 
             cases = eval_cases(d.sequences(), split, self.ws.cfg.eval.max_users)
-            found = rank_sharded(cases, score, self.ranking(d), self.ws.shard())
+            found = rank_sharded(cases, score, self.ranking(d, lists), self.ws.shard())
         model.train(was_training)
         return found
 

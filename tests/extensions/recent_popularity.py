@@ -30,6 +30,6 @@ def recent_popularity(pipe: Pipeline) -> None:
     def ranks(name: str, split: str) -> UserRanks:
         cases = eval_cases(d.sequences(), split, ws.cfg.eval.max_users)
         score = lambda history, last: counts.expand(history.shape[0], -1)  # noqa: E731
-        return rank_sharded(cases, score, pipe.evaluator.ranking(d), ws.shard())
+        return rank_sharded(cases, score, pipe.evaluator.ranking(d, lists=True), ws.shard())
 
     pipe.results["recent_popularity"] = pipe.ranked_record("recent_popularity", [target], ranks)

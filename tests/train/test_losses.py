@@ -141,3 +141,22 @@ def test_ctr_loss_uses_k_negatives_per_positive():
     # logits: positive 1, negatives -1 and 0 -> mean BCE of the three
     expected = (math.log1p(math.exp(-1)) + math.log1p(math.exp(-1)) + math.log(2)) / 3
     assert math.isclose(loss.item(), expected, rel_tol=1e-6)
+
+
+def test_ctr_negatives_and_sampling_reach_the_loss(synth_dir, tmp_path):
+    from tests.train.test_extending import train
+
+    stages = {"pretrain": {"epochs": 1}, "zero_shot": False, "adapt": {"enabled": False}}
+    stages |= {"baselines": []}
+    losses = {}
+    for name, model in (
+        ("k1", {"head": "ctr", "ctr_negatives": 1}),
+        ("k8", {"head": "ctr", "ctr_negatives": 8}),
+        ("k8pop", {"head": "ctr", "ctr_negatives": 8, "ctr_sampling": "popularity"}),
+    ):
+        found = train(tmp_path, synth_dir, name, model=model, stages=stages, train={"max_steps": 4})
+        losses[name] = found["pretrain"]["history"][0]["loss"]
+    # more negatives per positive: the BCE is averaged over more (easy) zeros
+    assert losses["k1"] != losses["k8"] != losses["k8pop"]
+    # popular negatives are harder to tell from the positive than uniform ones
+    assert losses["k8pop"] > losses["k8"]

@@ -28,7 +28,7 @@ def popularity(pipe: Pipeline) -> None:
 
     def ranks(name: str, split: str) -> UserRanks:
         cases = eval_cases(d.sequences(), split, ws.cfg.eval.max_users)
-        return rank_sharded(cases, score, pipe.evaluator.ranking(d), ws.shard())
+        return rank_sharded(cases, score, pipe.evaluator.ranking(d, lists=True), ws.shard())
 
     record = pipe.ranked_record("baseline_popularity", [target], ranks)
     log(f"baseline_popularity: test ndcg@10 {record['test']['ndcg@10']:.4f}")

@@ -113,7 +113,7 @@ class Pipeline:
         rank goes to ranks/<stage>.parquet so runs and stages compare user by user."""
 
         def ranks(name: str, split: str) -> UserRanks:
-            return self.evaluator.ranks(model, self.ws.domains[name], split)
+            return self.evaluator.ranks(model, self.ws.domains[name], split, lists=True)
 
         record = self.ranked_record(plan.name, plan.eval_domains, ranks)
         if fitted is not None:
