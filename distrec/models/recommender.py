@@ -121,8 +121,7 @@ class Recommender(nn.Module):
 
     def lm_lora_targets(self, lm_names: list[str]) -> list[str]:
         """The item tower's LM linears named `lm_names` alone (end-to-end source training)."""
-        tower = self.item_tower.lora_targets("item_tower", lm_names)
-        return [t for t in tower if t not in self.item_tower.lora_targets("item_tower", None)]
+        return self.item_tower.lm_targets("item_tower", lm_names)
 
     def domain_modules(self, domain: str) -> list[str]:
         """Modules trained in full (not through LoRA) by `domain`'s adapter: its ID table."""

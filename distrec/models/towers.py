@@ -100,11 +100,14 @@ class ItemTower(nn.Module):
 
         The LM's pooler is never a target: its output is unused (we pool ourselves), so it
         would get no gradient, which AdaLoRA's importance scores cannot take."""
-        found = [f"{prefix}.proj.fc_in", f"{prefix}.proj.fc_out"]
-        if lm_names is not None and self.lm is not None:
-            lm_targets = named_linears(self.lm, f"{prefix}.lm", lm_names)
-            found += [n for n in lm_targets if not n.startswith(f"{prefix}.lm.pooler")]
-        return found
+        return [f"{prefix}.proj.fc_in", f"{prefix}.proj.fc_out", *self.lm_targets(prefix, lm_names)]
+
+    def lm_targets(self, prefix: str, lm_names: list[str] | None) -> list[str]:
+        """The LM's modules named `lm_names` (none without names or an LM), pooler excluded."""
+        if lm_names is None or self.lm is None:
+            return []
+        found = named_linears(self.lm, f"{prefix}.lm", lm_names)
+        return [n for n in found if not n.startswith(f"{prefix}.lm.pooler")]
 
     def lm_lora_names(self, configured: list[str] | None) -> list[str]:
         """The LM linear names LoRA wraps: `peft.lm_target_modules` (each the last part of a

@@ -112,8 +112,7 @@ def read_domain(cfg: RunConfig, name: str) -> DomainData:
             f"column); map `columns.rating` when preparing it or use model.head=retrieval|ctr"
         )
     catalog = pd.read_parquet(m.catalog_path)
-    known = {dom.name for dom in cfg.data.domains}
-    category = cfg.domain(name).category_field if name in known else None
+    category = cfg.domain(name).category_field
     if category is not None and f"field.{category}" not in catalog.columns:
         fields = [c.removeprefix("field.") for c in catalog.columns if c.startswith("field.")]
         raise ConfigError(

@@ -9,7 +9,7 @@ Unknown names are a ConfigError that lists what is registered.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from distrec.config.errors import ConfigError
@@ -53,9 +53,6 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
 
     def names(self) -> list[str]:
         """Registered names, in registration order."""
