@@ -9,6 +9,15 @@ from pydantic import Field, model_validator
 from distrec.config.base import Section
 
 
+def check_head_weights(key: str, heads: dict[str, float]) -> None:
+    """At least one head, every weight > 0 (names are checked against the registry later)."""
+    if not heads:
+        raise ValueError(f"{key} is empty; name at least one head, e.g. {{retrieval: 1.0}}")
+    bad = {name: w for name, w in heads.items() if not w > 0}
+    if bad:
+        raise ValueError(f"{key}: weights {bad} must be > 0 (leave a head out to disable it)")
+
+
 class UserTowerConfig(Section):
     """The transformer over a user's history of item vectors."""
 
@@ -63,11 +72,14 @@ class ModelConfig(Section):
             "them). 0 is common for LoRA fine-tuning, which has its own peft.dropout."
         ),
     )
-    head: str = Field(
-        default="retrieval",
+    heads: dict[str, float] = Field(
+        default={"retrieval": 1.0},
         description=(
-            "A registered loss/head (built-ins retrieval, ctr, rating); validated against "
-            "distrec.train.losses' registry when the run starts."
+            "The heads trained on the towers and their weights in the joint loss, e.g. "
+            "{retrieval: 1.0, rating: 0.2, ctr: 0.2} (any subset, at least one, weights > 0). "
+            "Built-ins retrieval, ctr, rating, preference (distrec.heads); validated against its "
+            "registry when the run starts. Pretraining trains them on every source; "
+            "stages.adapt.heads may pick others for the target."
         ),
     )
     architecture: str = Field(
@@ -109,16 +121,43 @@ class ModelConfig(Section):
         default=4,
         ge=1,
         description=(
-            "model.head=ctr: sampled negatives per positive; never the positive itself nor "
-            "an item of the user's window."
+            "CTR head: sampled negatives per positive; never the positive itself nor an item of "
+            "the user's window."
         ),
     )
     ctr_sampling: Literal["uniform", "popularity"] = Field(
         default="uniform",
         description=(
-            "model.head=ctr: how negatives are drawn from the candidates: uniformly, or in "
-            "proportion to the items' training share (harder, popular negatives)."
+            "CTR head: how negatives are drawn from the candidates: uniformly, or in proportion "
+            "to the items' training share (harder, popular negatives)."
         ),
+    )
+    ctr_hard_negatives: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "CTR head: of the ctr_negatives, this many are the model's own highest-scoring "
+            "allowed candidates (hard negatives, scored without gradient); the rest are sampled."
+        ),
+    )
+    rating_range: tuple[float, float] = Field(
+        default=(1.0, 5.0),
+        description=(
+            "Rating and preference heads: the lowest and highest rating of the data (MovieLens "
+            "1-5). Predicted ratings are clipped to it when evaluated; preference classes are "
+            "its integer levels."
+        ),
+    )
+    preference_classes: Literal["ratings", "binary"] = Field(
+        default="ratings",
+        description=(
+            "Preference head: `ratings` = one class per integer rating level of rating_range; "
+            "`binary` = like (rating >= like_threshold) vs dislike."
+        ),
+    )
+    like_threshold: float = Field(
+        default=4.0,
+        description="Preference head, preference_classes=binary: ratings at or above it are likes.",
     )
     logq_correction: bool = Field(
         default=True,
@@ -138,8 +177,27 @@ class ModelConfig(Section):
         default=UserTowerConfig(), description="The user tower's shape."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: object) -> object:
+        if isinstance(data, dict) and "head" in data:
+            raise ValueError(
+                f"model.head={data['head']!r} was replaced by model.heads (head -> weight in the "
+                f"joint loss); write model.heads: {{{data['head']}: 1.0}}"
+            )
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
+        check_head_weights("model.heads", self.heads)
+        low, high = self.rating_range
+        if not low < high:
+            raise ValueError(f"model.rating_range={list(self.rating_range)}: expected [low, high]")
+        if self.ctr_hard_negatives > self.ctr_negatives:
+            raise ValueError(
+                f"model.ctr_hard_negatives={self.ctr_hard_negatives} > ctr_negatives="
+                f"{self.ctr_negatives}: hard negatives are part of the ctr_negatives"
+            )
         if self.dim % self.user_tower.heads:
             raise ValueError(
                 f"model.dim={self.dim} is not divisible by model.user_tower.heads="

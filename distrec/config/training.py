@@ -7,7 +7,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from distrec.config.base import Section
-from distrec.config.metric_names import MRR_K, parse_metric
+from distrec.config.metric_names import MRR_K, RANKING_KINDS, parse_metric
+from distrec.config.model import check_head_weights
 
 STAGES = ("pretrain", "zero_shot", "adapt")
 BASELINES = ("popularity", "id_target_only", "text_target_only")
@@ -43,6 +44,13 @@ class AdaptConfig(StageConfig):
             "one with the better validation eval.metric (both are reported)."
         ),
     )
+    heads: dict[str, float] | None = Field(
+        default=None,
+        description=(
+            "The heads (and joint-loss weights) trained on the target: by adapt and by the "
+            "target-only baselines, so they are compared on the same task; null = model.heads."
+        ),
+    )
     id_dropout: float | None = Field(
         default=None,
         ge=0.0,
@@ -55,6 +63,13 @@ class AdaptConfig(StageConfig):
     )
 
 
+    @model_validator(mode="after")
+    def _consistent(self) -> AdaptConfig:
+        if self.heads is not None:
+            check_head_weights("stages.adapt.heads", self.heads)
+        return self
+
+
 class StagesConfig(Section):
     """Which stages and baselines run, in the order pretrain, zero_shot, adapt, baselines."""
 
@@ -63,7 +78,7 @@ class StagesConfig(Section):
         default=True, description="Evaluate the pretrained model on the target without training."
     )
     adapt: AdaptConfig = Field(default=AdaptConfig(), description="Adaptation to data.target.")
-    baselines: list[Literal["popularity", "id_target_only", "text_target_only"]] = Field(
+    baselines: list[Literal["popularity", "id_target_only", "text_target_only", "rating_means"]] = Field(
         default=list(BASELINES), description="Baselines trained and evaluated on the target."
     )
     # The ID baseline's own knobs exist so it is tuned, not crippled (reported in report.md).
@@ -170,11 +185,22 @@ class EvalConfig(Section):
         default="ndcg@10",
         description=(
             "The validation metric that selects checkpoints, early-stops and picks adapt.mode=auto: "
-            "recall@K or ndcg@K with K in ks, or mrr@10."
+            "recall@K or ndcg@K with K in ks, mrr@10, or a head's metric (rmse, mae, auc, gauc, "
+            "logloss, accuracy, macro_f1: the head must be trained in every stage; rmse, mae and "
+            "logloss are minimised)."
         ),
     )
     max_users: int | None = Field(
         default=None, ge=1, description="Evaluate at most this many users per split (null = all)."
+    )
+    ctr_negatives: int = Field(
+        default=20,
+        ge=1,
+        description=(
+            "CTR metrics (AUC, GAUC, logloss): sampled items scored beside each held-out item, "
+            "drawn once per user from outside their history (seeded by `seed`), so every stage "
+            "and baseline is judged on the same negatives."
+        ),
     )
 
     @model_validator(mode="after")
@@ -183,9 +209,12 @@ class EvalConfig(Section):
             kind, k = parse_metric(self.metric)
         except ValueError:
             raise ValueError(
-                f"eval.metric={self.metric!r}: expected recall@K, ndcg@K or mrr@K (e.g. ndcg@10)"
+                f"eval.metric={self.metric!r}: expected recall@K, ndcg@K, mrr@K (e.g. ndcg@10) "
+                "or a head's metric name (e.g. rmse)"
             ) from None
-        if kind == "mrr" and k != MRR_K:
+        if kind not in RANKING_KINDS:
+            pass  # a head's metric: checked against the run's heads when it starts
+        elif kind == "mrr" and k != MRR_K:
             raise ValueError(f"eval.metric={self.metric!r}: MRR is reported at K={MRR_K} only")
         if kind != "mrr" and k not in self.ks:
             raise ValueError(f"eval.metric={self.metric!r}: K={k} is not in eval.ks={self.ks}")

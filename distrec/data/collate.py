@@ -11,7 +11,7 @@ class StreamBatch(TypedDict, total=False):
     """A training batch as the stream yields it (CPU tensors).
 
     domain: the domain it came from; inputs, targets: [B, T] catalog indices (0 = padding);
-    users, valid: [B]; target_ratings: [B, T] when the log has ratings. End to end the
+    users, valid: [B]; target_ratings, input_ratings: [B, T] when the log has ratings. End to end the
     worker adds items: [U] the batch's distinct items, input_ids, attention_mask: [U, L]
     their tokens, inputs_local, targets_local: [B, T] indices into [pad] + items.
     """
@@ -22,6 +22,7 @@ class StreamBatch(TypedDict, total=False):
     users: torch.Tensor
     valid: torch.Tensor
     target_ratings: torch.Tensor
+    input_ratings: torch.Tensor
     items: torch.Tensor
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -51,11 +52,14 @@ def collate_sequences(samples: list[dict], max_history: int) -> dict:
         "valid": torch.ones(len(samples), dtype=torch.bool),
     }
     if samples and all("ratings" in s for s in samples):
-        ratings = torch.zeros(len(samples), length)
+        targets_r = torch.zeros(len(samples), length)
+        inputs_r = torch.zeros(len(samples), length)
         for row, s in enumerate(samples):
-            r = s["ratings"][-(length + 1) :][1:]
-            ratings[row, : len(r)] = torch.tensor(r, dtype=torch.float32)
-        batch["target_ratings"] = ratings
+            r = torch.tensor(s["ratings"][-(length + 1) :], dtype=torch.float32)
+            targets_r[row, : len(r) - 1] = r[1:]
+            inputs_r[row, : len(r) - 1] = r[:-1]
+        batch["target_ratings"] = targets_r
+        batch["input_ratings"] = inputs_r
     return batch
 
 

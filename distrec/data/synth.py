@@ -83,12 +83,13 @@ class SynthSpec:
     users_per_shard: int = 1000
     rule: float = 0.0  # probability that the next item is the previous one's successor
     catalog_seed: int | None = None  # item texts and chain; None = seed
+    ratings: bool = False  # planted 1-5 ratings: user bias + item bias + genre taste + noise
 
     def fingerprint(self) -> str:
-        """Hash of the spec; the rule fields enter only when set, so domains made before
-        they existed stay current."""
+        """Hash of the spec; the rule and rating fields enter only when set, so domains made
+        before they existed stay current."""
         spec = asdict(self)
-        for key, default in (("rule", 0.0), ("catalog_seed", None)):
+        for key, default in (("rule", 0.0), ("catalog_seed", None), ("ratings", False)):
             if spec[key] == default:
                 del spec[key]
         return sha256_json({"synth": spec})
@@ -138,6 +139,8 @@ def synth_domain(spec: SynthSpec, out_dir: str | Path, overwrite: bool = False) 
     sequences = _sequences(
         spec, lengths, popularity, successor, np.random.default_rng(spec.seed + 1)
     )
+    if spec.ratings:
+        sequences = _rated(sequences, catalog, np.random.default_rng([spec.seed, 0x5A7E]))
     dataset = DomainDataset(
         domain=spec.name,
         fingerprint=fingerprint,
@@ -148,10 +151,27 @@ def synth_domain(spec: SynthSpec, out_dir: str | Path, overwrite: bool = False) 
             "synth": asdict(spec),
             "template": "{title}. Genres: {genre}",
             "text_fields": ["title", "genre"],
-            "has_ratings": False,
+            "has_ratings": spec.ratings,
         },
     )
     return write_domain(root, dataset, users_per_shard=spec.users_per_shard)
+
+
+def _rated(
+    sequences: Iterator[UserSequence], catalog: pd.DataFrame, rng: np.random.Generator
+) -> Iterator[UserSequence]:
+    """The planted ratings: round(3 + user bias + item bias + the user's taste for the item's
+    genre + noise), clipped to 1-5. An item's mean rating knows only its bias; a user's
+    past ratings reveal the rest, which is what a rating head must beat item-mean with."""
+    genres = catalog["field.genre"].map({g: i for i, g in enumerate(GENRES)}).to_numpy()
+    item_bias = rng.normal(0.0, 0.6, size=len(catalog))
+    for seq in sequences:
+        user_bias, taste = rng.normal(0.0, 0.7), rng.normal(0.0, 0.6, size=len(GENRES))
+        items = np.asarray(seq.items) - 1
+        raw = 3.0 + user_bias + item_bias[items] + taste[genres[items]]
+        raw = raw + rng.normal(0.0, 0.4, size=len(items))
+        seq.ratings = np.clip(np.round(raw), 1, 5).astype(float).tolist()
+        yield seq
 
 
 def _catalog(spec: SynthSpec, rng: np.random.Generator) -> pd.DataFrame:

@@ -19,11 +19,14 @@ from distrec.utils.sharding import SINGLE, Shard
 
 @dataclass(frozen=True)
 class EvalCase:
-    """One user's evaluation: index, history (catalog indices, oldest first), held-out target."""
+    """One user's evaluation: index, history (catalog indices, oldest first), held-out target;
+    with ratings, the history's (`history_ratings`) and the target's (`rating`)."""
 
     user: int
     history: list[int]
     target: int
+    history_ratings: list[float] | None = None
+    rating: float | None = None
 
 
 def eval_cases(sequences: list[dict], split: str, max_users: int | None = None) -> list[EvalCase]:
@@ -31,12 +34,16 @@ def eval_cases(sequences: list[dict], split: str, max_users: int | None = None) 
     if split not in ("valid", "test"):
         raise ValueError(f"split={split!r}: expected valid or test")
     cut = 2 if split == "valid" else 1
-    cases = [
-        EvalCase(s["index"], s["items"][:-cut], s["items"][-cut])
-        for s in sequences
-        if len(s["items"]) >= 3
-    ]
+    cases = [case_of(s, cut) for s in sequences if len(s["items"]) >= 3]
     return cases[:max_users] if max_users else cases
+
+
+def case_of(sequence: dict, cut: int) -> EvalCase:
+    """The case holding out item -cut of `sequence` (with its ratings when it has them)."""
+    items, ratings = sequence["items"], sequence.get("ratings")
+    if ratings is None:
+        return EvalCase(sequence["index"], items[:-cut], items[-cut])
+    return EvalCase(sequence["index"], items[:-cut], items[-cut], ratings[:-cut], ratings[-cut])
 
 
 def history_mask(cases: list[EvalCase], num_items: int) -> torch.Tensor:

@@ -42,8 +42,9 @@ class TrainBatch:
     inputs, targets: [B, T] indices into [pad] + candidates.items (0 = padding); targets are
     the inputs shifted by one. valid: [B] False for a padding window (keeps ranks in step).
     candidates: the items scored against (the whole catalog in cached mode, the batch's
-    distinct items end to end). ratings: [B, T] each target's rating (for a rating loss;
-    the model does not read it), None when the data has none.
+    distinct items end to end). ratings: [B, T] each target's rating (for a rating loss),
+    input_ratings: [B, T] each input's (the heads read the history's ratings so far); both
+    None when the data has none.
     """
 
     inputs: torch.Tensor
@@ -51,6 +52,7 @@ class TrainBatch:
     valid: torch.Tensor
     candidates: ItemBatch
     ratings: torch.Tensor | None = None
+    input_ratings: torch.Tensor | None = None
 
     @property
     def domain(self) -> str:
@@ -76,6 +78,46 @@ class UserQuery:
     table: torch.Tensor
 
 
+@dataclass(frozen=True)
+class PairQuery:
+    """Histories and, per history, items to judge after it (the held-out item and fixed
+    negatives), for the heads' metrics.
+
+    history, last: as in UserQuery; items: [B, m] catalog indices (column 0 the held-out
+    item); history_ratings: [B, T] the history's ratings (None without ratings); catalog:
+    the domain's ItemVectors, row 0 = padding.
+    """
+
+    domain: str
+    history: torch.Tensor
+    last: torch.Tensor
+    items: torch.Tensor
+    catalog: ItemVectors
+    history_ratings: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class PairInputs:
+    """What a head module reads, one row per (user state, item) pair: users [P, d]; items
+    [P, d] the item's vector; history_mean, history_count [P] the mean and number of the
+    ratings in the history so far (0 without ratings); scores [P, m] two-tower scores of
+    each row's judged items (held-out evaluation only, else None)."""
+
+    users: torch.Tensor
+    items: torch.Tensor
+    history_mean: torch.Tensor
+    history_count: torch.Tensor
+    scores: torch.Tensor | None = None
+
+
+class PairOutputs(NamedTuple):
+    """scores: [B, m] fp32 two-tower scores of PairQuery.items; heads: each head module's
+    output for the rows' held-out items (column 0)."""
+
+    scores: torch.Tensor
+    heads: dict[str, torch.Tensor]
+
+
 class ItemVectors(NamedTuple):
     """vectors: [N, d] (unit length under model.score=cosine); bias: [N] per-item score offset;
     scale: [1] 1/temperature. score(u, i) = <u, i> * scale + bias_i."""
@@ -88,7 +130,8 @@ class ItemVectors(NamedTuple):
 class TrainOutputs(NamedTuple):
     """users: [P, d] user vectors at the real positions; targets: [P] their next item as an
     index into candidates; candidates: [C, d]; candidate_items: [C] catalog indices;
-    bias: [C]; scale: [1]; rating: [P] predicted ratings (rating head only, else None)."""
+    bias: [C]; scale: [1]; heads: each head module's output at the real positions (e.g.
+    heads["rating"] [P]; distrec.heads)."""
 
     users: torch.Tensor
     targets: torch.Tensor
@@ -96,4 +139,4 @@ class TrainOutputs(NamedTuple):
     candidate_items: torch.Tensor
     bias: torch.Tensor
     scale: torch.Tensor
-    rating: torch.Tensor | None = None
+    heads: dict[str, torch.Tensor] | None = None

@@ -1,7 +1,7 @@
 """The two-tower cross-domain recommender over typed requests (distrec.models.io).
 
-Named methods do the work: `encode_items`, `encode_users`, `train_outputs` and
-`score`. `forward` only dispatches on the request's type, because every wrapper
+Named methods do the work: `encode_items`, `encode_users`, `train_outputs`, `judge_pairs`
+and `score`. `forward` only dispatches on the request's type, because every wrapper
 (DDP, DeepSpeed, FSDP, PEFT, Accelerate's autocast) hooks `forward`: whatever runs
 under a wrapper must enter through it. Losses live in distrec.train.
 """
@@ -16,7 +16,16 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from distrec.config.schema import ModelConfig
-from distrec.models.io import ItemBatch, ItemVectors, TrainBatch, TrainOutputs, UserQuery
+from distrec.models.io import (
+    ItemBatch,
+    ItemVectors,
+    PairInputs,
+    PairOutputs,
+    PairQuery,
+    TrainBatch,
+    TrainOutputs,
+    UserQuery,
+)
 from distrec.models.towers import UserTower
 
 MAX_LOGIT_SCALE = 100.0  # a learned 1/temperature is capped here (as CLIP does)
@@ -27,7 +36,8 @@ class Recommender(nn.Module):
     learned) and, with `model.score: cosine`, both towers' outputs are L2-normalised.
 
     The item tower is given (text + ID rows, or ID rows only: distrec.models.registry);
-    the user tower, score and popularity prior are the same for every item tower.
+    the user tower, score and popularity prior are the same for every item tower. `heads`:
+    the head modules (distrec.heads) run on every (user state, item) pair in `forward`.
     """
 
     def __init__(
@@ -37,6 +47,7 @@ class Recommender(nn.Module):
         domains: list[str],
         max_len: int,
         dropout: float | None = None,
+        heads: dict[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.item_tower = item_tower
@@ -47,11 +58,7 @@ class Recommender(nn.Module):
             sorted(domains),
             cfg.user_tower.dropout if dropout is None else dropout,
         )
-        self.rating_head = (
-            nn.Sequential(nn.Linear(2 * cfg.dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, 1))
-            if cfg.head == "rating"
-            else None
-        )
+        self.heads = nn.ModuleDict(heads or {})
         # Starts as a full log-popularity prior, so the towers learn taste beyond popularity
         # (which does not transfer) while popularity comes from each domain's own counts.
         # Shape [1], not a scalar: DeepSpeed broadcasts parameters as byte views, which
@@ -77,6 +84,8 @@ class Recommender(nn.Module):
             return self.encode_items(request)
         if isinstance(request, UserQuery):
             return self.encode_users(request)
+        if isinstance(request, PairQuery):
+            return self.judge_pairs(request)
         raise TypeError(f"unknown request {type(request).__name__}; see distrec.models.io")
 
     def encode_items(self, batch: ItemBatch) -> ItemVectors:
@@ -91,12 +100,32 @@ class Recommender(nn.Module):
         users = self._unit(self.user_tower(table[batch.inputs], batch.domain))
         real = batch.real_positions()
         users, targets = users[real], batch.targets[real] - 1
-        rating = None
-        if self.rating_head is not None:
-            rating = self.rating(users, cand.vectors[targets])
+        heads = {}
+        if len(self.heads):
+            mean, count = history_stats(batch.input_ratings, batch.inputs)
+            pair = PairInputs(users, cand.vectors[targets], mean[real], count[real])
+            heads = {name: module(pair) for name, module in self.heads.items()}
         return TrainOutputs(
-            users, targets, cand.vectors, batch.candidates.items, cand.bias, cand.scale, rating
+            users, targets, cand.vectors, batch.candidates.items, cand.bias, cand.scale, heads
         )
+
+    def judge_pairs(self, query: PairQuery) -> PairOutputs:
+        """Scores of each history's `items` [B, m] and the head modules' outputs for its
+        held-out item (column 0), after the history's newest item."""
+        catalog = query.catalog
+        users = self.encode_users(UserQuery(query.domain, query.history, query.last, catalog.vectors))
+        with torch.autocast(device_type=users.device.type, enabled=False):
+            vectors = catalog.vectors[query.items].float()
+            scale = float(catalog.scale.float().reshape(-1)[0])
+            scores = (users.float()[:, None, :] * vectors).sum(-1) * scale
+            scores = scores + catalog.bias[query.items].float()
+        rows = torch.arange(query.history.size(0), device=query.history.device)
+        mean, count = history_stats(query.history_ratings, query.history)
+        pair = PairInputs(
+            users, catalog.vectors[query.items[:, 0]], mean[rows, query.last],
+            count[rows, query.last], scores,
+        )
+        return PairOutputs(scores, {name: module(pair) for name, module in self.heads.items()})
 
     def encode_users(self, query: UserQuery) -> torch.Tensor:
         """[B, d] user vectors after each history's newest item."""
@@ -124,8 +153,12 @@ class Recommender(nn.Module):
         return self.item_tower.lm_targets("item_tower", lm_names)
 
     def domain_modules(self, domain: str) -> list[str]:
-        """Modules trained in full (not through LoRA) by `domain`'s adapter: its ID table."""
-        return self.item_tower.domain_modules(domain, "item_tower")
+        """Modules trained in full (not through LoRA) by `domain`'s adapter: its ID table and
+        the head modules (each domain gets its own copy)."""
+        return [
+            *self.item_tower.domain_modules(domain, "item_tower"),
+            *(f"heads.{name}" for name in self.heads),
+        ]
 
     def _unit(self, vectors: torch.Tensor) -> torch.Tensor:
         return F.normalize(vectors, dim=-1) if self.cosine else vectors
@@ -142,6 +175,15 @@ class Recommender(nn.Module):
             return items.new_zeros(items.shape[0])
         return self.pop_weight * popularity.to(items.dtype)
 
-    def rating(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """[P] predicted ratings of (user [P, d], item [P, d]) pairs."""
-        return self.rating_head(torch.cat([users, items], -1)).squeeze(-1)
+
+def history_stats(
+    ratings: torch.Tensor | None, items: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, T] mean and count of the ratings of `items`' real (non-padding) entries up to and
+    including each position; zeros without ratings."""
+    real = (items > 0).float()
+    if ratings is None:
+        return torch.zeros_like(real), torch.zeros_like(real)
+    count = real.cumsum(1)
+    total = (ratings.to(real.dtype) * real).cumsum(1)
+    return total / count.clamp(min=1.0), count

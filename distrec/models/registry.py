@@ -10,7 +10,7 @@ built) and returns an nn.Module with the Recommender's named methods
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -26,7 +26,8 @@ class ModelSpec:
 
     domain_items: items per domain (ID tables, domain embeddings); feature_dim: the LM's
     hidden size (0 when no LM was loaded); lm: the LM itself in end-to-end mode, else None;
-    dropout: the user tower's dropout when it differs from model.user_tower.dropout.
+    dropout: the user tower's dropout when it differs from model.user_tower.dropout;
+    heads: the head modules the model runs on its (user, item) pairs (distrec.heads).
     """
 
     cfg: ModelConfig
@@ -35,6 +36,7 @@ class ModelSpec:
     feature_dim: int = 0
     lm: nn.Module | None = None
     dropout: float | None = None
+    heads: dict[str, nn.Module] = field(default_factory=dict)
 
 
 ModelBuilder = Callable[[ModelSpec], nn.Module]
@@ -45,14 +47,18 @@ MODELS: Registry[ModelBuilder] = Registry("model architecture", "model.architect
 def two_tower(spec: ModelSpec) -> Recommender:
     """Item = projected LM text (+ a per-domain ID row, `model.item_id_embeddings`)."""
     tower = ItemTower(spec.cfg, spec.feature_dim, spec.domain_items, lm=spec.lm)
-    return Recommender(spec.cfg, tower, list(spec.domain_items), spec.max_len, spec.dropout)
+    return Recommender(
+        spec.cfg, tower, list(spec.domain_items), spec.max_len, spec.dropout, spec.heads
+    )
 
 
 @MODELS.register("id_only")
 def id_only(spec: ModelSpec) -> Recommender:
     """Item = a learned ID row only: the SASRec-style target-only baseline."""
     tower = IdItemTower(spec.cfg.dim, spec.domain_items)
-    return Recommender(spec.cfg, tower, list(spec.domain_items), spec.max_len, spec.dropout)
+    return Recommender(
+        spec.cfg, tower, list(spec.domain_items), spec.max_len, spec.dropout, spec.heads
+    )
 
 
 def build_model(name: str, spec: ModelSpec) -> nn.Module:

@@ -19,8 +19,9 @@ def train_batch(
     are the candidates. Otherwise the whole catalog is (with its cached features when the
     model reads text).
     """
-    ratings = batch.get("target_ratings")
+    ratings, input_ratings = batch.get("target_ratings"), batch.get("input_ratings")
     ratings = ratings.to(device) if ratings is not None else None
+    input_ratings = input_ratings.to(device) if input_ratings is not None else None
     if is_sampled(batch):
         items = ItemBatch(
             d.name,
@@ -39,7 +40,8 @@ def train_batch(
         )
         inputs, targets = batch["inputs"], batch["targets"]
     return TrainBatch(
-        inputs.to(device), targets.to(device), batch["valid"].to(device), items, ratings
+        inputs.to(device), targets.to(device), batch["valid"].to(device), items, ratings,
+        input_ratings,
     )
 
 

@@ -14,6 +14,8 @@ from distrec.data.manifest import Manifest, load_manifest, manifest_path
 from distrec.data.shards import read_sequences
 from distrec.data.tokens import TokenTable
 from distrec.eval.beyond import ItemProfile, multi_hot
+from distrec.heads import HEADS
+from distrec.heads.base import target_heads
 from distrec.models.features import TextEncoding, cached_catalog_features, encode_texts, feature_key
 from distrec.utils.progress import log
 from distrec.utils.sharding import Shard
@@ -33,6 +35,8 @@ class DomainData:
     category_field: str | None = None
     _sequences: list[dict] | None = field(default=None, repr=False)
     _profile: ItemProfile | None = field(default=None, repr=False)
+    # Held-out items with their fixed negatives, drawn once (distrec.train.evaluation).
+    held_out_sets: dict = field(default_factory=dict, repr=False)
 
     @property
     def num_items(self) -> int:
@@ -106,11 +110,7 @@ def read_domain(cfg: RunConfig, name: str) -> DomainData:
             f"`distrec data prepare --config <this config>` first"
         )
     m = load_manifest(path)
-    if cfg.model.head == "rating" and not m.data.get("has_ratings"):
-        raise ConfigError(
-            f"model.head=rating but domain {name!r} has no ratings (its log had no rating "
-            f"column); map `columns.rating` when preparing it or use model.head=retrieval|ctr"
-        )
+    check_ratings_for_heads(cfg, name, bool(m.data.get("has_ratings")))
     catalog = pd.read_parquet(m.catalog_path)
     category = cfg.domain(name).category_field
     if category is not None and f"field.{category}" not in catalog.columns:
@@ -120,6 +120,29 @@ def read_domain(cfg: RunConfig, name: str) -> DomainData:
             f"its fields are {fields}"
         )
     return DomainData(name, m, catalog, shard_url=cfg.data.shard_url, category_field=category)
+
+
+def domain_heads(cfg: RunConfig, name: str) -> dict[str, str]:
+    """head -> the config key that trains (or judges) it on domain `name`: model.heads on a
+    source (pretraining) and on the target (zero-shot), stages.adapt.heads on the target."""
+    keys: dict[str, str] = {}
+    if name in cfg.data.sources or name == cfg.data.target:
+        keys.update({h: "model.heads" for h in cfg.model.heads})
+    if name == cfg.data.target:
+        keys.update({h: "stages.adapt.heads" for h in target_heads(cfg) if h not in keys})
+    return keys
+
+
+def check_ratings_for_heads(cfg: RunConfig, name: str, has_ratings: bool) -> None:
+    """A head that needs ratings refuses a domain without them, naming the key and the fix."""
+    if has_ratings:
+        return
+    for head, key in domain_heads(cfg, name).items():
+        if HEADS.get(head).needs_ratings:
+            raise ConfigError(
+                f"{key} has {head!r} but domain {name!r} has no ratings (its log had no rating "
+                f"column); map `columns.rating` when preparing it or drop {head!r} from {key}"
+            )
 
 
 def attach_text(cfg: RunConfig, d: DomainData, text: ItemText, shard: Shard) -> None:

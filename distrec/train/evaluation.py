@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from distrec.eval.beyond import beyond_accuracy
 from distrec.eval.evaluate import Ranking, UserRanks, eval_cases, rank_sharded
+from distrec.eval.held_out import HeldOutSet, Judged, fixed_negatives, judge_sharded
 from distrec.eval.metrics import metrics_from_ranks
-from distrec.models.io import ItemBatch, ItemVectors, UserQuery
+from distrec.heads import HEADS, HeldOut
+from distrec.models.io import ItemBatch, ItemVectors, PairQuery, UserQuery
 from distrec.train.domains import DomainData
 from distrec.train.workspace import Workspace
 
@@ -33,7 +36,8 @@ def reads_text(model: nn.Module) -> bool:
 
 
 class Evaluator:
-    """Ranks every evaluated user's held-out item against the whole catalog."""
+    """Ranks every evaluated user's held-out item against the whole catalog, and judges it
+    beside fixed sampled negatives for the heads' own metrics."""
 
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
@@ -47,26 +51,56 @@ class Evaluator:
         return Ranking(d.num_items, cfg.data.max_history, cfg.eval.batch_size, top_k)
 
     @torch.no_grad()
-    def metrics(self, model: nn.Module, domains: list[str], split: str) -> dict[str, float]:
-        """Mean over `domains` of full-ranking accuracy metrics (eval.ks, MRR@10)."""
+    def metrics(
+        self, model: nn.Module, domains: list[str], split: str, heads: Sequence[str] = ()
+    ) -> dict[str, float]:
+        """Mean over `domains` of full-ranking accuracy metrics (eval.ks, MRR@10), beyond-
+        accuracy metrics, and the metrics of the `heads` that have their own."""
         ks = self.ws.cfg.eval.ks
         per_domain = []
         for name in domains:
             d = self.ws.domains[name]
-            per_domain.append(domain_metrics(self.ranks(model, d, split), d, ks))
+            found, head = self.evaluate(model, d, split, heads)
+            per_domain.append({**domain_metrics(found, d, ks), **head})
         return mean_metrics(per_domain)
 
     @torch.no_grad()
-    def ranks(self, model: nn.Module, d: DomainData, split: str, lists: bool = False) -> UserRanks:
+    def evaluate(
+        self,
+        model: nn.Module,
+        d: DomainData,
+        split: str,
+        heads: Sequence[str] = (),
+        lists: bool = False,
+    ) -> tuple[UserRanks, dict[str, float]]:
+        """`ranks` and the `heads`' own metrics on `split`, from one encoding of the catalog."""
+        was_training = model.training
+        model.eval()
+        with self.ws.accelerator.autocast():
+            catalog = self.catalog(model, d)
+            found = self.ranks(model, d, split, lists, catalog)
+            head = self.head_metrics(model, d, split, heads, catalog)
+        model.train(was_training)
+        return found, head
+
+    @torch.no_grad()
+    def ranks(
+        self,
+        model: nn.Module,
+        d: DomainData,
+        split: str,
+        lists: bool = False,
+        catalog: ItemVectors | None = None,
+    ) -> UserRanks:
         """Every evaluated user's target rank in `split` (sharded over ranks, gathered), and
-        with `lists` their top-K lists."""
+        with `lists` their top-K lists; `catalog`: already encoded item vectors."""
         acc = self.ws.accelerator
         plain = acc.unwrap_model(model)  # for attributes; calls still go through the wrapper
         was_training = model.training
         model.eval()
         # Towers under autocast (fast); the scores themselves in fp32 (Recommender.score).
         with acc.autocast():
-            catalog = self.catalog(model, d)
+            catalog = catalog if catalog is not None else self.catalog(model, d)
 
             def score(history: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
                 device = self.ws.device
@@ -77,6 +111,54 @@ class Evaluator:
             found = rank_sharded(cases, score, self.ranking(d, lists), self.ws.shard())
         model.train(was_training)
         return found
+
+    def held_out(self, d: DomainData, split: str) -> HeldOutSet:
+        """`split`'s cases of `d` with their fixed negatives (eval.ctr_negatives, seeded by
+        the run's seed; drawn once per domain and split)."""
+        cfg = self.ws.cfg
+        key = (split, cfg.eval.ctr_negatives, cfg.seed, cfg.eval.max_users)
+        if key not in d.held_out_sets:
+            cases = eval_cases(d.sequences(), split, cfg.eval.max_users)
+            d.held_out_sets[key] = fixed_negatives(
+                cases, d.num_items, cfg.eval.ctr_negatives, cfg.seed, f"{d.name}/{split}"
+            )
+        return d.held_out_sets[key]
+
+    @torch.no_grad()
+    def judged(self, model: nn.Module, d: DomainData, split: str, catalog: ItemVectors) -> Judged:
+        """Two-tower scores and head-module outputs of every held-out item and its negatives."""
+        device = self.ws.device
+
+        def judge(history, last, items, ratings):
+            query = PairQuery(
+                d.name,
+                history.to(device),
+                last.to(device),
+                items.to(device),
+                catalog,
+                ratings.to(device) if ratings is not None else None,
+            )
+            return model(query)
+
+        cfg = self.ws.cfg
+        return judge_sharded(
+            self.held_out(d, split), judge, cfg.data.max_history, cfg.eval.batch_size,
+            self.ws.shard(),
+        )
+
+    def head_metrics(
+        self, model: nn.Module, d: DomainData, split: str, heads: Sequence[str], catalog: ItemVectors
+    ) -> dict[str, float]:
+        """The metrics of each of `heads` that judges itself on the held-out items."""
+        judging = [name for name in heads if HEADS.get(name).metrics is not None]
+        if not judging:
+            return {}
+        found = self.judged(model, d, split, catalog)
+        held = HeldOut(found.scores, found.outputs, found.ratings, d.train_counts[found.items])
+        out: dict[str, float] = {}
+        for name in judging:
+            out.update(HEADS.get(name).metrics(held, self.ws.cfg.model))
+        return out
 
     @torch.no_grad()
     def catalog(self, model: nn.Module, d: DomainData) -> ItemVectors:

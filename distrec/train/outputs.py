@@ -65,8 +65,13 @@ def write_stage_ranks(out: Path, stage: str, found: dict) -> Path:
 
 
 def write_ranks(out: Path, stages: dict) -> Path:
-    """ranks.parquet: every finished stage's per-user ranks in one table."""
-    parts = [pd.read_parquet(out / "ranks" / f"{s}.parquet") for s in stages]
+    """ranks.parquet: every finished stage's per-user ranks in one table (a stage that ranks
+    nothing, like the rating references, says so with `ranked: false`)."""
+    parts = [
+        pd.read_parquet(out / "ranks" / f"{s}.parquet")
+        for s, record in stages.items()
+        if record.get("ranked", True)
+    ]
     path = out / "ranks.parquet"
     frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=RANK_COLUMNS)
     frame.to_parquet(path, index=False)
@@ -102,6 +107,38 @@ def stage_table(stages: dict, target: str | None) -> str:
                 + " | ".join(f"{test.get(c, float('nan')):.4f}" for c in COLUMNS)
                 + " |"
             )
+    return "\n".join(lines)
+
+
+HEAD_ROWS = [
+    *ROWS[:4],
+    ("pretrain", "pretraining (sources)"),
+    *ROWS[4:],
+    ("baseline_item_mean", "item-mean rating"),
+    ("baseline_global_mean", "global-mean rating"),
+]
+HEAD_COLUMNS = ["rmse", "mae", "auc", "gauc", "logloss", "accuracy", "macro_f1"]
+
+
+def heads_table(stages: dict) -> str:
+    """The heads' own metrics (test split) of every stage that reports any; empty when no
+    stage does (retrieval alone)."""
+    rows = [(label, stages[key]["test"]) for key, label in HEAD_ROWS if key in stages]
+    columns = [c for c in HEAD_COLUMNS if any(c in test for _, test in rows)]
+    rows = [(label, test) for label, test in rows if any(c in test for c in columns)]
+    if not columns:
+        return ""
+    lines = [
+        "Heads (test split; rating RMSE/MAE clipped to model.rating_range; CTR AUC, GAUC and "
+        "logloss of each held-out item against the same fixed sampled negatives for every stage "
+        "and baseline, eval.ctr_negatives per user; pretraining's on the sources):",
+        "",
+        "| stage | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for label, test in rows:
+        cells = [f"{test[c]:.4f}" if c in test else "" for c in columns]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -167,6 +204,8 @@ def write_report(out: Path, cfg: RunConfig, stages: dict, extra: dict) -> None:
         *ratios(out, stages),
         "",
         beyond_table(stages, min(cfg.eval.ks)),
+        "",
+        heads_table(stages),
         "",
     ]
     if "pretrain" in stages:

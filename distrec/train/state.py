@@ -10,6 +10,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from distrec.config import RunConfig
 from distrec.data.loader import MixtureLoader
+from distrec.heads.base import better
 from distrec.utils.progress import log
 
 
@@ -30,7 +31,8 @@ class FitResult:
 
 @dataclass(frozen=True)
 class EarlyStopping:
-    """Stop after `patience` evaluations whose `metric` did not beat the best by > min_delta."""
+    """Stop after `patience` evaluations whose `metric` did not beat the best by > min_delta
+    (lower is better for the metrics a head minimises, e.g. rmse)."""
 
     metric: str
     patience: int
@@ -92,7 +94,7 @@ class TrainState:
             0.0,
             0.0,
         )
-        if score > r.best_valid + rule.min_delta or r.best_epoch < 0:
+        if r.best_epoch < 0 or better(rule.metric, score, r.best_valid, rule.min_delta):
             r.best_valid, r.best_epoch, self.bad_epochs = score, self.epoch, 0
         else:
             self.bad_epochs += 1

@@ -29,7 +29,9 @@ from distrec.models.io import TrainBatch, TrainOutputs
 from distrec.train.batches import is_sampled, train_batch
 from distrec.train.checkpoint import Preempted, StageCheckpoints, preemption_requested
 from distrec.train.evaluation import Evaluator, reads_text
-from distrec.train.losses import LOSSES, LossContext, NegativeSampling
+from distrec.config import RunConfig
+from distrec.heads import LossContext, NegativeSampling
+from distrec.train.losses import JointLoss, freeze_other_heads
 from distrec.train.state import EarlyStopping, FitResult, TrainState
 from distrec.train.workspace import Workspace
 from distrec.utils.progress import log, progress
@@ -38,7 +40,8 @@ from distrec.utils.progress import log, progress
 @dataclass(frozen=True)
 class StagePlan:
     """What a stage trains on (`train_domains`: name -> mixture weight), what it is evaluated
-    on, for how long (`epochs`, unless `train.max_steps` sets a step budget) and how fast."""
+    on, for how long (`epochs`, unless `train.max_steps` sets a step budget), how fast, and
+    which heads it trains and judges (name -> joint-loss weight; None = model.heads)."""
 
     name: str
     train_domains: dict[str, float]
@@ -46,6 +49,11 @@ class StagePlan:
     epochs: int
     lr: float
     train_fraction: float = 1.0
+    heads: dict[str, float] | None = None
+
+    def head_weights(self, cfg: RunConfig) -> dict[str, float]:
+        """The heads this stage trains, with their joint-loss weights."""
+        return self.heads if self.heads is not None else cfg.model.heads
 
 
 class TrainHook:
@@ -118,8 +126,9 @@ class Trainer:
         self.ws, self.plan, self.hooks = ws, plan, list(hooks)
         self.accelerator: Accelerator = ws.accelerator
         self.reads_text = reads_text(model)
-        self.loss = LOSSES.get(cfg.model.head)
+        self.loss = JointLoss(plan.head_weights(cfg))
         self.loader = build_loader(ws, plan, with_tokens=self.reads_text)
+        freeze_other_heads(model, list(self.loss.weights))
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=plan.lr, weight_decay=cfg.train.weight_decay)
         self.total_steps = step_budget(ws, plan, len(self.loader))
@@ -220,7 +229,8 @@ class Trainer:
 
     def evaluate(self, split: str) -> dict[str, float]:
         """Metrics of the model being trained on the plan's evaluation domains."""
-        return self.evaluator.metrics(self.model, self.plan.eval_domains, split)
+        heads = list(self.loss.weights)
+        return self.evaluator.metrics(self.model, self.plan.eval_domains, split, heads)
 
     def checkpoint(self) -> None:
         """A complete, resumable checkpoint of model, optimizer, RNGs, counters and streams."""
@@ -247,8 +257,11 @@ class Trainer:
             world=self.ws.rank_world[1] if cross_rank else 1,
             generator=self.state.gen,
             negatives=NegativeSampling(
-                cfg.model.ctr_negatives, by_popularity=cfg.model.ctr_sampling == "popularity"
+                cfg.model.ctr_negatives,
+                by_popularity=cfg.model.ctr_sampling == "popularity",
+                hard=cfg.model.ctr_hard_negatives,
             ),
+            model=cfg.model,
         )
 
     def epochs_left(self) -> bool:

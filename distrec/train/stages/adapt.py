@@ -12,6 +12,7 @@ from torch import nn
 
 from distrec.distributed.collectives import barrier
 from distrec.eval.evaluate import UserRanks
+from distrec.heads.base import better, target_heads
 from distrec.train.adapters import AdaLoraBudget, add_domain_adapter, export_adapter, save_weights
 from distrec.train.outputs import write_stage_ranks
 from distrec.train.stages.pipeline import Pipeline, base_weights
@@ -40,7 +41,8 @@ def adapt(pipe: Pipeline) -> None:
         if f"adapt_{m}" not in pipe.results:
             start = copy.deepcopy(pipe.base)  # each starts from the same pretrained weights
             pipe.results[f"adapt_{m}"] = {**ADAPTERS[m](pipe, start, f"adapt_{m}"), "mode": m}
-    best = max(("lora", "full"), key=lambda m: pipe.results[f"adapt_{m}"]["valid"][metric])
+    lora, full = (pipe.results[f"adapt_{m}"]["valid"][metric] for m in ("lora", "full"))
+    best = "full" if better(metric, full, lora) else "lora"
     chosen = pipe.results[f"adapt_{best}"]
     log(f"adapt (auto): {best} wins on valid {metric} ({chosen['valid'][metric]:.4f})")
     pipe.results["adapt"] = {**chosen, "mode": best, "selected_by": f"valid {metric}"}
@@ -57,8 +59,8 @@ def set_adapt_id_dropout(pipe: Pipeline, model: nn.Module) -> None:
 
 
 def adapt_plan(pipe: Pipeline, name: str) -> StagePlan:
-    """Stage `name` on the target alone: stages.adapt's epochs, lr (else train.lr) and
-    train_fraction."""
+    """Stage `name` on the target alone: stages.adapt's epochs, lr (else train.lr),
+    train_fraction and heads."""
     cfg = pipe.ws.cfg
     st, target = cfg.stages, cfg.data.target
     return StagePlan(
@@ -68,6 +70,7 @@ def adapt_plan(pipe: Pipeline, name: str) -> StagePlan:
         st.adapt.epochs,
         st.adapt.lr or cfg.train.lr,
         train_fraction=st.adapt.train_fraction,
+        heads=target_heads(cfg),
     )
 
 

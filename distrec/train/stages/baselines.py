@@ -1,9 +1,16 @@
 """What a user would train on the target alone, on the same split: popularity, an ID-only
-sequential model (SASRec-style) and a text model from scratch (`stages.baselines`)."""
+sequential model (SASRec-style), a text model from scratch, and the rating references
+(`stages.baselines`). The trained baselines train the target's heads (stages.adapt.heads)."""
 
 from __future__ import annotations
 
+import torch
+
+from distrec.config import ConfigError
 from distrec.eval.evaluate import UserRanks, eval_cases, rank_sharded
+from distrec.eval.pointwise import accuracy, auc, gauc, item_means, macro_f1, mae, rmse
+from distrec.heads.base import target_heads
+from distrec.heads.preference import rating_classes
 from distrec.train.stages.pipeline import Pipeline, new_model
 from distrec.train.stages.registry import register_stage
 from distrec.train.stages.transfer import fit_towers
@@ -26,13 +33,80 @@ def popularity(pipe: Pipeline) -> None:
     def score(history, last):
         return counts.expand(history.shape[0], -1)
 
-    def ranks(name: str, split: str) -> UserRanks:
+    def ranks(name: str, split: str) -> tuple[UserRanks, dict[str, float]]:
         cases = eval_cases(d.sequences(), split, ws.cfg.eval.max_users)
-        return rank_sharded(cases, score, pipe.evaluator.ranking(d, lists=True), ws.shard())
+        found = rank_sharded(cases, score, pipe.evaluator.ranking(d, lists=True), ws.shard())
+        return found, popularity_click_metrics(pipe, split)
 
     record = pipe.ranked_record("baseline_popularity", [target], ranks)
     log(f"baseline_popularity: test ndcg@10 {record['test']['ndcg@10']:.4f}")
     pipe.results["baseline_popularity"] = record
+
+
+def popularity_click_metrics(pipe: Pipeline, split: str) -> dict[str, float]:
+    """When the target trains a CTR head: AUC and GAUC of training popularity as the click
+    score, on the same held-out items and fixed negatives as every model."""
+    cfg = pipe.ws.cfg
+    if "ctr" not in target_heads(cfg):
+        return {}
+    d = pipe.ws.domains[cfg.data.target]
+    counts = d.train_counts[pipe.evaluator.held_out(d, split).items]
+    return {"auc": auc(counts), "gauc": gauc(counts)}
+
+
+@register_stage("baseline_rating_means", enabled=baseline("rating_means"), order=43)
+def rating_means(pipe: Pipeline) -> None:
+    """The rating references: every held-out rating predicted by the global mean training
+    rating (`baseline_global_mean`) and by the item's mean training rating
+    (`baseline_item_mean`, the global mean for an item never rated in training); their
+    preference accuracy/macro-F1 from the rounded prediction."""
+    cfg = pipe.ws.cfg
+    d = pipe.ws.domains[cfg.data.target]
+    items, ratings = training_ratings(d)
+    global_mean = ratings.double().mean().float()
+    per_item = item_means(items, ratings, d.num_items)
+    predictors = {
+        "baseline_global_mean": lambda targets: global_mean.expand(len(targets)),
+        "baseline_item_mean": lambda targets: per_item[targets],
+    }
+    for stage, predict in predictors.items():
+        record: dict = {"domains": [cfg.data.target], "ranked": False}
+        for split in ("valid", "test"):
+            held = pipe.evaluator.held_out(d, split)
+            targets = torch.tensor([c.target for c in held.cases], dtype=torch.long)
+            true = torch.tensor([c.rating for c in held.cases], dtype=torch.float32)
+            record[split] = rating_reference_metrics(predict(targets), true, cfg.model)
+        log(f"{stage}: test rmse {record['test']['rmse']:.4f}  mae {record['test']['mae']:.4f}")
+        pipe.results[stage] = record
+
+
+def training_ratings(d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(items, ratings) of every training interaction (each sequence but its last two)."""
+    items, ratings = [], []
+    for s in d.sequences():
+        if s.get("ratings") is None:
+            raise ConfigError(
+                f"stages.baselines has rating_means but domain {d.name!r} has no ratings; map "
+                "`columns.rating` when preparing it or drop rating_means"
+            )
+        items += s["items"][:-2]
+        ratings += s["ratings"][:-2]
+    return torch.tensor(items, dtype=torch.long), torch.tensor(ratings, dtype=torch.float32)
+
+
+def rating_reference_metrics(predicted: torch.Tensor, true: torch.Tensor, model) -> dict:
+    """RMSE/MAE of a reference prediction (clipped to model.rating_range), and accuracy/
+    macro-F1 of its rounded class; `users` as every record has it."""
+    low, high = model.rating_range
+    predicted = predicted.double().clamp(low, high)
+    classes, truth = rating_classes(predicted, model), rating_classes(true, model)
+    return {
+        "users": float(len(true)),
+        "rmse": rmse(predicted, true.double()),
+        "mae": mae(predicted, true.double()),
+        "accuracy": accuracy(classes, truth),
+        "macro_f1": macro_f1(classes, truth),
+    }
 
 
 @register_stage("baseline_id_target_only", enabled=baseline("id_target_only"), order=41)
@@ -41,7 +115,12 @@ def id_target_only(pipe: Pipeline) -> None:
     cfg, target = pipe.ws.cfg, pipe.ws.cfg.data.target
     st = cfg.stages
     plan = StagePlan(
-        "baseline_id_target_only", {target: 1.0}, [target], st.id_baseline_epochs, st.id_baseline_lr
+        "baseline_id_target_only",
+        {target: 1.0},
+        [target],
+        st.id_baseline_epochs,
+        st.id_baseline_lr,
+        heads=target_heads(cfg),
     )
     model, fitted = pipe.train(id_baseline_model(pipe), plan)
     pipe.results[plan.name] = pipe.record(model, plan, fitted)
@@ -70,6 +149,7 @@ def text_target_only(pipe: Pipeline) -> None:
         [target],
         cfg.stages.text_baseline_epochs,
         cfg.stages.pretrain.lr or cfg.train.lr,
+        heads=target_heads(cfg),
     )
     model, fitted = fit_towers(pipe, new_model(pipe.ws), plan)
     pipe.results[plan.name] = pipe.record(model, plan, fitted)

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
 from accelerate.utils import set_seed
 from safetensors.torch import load_model
 from torch import nn
@@ -14,6 +15,7 @@ from torch import nn
 from distrec.config.schema import ModelConfig
 from distrec.distributed.collectives import barrier
 from distrec.eval.evaluate import UserRanks
+from distrec.heads.base import head_modules
 from distrec.models.registry import ModelSpec, build_model
 from distrec.train.evaluation import Evaluator, domain_metrics, mean_metrics
 from distrec.train.outputs import write_stage_ranks
@@ -22,7 +24,8 @@ from distrec.train.trainer import StagePlan, Trainer, TrainHook
 from distrec.train.workspace import Workspace, write_json
 from distrec.utils.progress import log
 
-RankFn = Callable[[str, str], UserRanks]
+# (domain, split) -> every user's rank, and the heads' own metrics on that split.
+RankFn = Callable[[str, str], tuple[UserRanks, dict[str, float]]]
 
 
 class StageResults:
@@ -61,7 +64,8 @@ def new_model(
     dropout: float | None = None,
 ) -> nn.Module:
     """A fresh model (seeded by the run's seed) of `architecture` (default model.architecture),
-    built from `cfg` (default the run's model config)."""
+    built from `cfg` (default the run's model config), with the modules of every head the
+    run trains (`run_heads`)."""
     set_seed(ws.cfg.seed)
     cfg = cfg or ws.cfg.model
     architecture = architecture or cfg.architecture
@@ -70,7 +74,10 @@ def new_model(
         for p in lm.parameters():
             p.requires_grad_(False)
     items = {n: d.num_items for n, d in ws.domains.items()}
-    spec = ModelSpec(cfg, items, ws.cfg.data.max_history, ws.feature_dim, lm, dropout)
+    with torch.random.fork_rng(devices=[]):  # the towers start the same with or without heads
+        torch.manual_seed(ws.cfg.seed + 1)
+        heads = head_modules(ws.cfg.model_copy(update={"model": cfg}))
+    spec = ModelSpec(cfg, items, ws.cfg.data.max_history, ws.feature_dim, lm, dropout, heads)
     return build_model(architecture, spec)
 
 
@@ -112,8 +119,10 @@ class Pipeline:
         """Valid and test metrics of the stage's model (mean over its domains); every user's
         rank goes to ranks/<stage>.parquet so runs and stages compare user by user."""
 
-        def ranks(name: str, split: str) -> UserRanks:
-            return self.evaluator.ranks(model, self.ws.domains[name], split, lists=True)
+        heads = list(plan.head_weights(self.ws.cfg))
+
+        def ranks(name: str, split: str) -> tuple[UserRanks, dict[str, float]]:
+            return self.evaluator.evaluate(model, self.ws.domains[name], split, heads, lists=True)
 
         record = self.ranked_record(plan.name, plan.eval_domains, ranks)
         if fitted is not None:
@@ -125,15 +134,16 @@ class Pipeline:
         return record
 
     def ranked_record(self, stage: str, domains: list[str], ranks: RankFn) -> dict:
-        """{domains, valid, test} from `ranks(domain, split)`, ranks saved (rank 0)."""
+        """{domains, valid, test} from `ranks(domain, split)` (ranks and head metrics), ranks
+        saved (rank 0)."""
         record: dict = {"domains": domains}
         found: dict[tuple[str, str], UserRanks] = {}
         for split in ("valid", "test"):
             per_domain = []
             for name in domains:
-                found[name, split] = ranks(name, split)
+                found[name, split], head = ranks(name, split)
                 d, ks = self.ws.domains[name], self.ws.cfg.eval.ks
-                per_domain.append(domain_metrics(found[name, split], d, ks))
+                per_domain.append({**domain_metrics(found[name, split], d, ks), **head})
             record[split] = mean_metrics(per_domain)
         if self.ws.is_main:
             write_stage_ranks(self.ws.out, stage, found)

@@ -41,6 +41,7 @@ def pretrain(pipe: Pipeline) -> None:
         cfg.stages.pretrain.epochs,
         cfg.stages.pretrain.lr or cfg.train.lr,
         train_fraction=cfg.stages.pretrain.train_fraction,
+        heads=cfg.model.heads,
     )
     base, fitted = fit_towers(pipe, new_model(pipe.ws), plan)
     if pipe.ws.is_main:
@@ -57,5 +58,5 @@ def pretrain(pipe: Pipeline) -> None:
 def zero_shot(pipe: Pipeline) -> None:
     """The pretrained model on the target, untouched."""
     cfg = pipe.ws.cfg
-    plan = StagePlan("zero_shot", {}, [cfg.data.target], 0, cfg.train.lr)
+    plan = StagePlan("zero_shot", {}, [cfg.data.target], 0, cfg.train.lr, heads=cfg.model.heads)
     pipe.results["zero_shot"] = pipe.record(pipe.base, plan, None)
