@@ -209,14 +209,13 @@ class EvalConfig(Section):
             kind, k = parse_metric(self.metric)
         except ValueError:
             raise ValueError(
-                f"eval.metric={self.metric!r}: expected recall@K, ndcg@K, mrr@K (e.g. ndcg@10) "
+                f"eval.metric={self.metric!r}: expected recall@K, ndcg@K or mrr@K (e.g. ndcg@10), "
                 "or a head's metric name (e.g. rmse)"
             ) from None
-        if kind not in RANKING_KINDS:
-            pass  # a head's metric: checked against the run's heads when it starts
-        elif kind == "mrr" and k != MRR_K:
+        # A head's metric (no K) is checked against the run's heads when it starts.
+        if kind == "mrr" and k != MRR_K:
             raise ValueError(f"eval.metric={self.metric!r}: MRR is reported at K={MRR_K} only")
-        if kind != "mrr" and k not in self.ks:
+        if kind in ("ndcg", "recall") and k not in self.ks:
             raise ValueError(f"eval.metric={self.metric!r}: K={k} is not in eval.ks={self.ks}")
         if any(k <= 0 for k in self.ks):
             raise ValueError(f"eval.ks={self.ks}: every K must be positive")

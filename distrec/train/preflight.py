@@ -22,8 +22,10 @@ def check_registered(cfg: RunConfig) -> None:
     """ConfigError naming the key and the registered names for an unknown head (model.heads,
     stages.adapt.heads), model.architecture or stages.extra entry, and for an eval.metric
     no trained head reports."""
-    for name in [*cfg.model.heads, *target_heads(cfg)]:
-        HEADS.get(name)
+    for name in cfg.model.heads:
+        HEADS.get(name, "model.heads")
+    for name in target_heads(cfg):
+        HEADS.get(name, "stages.adapt.heads")
     MODELS.get(cfg.model.architecture)
     planned_stages(cfg)
     check_metric_is_reported(cfg)

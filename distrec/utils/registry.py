@@ -1,6 +1,6 @@
 """Named extension points: one `Registry` per kind of thing contributors add.
 
-A registry maps a config name (`model.head: retrieval`, `data.domains[].format: csv`,
+A registry maps a config name (`model.heads: {retrieval: 1.0}`, `data.domains[].format: csv`,
 `model.architecture: two_tower`, `stages.extra: [my_stage]`) to the object that
 implements it. Built-ins register themselves where they are defined; a new one is
 one new file plus one `@REGISTRY.register("name")` line (README "Extending distrec").
@@ -25,7 +25,7 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
-        """Decorator: `@LOSSES.register("bpr")` above the implementation."""
+        """Decorator: `@MODELS.register("name")` above the implementation."""
 
         def add(entry: T) -> T:
             self.add(name, entry)
@@ -42,11 +42,12 @@ class Registry(Generic[T]):
             )
         self._entries[name] = entry
 
-    def get(self, name: str) -> T:
-        """The implementation registered as `name`; ConfigError naming the known ones if none."""
+    def get(self, name: str, key: str | None = None) -> T:
+        """The implementation registered as `name`; ConfigError naming the config key (`key`,
+        default the registry's) and the known names if none."""
         if name not in self._entries:
             raise ConfigError(
-                f"{self.config_key}={name!r}: no {self.kind} of that name; registered: "
+                f"{key or self.config_key}={name!r}: no {self.kind} of that name; registered: "
                 f"{sorted(self._entries)} (README 'Extending distrec' shows how to add one)"
             )
         return self._entries[name]

@@ -76,7 +76,8 @@ def test_config_validate_runs_every_preflight_check(capsys, monkeypatch):
             "distributed.launcher=launch/nope.yaml",
             "distributed.launcher='launch/nope.yaml': no such file",
         ),
-        ("model.head=nope", "model.head='nope': no loss of that name"),
+        ("model.heads={nope: 1.0}", "model.heads='nope': no head of that name"),
+        ("eval.metric=rmse", "eval.metric='rmse' is the 'rating' head's, but model.heads="),
         ("model.architecture=nope", "model.architecture='nope': no model architecture"),
     ):
         assert main(["config", "validate", "configs/demo.yaml", override]) == 2

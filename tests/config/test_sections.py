@@ -76,25 +76,34 @@ def test_registered_names_are_plain_strings_checked_later():
     # that the data/models/train layers own, so the schema accepts any name.
     cfg = config_from_dict(
         {
-            "model": {"head": "my_head", "architecture": "id_only"},
+            "model": {"heads": {"my_head": 1.0}, "architecture": "id_only"},
             "stages": {"extra": ["probe", "export"]},
         }
     )
-    assert (cfg.model.head, cfg.model.architecture) == ("my_head", "id_only")
+    assert (cfg.model.heads, cfg.model.architecture) == ({"my_head": 1.0}, "id_only")
     assert cfg.stages.extra == ["probe", "export"]
     assert DomainConfig(name="x", format="jsonl", embedded="amazon").format == "jsonl"
 
 
 def test_new_fields_have_their_defaults():
     cfg = RunConfig()
-    assert cfg.model.head == "retrieval" and cfg.model.architecture == "two_tower"
+    assert cfg.model.heads == {"retrieval": 1.0} and cfg.model.architecture == "two_tower"
+    assert cfg.stages.adapt.heads is None and cfg.eval.ctr_negatives == 20
     assert cfg.stages.extra == [] and StagesConfig().extra is not StagesConfig().extra
     assert (cfg.data.domains, DomainConfig(name="x").format) == ([], "recbole")
     assert "architecture: two_tower" in dump_config(cfg) and "extra: []" in dump_config(cfg)
 
 
 def test_fields_stay_strict():
-    with pytest.raises(ConfigError, match=r"model\.head=1"):
-        config_from_dict({"model": {"head": 1}})
+    with pytest.raises(ConfigError, match=r"model\.head='rating' was replaced by model\.heads"):
+        config_from_dict({"model": {"head": "rating"}})
+    with pytest.raises(ConfigError, match=r"model\.heads: weights \{'ctr': 0\.0\} must be > 0"):
+        config_from_dict({"model": {"heads": {"retrieval": 1.0, "ctr": 0.0}}})
+    with pytest.raises(ConfigError, match=r"model\.heads is empty"):
+        config_from_dict({"model": {"heads": {}}})
+    with pytest.raises(ConfigError, match=r"stages\.adapt\.heads: weights"):
+        config_from_dict({"stages": {"adapt": {"heads": {"rating": -1.0}}}})
+    with pytest.raises(ConfigError, match=r"ctr_hard_negatives=5 > ctr_negatives=4"):
+        config_from_dict({"model": {"ctr_hard_negatives": 5}})
     with pytest.raises(ConfigError, match=r"stages\.extra"):
         config_from_dict({"stages": {"extra": "probe"}})

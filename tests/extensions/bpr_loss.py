@@ -1,4 +1,5 @@
-"""A toy loss added as a contributor would: BPR (`model.head: bpr`), one file, one line.
+"""A toy head added as a contributor would: BPR (`model.heads: {bpr: 1.0}`), one file, one
+registration line.
 
 Bayesian personalised ranking: for every real position, the next item should outscore
 one uniformly drawn item; loss = -log sigmoid(s_pos - s_neg).
@@ -10,10 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from distrec.models.io import TrainOutputs
-from distrec.train.losses import LOSSES, LossContext
+from distrec.heads import HEADS, Head, LossContext
 
 
-@LOSSES.register("bpr")
 def bpr(out: TrainOutputs, ctx: LossContext) -> torch.Tensor:
     """Mean -log sigmoid(positive score - sampled negative score) over real positions."""
     if out.users.shape[0] == 0:  # keeps ranks in step without moving weights
@@ -25,3 +25,6 @@ def bpr(out: TrainOutputs, ctx: LossContext) -> torch.Tensor:
         return (out.users * out.candidates[items]).sum(-1) * out.scale + out.bias[items]
 
     return -F.logsigmoid((score(out.targets) - score(negatives)).float()).mean()
+
+
+HEADS.add("bpr", Head(loss=bpr))

@@ -40,7 +40,7 @@ def test_a_learned_temperature_starts_at_the_configured_one_and_gets_gradients()
     m = model(temperature=0.1, learn_temperature=True)
     assert math.isclose(m.scale().item(), 10.0, rel_tol=1e-5)
     out = train_out(m)
-    from distrec.train.losses import retrieval_loss
+    from distrec.heads.retrieval import retrieval_loss
 
     retrieval_loss(out).backward()
     assert m.log_scale.grad is not None and m.log_scale.grad.abs().item() > 0

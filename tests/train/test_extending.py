@@ -21,10 +21,10 @@ def train(tmp_path, synth_dir, name: str, **sections) -> dict:
 
 
 def test_a_registered_loss_trains_and_differs_from_the_built_in(synth_dir, tmp_path):
-    import tests.extensions.bpr_loss  # noqa: F401  (registers model.head=bpr)
+    import tests.extensions.bpr_loss  # noqa: F401  (registers the bpr head)
 
     stages = {**SMALL, "baselines": [], "zero_shot": False, "adapt": {"enabled": False}}
-    bpr = train(tmp_path, synth_dir, "bpr", model={"head": "bpr"}, stages=stages)
+    bpr = train(tmp_path, synth_dir, "bpr", model={"heads": {"bpr": 1.0}}, stages=stages)
     softmax = train(tmp_path, synth_dir, "softmax", stages=stages)
     loss_bpr, loss_softmax = (s["pretrain"]["history"][0]["loss"] for s in (bpr, softmax))
     # -log sigmoid of a score gap starts near log 2; a softmax over 60 items near log 60.
@@ -48,7 +48,8 @@ def test_a_registered_stage_runs_when_named_in_stages_extra(synth_dir, tmp_path)
 def test_an_unregistered_stage_or_loss_is_a_clear_error(synth_dir, tmp_path):
     for name, sections, key in (
         ("nostage", {"stages": {"extra": ["nope"]}}, "stages.extra='nope'"),
-        ("noloss", {"model": {"head": "nope"}}, "model.head='nope'"),
+        ("noloss", {"model": {"heads": {"nope": 1.0}}}, "model.heads='nope'"),
+        ("noadapt", {"stages": {"adapt": {"heads": {"nope": 1.0}}}}, "stages.adapt.heads='nope'"),
         ("nomodel", {"model": {"architecture": "nope"}}, "model.architecture='nope'"),
     ):
         cfg = tiny_run_config(synth_dir, tmp_path / name, **sections)

@@ -5,7 +5,7 @@ import math
 import torch
 
 from distrec.models.io import TrainOutputs
-from distrec.train.losses import (
+from distrec.heads.retrieval import (
     duplicate_positives,
     inclusion_log_prob,
     item_slots,
@@ -34,7 +34,7 @@ def test_a_positive_gathered_twice_is_masked_as_a_negative():
 def test_masking_the_copy_restores_the_positive_logit_share(monkeypatch):
     """With the copy of the positive as a negative, the positive gets at most half the
     softmax mass however good the model; masked, its share is what it would be alone."""
-    import distrec.train.losses as losses
+    import distrec.heads.retrieval as losses
 
     torch.manual_seed(0)
     users = torch.nn.functional.normalize(torch.randn(1, 8), dim=-1)
@@ -109,7 +109,7 @@ def test_ranking_scores_stay_fp32_inside_autocast():
 
 def test_ctr_negatives_are_never_the_positive_nor_a_window_item():
     from distrec.models.io import ItemBatch, TrainBatch
-    from distrec.train.losses import sample_negatives, window_items
+    from distrec.heads.ctr import sample_negatives, window_items
 
     inputs = torch.tensor([[1, 2, 3, 0], [5, 6, 0, 0]])
     targets = torch.tensor([[2, 3, 4, 0], [6, 7, 0, 0]])
@@ -132,7 +132,7 @@ def test_ctr_negatives_are_never_the_positive_nor_a_window_item():
 
 
 def test_ctr_loss_uses_k_negatives_per_positive():
-    from distrec.train.losses import ctr_loss
+    from distrec.heads.ctr import ctr_loss
 
     users = torch.tensor([[1.0, 0.0]])
     cand = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])
@@ -150,9 +150,9 @@ def test_ctr_negatives_and_sampling_reach_the_loss(synth_dir, tmp_path):
     stages |= {"baselines": []}
     losses = {}
     for name, model in (
-        ("k1", {"head": "ctr", "ctr_negatives": 1}),
-        ("k8", {"head": "ctr", "ctr_negatives": 8}),
-        ("k8pop", {"head": "ctr", "ctr_negatives": 8, "ctr_sampling": "popularity"}),
+        ("k1", {"heads": {"ctr": 1.0}, "ctr_negatives": 1}),
+        ("k8", {"heads": {"ctr": 1.0}, "ctr_negatives": 8}),
+        ("k8pop", {"heads": {"ctr": 1.0}, "ctr_negatives": 8, "ctr_sampling": "popularity"}),
     ):
         found = train(tmp_path, synth_dir, name, model=model, stages=stages, train={"max_steps": 4})
         losses[name] = found["pretrain"]["history"][0]["loss"]

@@ -110,23 +110,22 @@ def test_a_domain_name_that_would_corrupt_peft_keys_is_refused(synth_dir, tmp_pa
         check_adapter_name(model, "fc")
 
 
-def test_ctr_head_trains_and_rating_head_needs_ratings(synth_dir, tmp_path):
-    import json
-
+def test_a_head_that_needs_ratings_refuses_a_domain_without(synth_dir, tmp_path):
     import yaml
 
     from distrec.config import ConfigError
     from distrec.train.entry import run_training
 
     small = {"pretrain": {"epochs": 1}, "adapt": {"epochs": 1}, "baselines": []}
-    cfg = tiny_run_config(synth_dir, tmp_path / "ctr", model={"head": "ctr"}, stages=small)
-    (tmp_path / "ctr.yaml").write_text(yaml.safe_dump(cfg))
-    assert run_training(str(tmp_path / "ctr.yaml")) == 0
-    history = json.loads((tmp_path / "ctr" / "metrics.json").read_text())["stages"]["pretrain"][
-        "history"
-    ]
-    assert 0.0 < history[0]["loss"] < 2.0  # a binary cross-entropy, not a softmax over the catalog
-    cfg = tiny_run_config(synth_dir, tmp_path / "rating", model={"head": "rating"}, stages=small)
-    (tmp_path / "rating.yaml").write_text(yaml.safe_dump(cfg))
-    with pytest.raises(ConfigError, match=r"model.head=rating but domain .tiny. has no ratings"):
-        run_training(str(tmp_path / "rating.yaml"))
+    for name, sections, message in (
+        ("src", {"model": {"heads": {"rating": 1.0}}}, r"model\.heads has 'rating' but domain 'tiny'"),
+        (
+            "tgt",
+            {"stages": {**small, "adapt": {"epochs": 1, "heads": {"preference": 1.0}}}},
+            r"stages\.adapt\.heads has 'preference' but domain 'tiny-b' has no ratings",
+        ),
+    ):
+        cfg = tiny_run_config(synth_dir, tmp_path / name, **{"stages": small, **sections})
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        with pytest.raises(ConfigError, match=message):
+            run_training(str(tmp_path / f"{name}.yaml"))

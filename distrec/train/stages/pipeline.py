@@ -24,8 +24,9 @@ from distrec.train.trainer import StagePlan, Trainer, TrainHook
 from distrec.train.workspace import Workspace, write_json
 from distrec.utils.progress import log
 
-# (domain, split) -> every user's rank, and the heads' own metrics on that split.
-RankFn = Callable[[str, str], tuple[UserRanks, dict[str, float]]]
+# (domain, split) -> every user's rank, and the heads' own metrics on that split (or the
+# ranks alone, for a stage that only ranks).
+RankFn = Callable[[str, str], tuple[UserRanks, dict[str, float]] | UserRanks]
 
 
 class StageResults:
@@ -88,6 +89,14 @@ def load_base(ws: Workspace) -> nn.Module:
     return model
 
 
+def ranks_and_head_metrics(
+    result: UserRanks | tuple[UserRanks, dict[str, float]],
+) -> tuple[UserRanks, dict[str, float]]:
+    """A RankFn's result as (ranks, head metrics): a stage that ranks only may return the
+    UserRanks alone."""
+    return result if isinstance(result, tuple) else (result, {})
+
+
 class Pipeline:
     """The workspace, the finished stages' records, the pretrained base and run-wide hooks."""
 
@@ -141,7 +150,7 @@ class Pipeline:
         for split in ("valid", "test"):
             per_domain = []
             for name in domains:
-                found[name, split], head = ranks(name, split)
+                found[name, split], head = ranks_and_head_metrics(ranks(name, split))
                 d, ks = self.ws.domains[name], self.ws.cfg.eval.ks
                 per_domain.append({**domain_metrics(found[name, split], d, ks), **head})
             record[split] = mean_metrics(per_domain)
