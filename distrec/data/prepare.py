@@ -156,10 +156,12 @@ def domain_fingerprint(
     domain: DomainConfig, source: DomainSource, sources: list[dict[str, str]]
 ) -> str:
     """What makes two prepared domains the same dataset: settings and file contents."""
-    # Content, not location: the same files moved elsewhere are the same dataset.
+    # Content, not location: the same files moved elsewhere are the same dataset. The
+    # category field only chooses what evaluation reads from the prepared catalog.
+    exclude = {"interactions", "items", "category_field"}
     return sha256_json(
         {
-            "domain": domain.model_dump(mode="json", exclude={"interactions", "items"}),
+            "domain": domain.model_dump(mode="json", exclude=exclude),
             "sources": [s["sha256"] for s in sources],
             "template": source.template,
             "fields": source.text_fields,
