@@ -79,10 +79,15 @@ def gauc(scores: torch.Tensor) -> float:
     """
     if not _sampled(scores):
         return NAN
+    return user_auc(scores).mean().item()
+
+
+def user_auc(scores: torch.Tensor) -> torch.Tensor:
+    """[U] each user's AUC from [U, 1+k] scores (column 0 the positive): the share of their
+    negatives scored strictly below it, ties counting half (float64)."""
     s = scores.double()
     pos, neg = s[:, :1], s[:, 1:]
-    per_user = ((neg < pos).double().sum(1) + 0.5 * (neg == pos).double().sum(1)) / neg.shape[1]
-    return per_user.mean().item()
+    return ((neg < pos).double().sum(1) + 0.5 * (neg == pos).double().sum(1)) / neg.shape[1]
 
 
 def logloss(logits: torch.Tensor) -> float:

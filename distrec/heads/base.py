@@ -72,18 +72,22 @@ class HeldOut(NamedTuple):
 
 Loss = Callable[[TrainOutputs, LossContext], torch.Tensor]
 Metrics = Callable[[HeldOut, ModelConfig], dict[str, float]]
+PerUser = Callable[[HeldOut, ModelConfig], dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
 class Head:
     """One head: its `loss`; optionally the `module` it adds to the model (built from the
     model config; its output at every training position lands in `TrainOutputs.heads[name]`)
-    and the `metrics` it reports on the held-out items; `lower_is_better`: its metrics that
-    are minimised (eval.metric); `needs_ratings`: every domain it trains on must have them."""
+    and the `metrics` it reports on the held-out items (`reports` names them), with
+    `per_user` columns [U] behind them (heads.parquet: paired comparisons of two stages user
+    by user); `lower_is_better`: its metrics that are minimised (eval.metric);
+    `needs_ratings`: every domain it trains on must have them."""
 
     loss: Loss
     module: Callable[[ModelConfig], nn.Module] | None = None
     metrics: Metrics | None = None
+    per_user: PerUser | None = None
     reports: tuple[str, ...] = ()
     lower_is_better: tuple[str, ...] = ()
     needs_ratings: bool = False

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distrec.config.schema import ModelConfig
-from distrec.eval.pointwise import auc, gauc, logloss
+from distrec.eval.pointwise import auc, gauc, logloss, user_auc
 from distrec.heads.base import HEADS, Head, HeldOut, LossContext
 from distrec.models.io import PairInputs, TrainBatch, TrainOutputs
 
@@ -104,10 +104,20 @@ def ctr_loss(out: TrainOutputs, negatives: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, labels)
 
 
+def click_logits(held: HeldOut) -> torch.Tensor:
+    """[U, 1+k] calibrated logits (the two-tower scores when the model has no CTR module)."""
+    return held.outputs["ctr"] if "ctr" in held.outputs else held.scores
+
+
 def ctr_metrics(held: HeldOut, cfg: ModelConfig) -> dict[str, float]:
     """AUC, GAUC and logloss of the held-out items against the fixed negatives."""
-    logits = held.outputs["ctr"] if "ctr" in held.outputs else held.scores
+    logits = click_logits(held)
     return {"auc": auc(logits), "gauc": gauc(logits), "logloss": logloss(logits)}
+
+
+def ctr_per_user(held: HeldOut, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Each user's AUC of their held-out item against their negatives (GAUC's terms)."""
+    return {"ctr_auc": user_auc(click_logits(held))}
 
 
 HEADS.add(
@@ -116,6 +126,7 @@ HEADS.add(
         loss=ctr,
         module=ScoreCalibration,
         metrics=ctr_metrics,
+        per_user=ctr_per_user,
         reports=("auc", "gauc", "logloss"),
         lower_is_better=("logloss",),
     ),

@@ -33,7 +33,8 @@ def rating_classes(ratings: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
 
 
 class PreferenceClassifier(nn.Module):
-    """Class logits = MLP(user, item, user x item, history mean, count)."""
+    """Class logits = MLP(user, item, user x item, the history's and the item's mean rating
+    and count)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -62,12 +63,21 @@ def preference_metrics(held: HeldOut, cfg: ModelConfig) -> dict[str, float]:
     return {"accuracy": accuracy(predicted, true), "macro_f1": macro_f1(predicted, true)}
 
 
+def preference_per_user(held: HeldOut, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Each user's true and predicted rating class."""
+    return {
+        "preference": rating_classes(held.ratings, cfg),
+        "preference_pred": held.outputs["preference"].argmax(-1),
+    }
+
+
 HEADS.add(
     "preference",
     Head(
         loss=preference,
         module=PreferenceClassifier,
         metrics=preference_metrics,
+        per_user=preference_per_user,
         reports=("accuracy", "macro_f1"),
         needs_ratings=True,
     ),

@@ -1,6 +1,7 @@
 """The rating head: the explicit rating the user gives the next item (MSE), judged by RMSE
 and MAE on the held-out items. It reads the user state, the item and the ratings of the
-history so far, and predicts the user's (shrunk) mean rating plus a learned offset."""
+history so far and the item's mean training rating, and predicts the bias baseline (the
+user's and the item's shrunk deviations from the scale's middle) plus a learned offset."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from torch import nn
 from distrec.config.schema import ModelConfig
 from distrec.eval.pointwise import mae, rmse
 from distrec.heads.base import HEADS, Head, HeldOut, LossContext
-from distrec.heads.pairs import mlp, pair_features, pair_width, shrunk_mean
+from distrec.heads.pairs import bias_baseline, mlp, pair_features, pair_width
 from distrec.models.io import PairInputs, TrainOutputs
 
 
 class RatingRegressor(nn.Module):
-    """rating = shrunk history mean + MLP(user, item, user x item, history mean, count)."""
+    """rating = prior + user deviation + item deviation (both shrunk) + MLP(user, item,
+    user x item, the history's and the item's mean rating and count)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -27,7 +29,7 @@ class RatingRegressor(nn.Module):
     def forward(self, pair: PairInputs) -> torch.Tensor:
         """[P] predicted ratings."""
         offset = self.net(pair_features(pair, self.prior)).squeeze(-1)
-        return shrunk_mean(pair, self.prior).to(offset.dtype) + offset
+        return bias_baseline(pair, self.prior).to(offset.dtype) + offset
 
 
 def target_ratings(out: TrainOutputs, ctx: LossContext) -> torch.Tensor:
@@ -48,11 +50,21 @@ def rating(out: TrainOutputs, ctx: LossContext) -> torch.Tensor:
     return F.mse_loss(predicted.float(), target_ratings(out, ctx).float())
 
 
+def clipped_ratings(held: HeldOut, cfg: ModelConfig) -> torch.Tensor:
+    """[U] the predicted ratings clipped to model.rating_range (float64)."""
+    low, high = cfg.rating_range
+    return held.outputs["rating"].double().clamp(low, high)
+
+
 def rating_metrics(held: HeldOut, cfg: ModelConfig) -> dict[str, float]:
     """RMSE and MAE of the predictions, clipped to model.rating_range."""
-    low, high = cfg.rating_range
-    predicted = held.outputs["rating"].double().clamp(low, high)
+    predicted = clipped_ratings(held, cfg)
     return {"rmse": rmse(predicted, held.ratings), "mae": mae(predicted, held.ratings)}
+
+
+def rating_per_user(held: HeldOut, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Each user's held-out rating and its (clipped) prediction."""
+    return {"rating": held.ratings.double(), "rating_pred": clipped_ratings(held, cfg)}
 
 
 HEADS.add(
@@ -61,6 +73,7 @@ HEADS.add(
         loss=rating,
         module=RatingRegressor,
         metrics=rating_metrics,
+        per_user=rating_per_user,
         reports=("rmse", "mae"),
         lower_is_better=("rmse", "mae"),
         needs_ratings=True,

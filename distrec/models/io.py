@@ -35,6 +35,14 @@ class ItemBatch:
     attention_mask: torch.Tensor | None = None
 
 
+class RatingTotals(NamedTuple):
+    """Sum and number of the training ratings of some items ([n] each): the item-side
+    counterpart of a history's mean rating, read by the rating and preference heads."""
+
+    sum: torch.Tensor
+    count: torch.Tensor
+
+
 @dataclass(frozen=True)
 class TrainBatch:
     """Windows of one domain to train on.
@@ -43,8 +51,8 @@ class TrainBatch:
     the inputs shifted by one. valid: [B] False for a padding window (keeps ranks in step).
     candidates: the items scored against (the whole catalog in cached mode, the batch's
     distinct items end to end). ratings: [B, T] each target's rating (for a rating loss),
-    input_ratings: [B, T] each input's (the heads read the history's ratings so far); both
-    None when the data has none.
+    input_ratings: [B, T] each input's (the heads read the history's ratings so far);
+    item_ratings: the candidates' training rating totals [C]; all None when the data has none.
     """
 
     inputs: torch.Tensor
@@ -53,6 +61,7 @@ class TrainBatch:
     candidates: ItemBatch
     ratings: torch.Tensor | None = None
     input_ratings: torch.Tensor | None = None
+    item_ratings: RatingTotals | None = None
 
     @property
     def domain(self) -> str:
@@ -84,8 +93,9 @@ class PairQuery:
     negatives), for the heads' metrics.
 
     history, last: as in UserQuery; items: [B, m] catalog indices (column 0 the held-out
-    item); history_ratings: [B, T] the history's ratings (None without ratings); catalog:
-    the domain's ItemVectors, row 0 = padding.
+    item); history_ratings: [B, T] the history's ratings; item_ratings: the held-out items'
+    training rating totals [B] (both None without ratings); catalog: the domain's
+    ItemVectors, row 0 = padding.
     """
 
     domain: str
@@ -94,19 +104,24 @@ class PairQuery:
     items: torch.Tensor
     catalog: ItemVectors
     history_ratings: torch.Tensor | None = None
+    item_ratings: RatingTotals | None = None
 
 
 @dataclass(frozen=True)
 class PairInputs:
     """What a head module reads, one row per (user state, item) pair: users [P, d]; items
     [P, d] the item's vector; history_mean, history_count [P] the mean and number of the
-    ratings in the history so far (0 without ratings); scores [P, m] two-tower scores of
-    each row's judged items (held-out evaluation only, else None)."""
+    ratings in the history so far; item_mean, item_count [P] the item's mean and number of
+    training ratings (in training without the rating being predicted); all 0 without
+    ratings; scores [P, m] two-tower scores of each row's judged items (held-out
+    evaluation only, else None)."""
 
     users: torch.Tensor
     items: torch.Tensor
     history_mean: torch.Tensor
     history_count: torch.Tensor
+    item_mean: torch.Tensor | None = None
+    item_count: torch.Tensor | None = None
     scores: torch.Tensor | None = None
 
 

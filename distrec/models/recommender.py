@@ -22,6 +22,7 @@ from distrec.models.io import (
     PairInputs,
     PairOutputs,
     PairQuery,
+    RatingTotals,
     TrainBatch,
     TrainOutputs,
     UserQuery,
@@ -103,7 +104,10 @@ class Recommender(nn.Module):
         heads = {}
         if len(self.heads):
             mean, count = history_stats(batch.input_ratings, batch.inputs)
-            pair = PairInputs(users, cand.vectors[targets], mean[real], count[real])
+            item_mean, item_count = item_stats(batch, targets, real)
+            pair = PairInputs(
+                users, cand.vectors[targets], mean[real], count[real], item_mean, item_count
+            )
             heads = {name: module(pair) for name, module in self.heads.items()}
         return TrainOutputs(
             users, targets, cand.vectors, batch.candidates.items, cand.bias, cand.scale, heads
@@ -121,9 +125,15 @@ class Recommender(nn.Module):
             scores = scores + catalog.bias[query.items].float()
         rows = torch.arange(query.history.size(0), device=query.history.device)
         mean, count = history_stats(query.history_ratings, query.history)
+        item_mean, item_count = totals_mean(query.item_ratings, rows)
         pair = PairInputs(
-            users, catalog.vectors[query.items[:, 0]], mean[rows, query.last],
-            count[rows, query.last], scores,
+            users,
+            catalog.vectors[query.items[:, 0]],
+            mean[rows, query.last],
+            count[rows, query.last],
+            item_mean,
+            item_count,
+            scores,
         )
         return PairOutputs(scores, {name: module(pair) for name, module in self.heads.items()})
 
@@ -187,3 +197,27 @@ def history_stats(
     count = real.cumsum(1)
     total = (ratings.to(real.dtype) * real).cumsum(1)
     return total / count.clamp(min=1.0), count
+
+
+def item_stats(
+    batch: TrainBatch, targets: torch.Tensor, real: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[P] mean and count of each real position's target item's training ratings, without
+    the rating being predicted (it is one of them: a head must not read its own label)."""
+    if batch.item_ratings is None or batch.ratings is None:
+        return totals_mean(None, targets)
+    own = batch.ratings[real].to(batch.item_ratings.sum.dtype)
+    total = batch.item_ratings.sum[targets] - own
+    count = (batch.item_ratings.count[targets] - 1).clamp(min=0)
+    return totals_mean(RatingTotals(total, count), targets)
+
+
+def totals_mean(
+    totals: RatingTotals | None, like: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, count) [n] of rating totals (0 where there are none, or without totals)."""
+    if totals is None:
+        zeros = torch.zeros(like.shape[0], device=like.device)
+        return zeros, zeros
+    count = totals.count.float()
+    return totals.sum.float() / count.clamp(min=1.0), count

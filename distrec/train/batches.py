@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from distrec.data.collate import StreamBatch
-from distrec.models.io import ItemBatch, TrainBatch
+from distrec.models.io import ItemBatch, RatingTotals, TrainBatch
 from distrec.train.domains import DomainData
 
 
@@ -40,9 +40,24 @@ def train_batch(
         )
         inputs, targets = batch["inputs"], batch["targets"]
     return TrainBatch(
-        inputs.to(device), targets.to(device), batch["valid"].to(device), items, ratings,
+        inputs.to(device),
+        targets.to(device),
+        batch["valid"].to(device),
+        items,
+        ratings,
         input_ratings,
+        candidate_totals(d, items.items.cpu(), device),
     )
+
+
+def candidate_totals(
+    d: DomainData, items: torch.Tensor, device: torch.device
+) -> RatingTotals | None:
+    """The training rating totals of `items` (None when the domain has no ratings)."""
+    totals = d.rating_totals
+    if totals is None:
+        return None
+    return RatingTotals(totals.sum[items].to(device), totals.count[items].to(device))
 
 
 def is_sampled(batch: StreamBatch) -> bool:

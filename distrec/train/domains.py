@@ -16,6 +16,7 @@ from distrec.data.tokens import TokenTable
 from distrec.eval.beyond import ItemProfile, multi_hot
 from distrec.heads import HEADS
 from distrec.heads.base import target_heads
+from distrec.models.io import RatingTotals
 from distrec.models.features import TextEncoding, cached_catalog_features, encode_texts, feature_key
 from distrec.utils.progress import log
 from distrec.utils.sharding import Shard
@@ -68,6 +69,20 @@ class DomainData:
         z = torch.log(self.share)
         z[0] = 0.0
         return z
+
+    @cached_property
+    def rating_totals(self) -> RatingTotals | None:
+        """[N+1] sum and number of each item's training ratings (every sequence but its last
+        two items); None when the domain has no ratings."""
+        if not self.manifest.data.get("has_ratings"):
+            return None
+        total = torch.zeros(self.num_items + 1, dtype=torch.float64)
+        count = torch.zeros(self.num_items + 1, dtype=torch.float64)
+        for s in self.sequences():
+            items = torch.tensor(s["items"][:-2], dtype=torch.long)
+            total.index_add_(0, items, torch.tensor(s["ratings"][:-2], dtype=torch.float64))
+            count.index_add_(0, items, torch.ones(len(items), dtype=torch.float64))
+        return RatingTotals(total.float(), count.float())
 
     def profile(self) -> ItemProfile:
         """Training counts, LM features (cached mode) and categories (`category_field`) of

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from collections.abc import Sequence
 
 import torch
@@ -13,7 +14,9 @@ from distrec.eval.evaluate import Ranking, UserRanks, eval_cases, rank_sharded
 from distrec.eval.held_out import HeldOutSet, Judged, fixed_negatives, judge_sharded
 from distrec.eval.metrics import metrics_from_ranks
 from distrec.heads import HEADS, HeldOut
+from distrec.config.schema import ModelConfig
 from distrec.models.io import ItemBatch, ItemVectors, PairQuery, UserQuery
+from distrec.train.batches import candidate_totals
 from distrec.train.domains import DomainData
 from distrec.train.workspace import Workspace
 
@@ -33,6 +36,15 @@ def domain_metrics(found: UserRanks, d: DomainData, ks: list[int]) -> dict[str, 
 def reads_text(model: nn.Module) -> bool:
     """Whether the model's item tower reads item text (an ID-only one does not)."""
     return bool(model.item_tower.reads_text)
+
+
+@dataclass(frozen=True)
+class HeadResults:
+    """The heads' own metrics on one domain's split, and the per-user columns behind them
+    (`user` [U] plus each head's, e.g. rating, rating_pred; empty without such heads)."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    per_user: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Evaluator:
@@ -61,7 +73,7 @@ class Evaluator:
         for name in domains:
             d = self.ws.domains[name]
             found, head = self.evaluate(model, d, split, heads)
-            per_domain.append({**domain_metrics(found, d, ks), **head})
+            per_domain.append({**domain_metrics(found, d, ks), **head.metrics})
         return mean_metrics(per_domain)
 
     @torch.no_grad()
@@ -72,8 +84,8 @@ class Evaluator:
         split: str,
         heads: Sequence[str] = (),
         lists: bool = False,
-    ) -> tuple[UserRanks, dict[str, float]]:
-        """`ranks` and the `heads`' own metrics on `split`, from one encoding of the catalog."""
+    ) -> tuple[UserRanks, HeadResults]:
+        """`ranks` and the `heads`' own results on `split`, from one encoding of the catalog."""
         was_training = model.training
         model.eval()
         with self.ws.accelerator.autocast():
@@ -137,6 +149,7 @@ class Evaluator:
                 items.to(device),
                 catalog,
                 ratings.to(device) if ratings is not None else None,
+                candidate_totals(d, items[:, 0], device),
             )
             return model(query)
 
@@ -148,17 +161,14 @@ class Evaluator:
 
     def head_metrics(
         self, model: nn.Module, d: DomainData, split: str, heads: Sequence[str], catalog: ItemVectors
-    ) -> dict[str, float]:
-        """The metrics of each of `heads` that judges itself on the held-out items."""
-        judging = [name for name in heads if HEADS.get(name).metrics is not None]
-        if not judging:
-            return {}
+    ) -> HeadResults:
+        """The results of each of `heads` that judges itself on the held-out items."""
+        if not any(HEADS.get(name).metrics is not None for name in heads):
+            return HeadResults()
         found = self.judged(model, d, split, catalog)
         held = HeldOut(found.scores, found.outputs, found.ratings, d.train_counts[found.items])
-        out: dict[str, float] = {}
-        for name in judging:
-            out.update(HEADS.get(name).metrics(held, self.ws.cfg.model))
-        return out
+        return judge_heads(heads, held, found.users, self.ws.cfg.model)
+
 
     @torch.no_grad()
     def catalog(self, model: nn.Module, d: DomainData) -> ItemVectors:
@@ -206,3 +216,17 @@ class Evaluator:
             )
         features = d.features[idx].to(device) if text else None
         return ItemBatch(d.name, idx.to(device), popularity, features=features)
+
+
+def judge_heads(
+    heads: Sequence[str], held: HeldOut, users: torch.Tensor, cfg: ModelConfig
+) -> HeadResults:
+    """Every head's metrics and per-user columns on `held` (rows are `users`)."""
+    results = HeadResults(per_user={"user": users})
+    for name in heads:
+        head = HEADS.get(name)
+        if head.metrics is not None:
+            results.metrics.update(head.metrics(held, cfg))
+        if head.per_user is not None:
+            results.per_user.update(head.per_user(held, cfg))
+    return results

@@ -64,6 +64,44 @@ def write_stage_ranks(out: Path, stage: str, found: dict) -> Path:
     return path
 
 
+def write_stage_heads(out: Path, stage: str, per_user: dict) -> Path:
+    """heads/<stage>.parquet: one row per (split, domain, user) with the heads' per-user
+    columns (held-out rating and prediction, per-user AUC, ...); `per_user` maps (domain,
+    split) to {column: [U] tensor} with a `user` column."""
+    frames = [
+        pd.DataFrame(
+            {
+                "stage": stage,
+                "split": split,
+                "domain": domain,
+                **{k: v.numpy() for k, v in columns.items()},
+            }
+        )
+        for (domain, split), columns in per_user.items()
+    ]
+    path = out / "heads" / f"{stage}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    pd.concat(frames, ignore_index=True).to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def write_heads(out: Path, stages: dict) -> Path | None:
+    """heads.parquet: every finished stage's per-user head columns in one table (None when
+    no stage judged a head)."""
+    parts = [
+        pd.read_parquet(out / "heads" / f"{s}.parquet")
+        for s in stages
+        if (out / "heads" / f"{s}.parquet").exists()
+    ]
+    if not parts:
+        return None
+    path = out / "heads.parquet"
+    pd.concat(parts, ignore_index=True).to_parquet(path, index=False)
+    return path
+
+
 def write_ranks(out: Path, stages: dict) -> Path:
     """ranks.parquet: every finished stage's per-user ranks in one table (a stage that ranks
     nothing, like the rating references, says so with `ranked: false`)."""
@@ -82,6 +120,7 @@ def write_metrics(out: Path, cfg: RunConfig, stages: dict, extra: dict) -> Path:
     """ranks.parquet, then metrics.json: the stage records, the resolved config, package
     versions and `extra` (run-wide facts); returns metrics.json's path."""
     write_ranks(out, stages)
+    write_heads(out, stages)
     path = out / "metrics.json"
     write_json(
         path,

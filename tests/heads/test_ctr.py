@@ -38,8 +38,10 @@ def test_the_calibration_module_returns_its_parameters_or_calibrated_scores():
         module.shift.fill_(0.5)
     empty = PairInputs(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1), torch.zeros(1))
     assert module(empty).tolist() == [2.0, 0.5]
-    scored = PairInputs(*empty.__dict__.values())
-    scored = PairInputs(scored.users, scored.items, scored.history_mean, scored.history_count, torch.tensor([[1.0, -1.0]]))
+    scored = PairInputs(
+        empty.users, empty.items, empty.history_mean, empty.history_count,
+        scores=torch.tensor([[1.0, -1.0]]),
+    )
     assert module(scored).tolist() == [[2.5, -1.5]]
 
 

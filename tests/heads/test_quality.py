@@ -77,3 +77,32 @@ def test_rating_beats_item_mean_and_ctr_beats_popularity(tmp_path, rated_domains
     history = model["history"]
     assert model["best_valid"] == min(h["valid"]["rmse"] for h in history)
     assert model["best_valid"] == model["valid"]["rmse"]
+
+
+def test_joint_heads_transfer_and_write_per_user_results(tmp_path, rated_domains):
+    """Pretraining on the source trains every head; the LoRA adapter carries its own copy
+    of the head modules to the target; heads.parquet holds the per-user columns behind
+    every record's head metrics."""
+    import pandas as pd
+
+    stages = run(
+        tmp_path,
+        rated_domains,
+        "joint",
+        model={"heads": HEADS},
+        stages={
+            "pretrain": {"epochs": 4},
+            "adapt": {"epochs": 4, "mode": "lora"},
+            "baselines": ["popularity", "rating_means"],
+        },
+    )
+    heads = pd.read_parquet(tmp_path / "joint" / "heads.parquet")
+    for stage in ("pretrain", "zero_shot", "adapt", "baseline_item_mean"):
+        rows = heads[(heads["stage"] == stage) & (heads["split"] == "test")]
+        rmse = ((rows["rating_pred"] - rows["rating"]) ** 2).mean() ** 0.5
+        assert abs(rmse - stages[stage]["test"]["rmse"]) < 1e-9, stage
+    popularity = heads[(heads["stage"] == "baseline_popularity") & (heads["split"] == "test")]
+    assert abs(popularity["ctr_auc"].mean() - stages["baseline_popularity"]["test"]["gauc"]) < 1e-9
+    adapted, zero_shot = stages["adapt"]["test"], stages["zero_shot"]["test"]
+    assert adapted["rmse"] != zero_shot["rmse"]  # the adapter trained its own rating head
+    assert adapted["rmse"] < stages["baseline_item_mean"]["test"]["rmse"]

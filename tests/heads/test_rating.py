@@ -23,12 +23,29 @@ def test_history_stats_are_running_means_over_real_items():
     assert not zero_mean.any() and not zero_count.any()
 
 
-def test_the_rating_head_starts_from_the_users_shrunk_mean():
+def test_the_rating_head_starts_from_the_bias_baseline():
     head = RatingRegressor(ModelConfig(dim=8))
-    pair = PairInputs(torch.randn(2, 8), torch.randn(2, 8), torch.tensor([5.0, 0.0]), torch.tensor([3.0, 0.0]))
-    # (5 x 3 + 3 x SHRINK) / (3 + SHRINK) for a user with three 5s; the prior (3) for none
-    expected = [(5.0 * 3 + 3.0 * SHRINK) / (3 + SHRINK), 3.0]
-    assert torch.allclose(head(pair), torch.tensor(expected))
+    users = torch.tensor([5.0, 0.0]), torch.tensor([3.0, 0.0])  # three 5s; no history
+    items = torch.tensor([2.0, 4.0]), torch.tensor([6.0, 0.0])  # six 2s; never rated
+    pair = PairInputs(torch.randn(2, 8), torch.randn(2, 8), *users, *items)
+    # prior 3 + user deviation (5*3 + 3*SHRINK)/(3 + SHRINK) - 3 + item deviation
+    # (2*6 + 3*SHRINK)/(6 + SHRINK) - 3; without ratings both deviations are 0
+    user = (5.0 * 3 + 3.0 * SHRINK) / (3 + SHRINK) - 3.0
+    item = (2.0 * 6 + 3.0 * SHRINK) / (6 + SHRINK) - 3.0
+    assert torch.allclose(head(pair), torch.tensor([3.0 + user + item, 3.0]))
+
+
+def test_in_training_an_items_mean_leaves_out_the_rating_being_predicted():
+    from distrec.models.io import ItemBatch, RatingTotals, TrainBatch
+    from distrec.models.recommender import item_stats
+
+    targets = torch.tensor([[2, 3]])
+    ratings = torch.tensor([[4.0, 1.0]])
+    totals = RatingTotals(torch.tensor([10.0, 9.0, 1.0]), torch.tensor([3.0, 2.0, 1.0]))
+    batch = TrainBatch(targets, targets, torch.tensor([True]), ItemBatch("d", torch.arange(1, 4)), ratings, ratings, totals)
+    mean, count = item_stats(batch, targets[0] - 1, batch.real_positions())
+    # item 2: (9 - 4) / (2 - 1) = 5 from 1 other rating; item 3: its only rating is the label
+    assert mean.tolist() == [5.0, 0.0] and count.tolist() == [1.0, 0.0]
 
 
 def test_rating_metrics_clip_to_the_rating_range():

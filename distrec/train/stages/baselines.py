@@ -8,9 +8,11 @@ import torch
 
 from distrec.config import ConfigError
 from distrec.eval.evaluate import UserRanks, eval_cases, rank_sharded
-from distrec.eval.pointwise import accuracy, auc, gauc, item_means, macro_f1, mae, rmse
+from distrec.eval.pointwise import accuracy, auc, gauc, item_means, macro_f1, mae, rmse, user_auc
 from distrec.heads.base import target_heads
 from distrec.heads.preference import rating_classes
+from distrec.train.evaluation import HeadResults
+from distrec.train.outputs import write_stage_heads
 from distrec.train.stages.pipeline import Pipeline, new_model
 from distrec.train.stages.registry import register_stage
 from distrec.train.stages.transfer import fit_towers
@@ -43,15 +45,24 @@ def popularity(pipe: Pipeline) -> None:
     pipe.results["baseline_popularity"] = record
 
 
-def popularity_click_metrics(pipe: Pipeline, split: str) -> dict[str, float]:
+def popularity_click_metrics(pipe: Pipeline, split: str) -> HeadResults:
     """When the target trains a CTR head: AUC and GAUC of training popularity as the click
     score, on the same held-out items and fixed negatives as every model."""
     cfg = pipe.ws.cfg
     if "ctr" not in target_heads(cfg):
-        return {}
+        return HeadResults()
     d = pipe.ws.domains[cfg.data.target]
-    counts = d.train_counts[pipe.evaluator.held_out(d, split).items]
-    return {"auc": auc(counts), "gauc": gauc(counts)}
+    held = pipe.evaluator.held_out(d, split)
+    counts = d.train_counts[held.items]
+    return HeadResults(
+        {"auc": auc(counts), "gauc": gauc(counts)},
+        {"user": case_users(held.cases), "ctr_auc": user_auc(counts)},
+    )
+
+
+def case_users(cases) -> torch.Tensor:
+    """[U] the cases' user indices."""
+    return torch.tensor([c.user for c in cases], dtype=torch.long)
 
 
 @register_stage("baseline_rating_means", enabled=baseline("rating_means"), order=43)
@@ -69,14 +80,24 @@ def rating_means(pipe: Pipeline) -> None:
         "baseline_global_mean": lambda targets: global_mean.expand(len(targets)),
         "baseline_item_mean": lambda targets: per_item[targets],
     }
+    low, high = cfg.model.rating_range
     for stage, predict in predictors.items():
         record: dict = {"domains": [cfg.data.target], "ranked": False}
+        per_user = {}
         for split in ("valid", "test"):
             held = pipe.evaluator.held_out(d, split)
             targets = torch.tensor([c.target for c in held.cases], dtype=torch.long)
             true = torch.tensor([c.rating for c in held.cases], dtype=torch.float32)
-            record[split] = rating_reference_metrics(predict(targets), true, cfg.model)
+            predicted = predict(targets).double().clamp(low, high)
+            record[split] = rating_reference_metrics(predicted, true, cfg.model)
+            per_user[cfg.data.target, split] = {
+                "user": case_users(held.cases),
+                "rating": true.double(),
+                "rating_pred": predicted,
+            }
         log(f"{stage}: test rmse {record['test']['rmse']:.4f}  mae {record['test']['mae']:.4f}")
+        if pipe.ws.is_main:
+            write_stage_heads(pipe.ws.out, stage, per_user)
         pipe.results[stage] = record
 
 

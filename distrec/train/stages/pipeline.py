@@ -17,16 +17,16 @@ from distrec.distributed.collectives import barrier
 from distrec.eval.evaluate import UserRanks
 from distrec.heads.base import head_modules
 from distrec.models.registry import ModelSpec, build_model
-from distrec.train.evaluation import Evaluator, domain_metrics, mean_metrics
-from distrec.train.outputs import write_stage_ranks
+from distrec.train.evaluation import Evaluator, HeadResults, domain_metrics, mean_metrics
+from distrec.train.outputs import write_stage_heads, write_stage_ranks
 from distrec.train.state import FitResult
 from distrec.train.trainer import StagePlan, Trainer, TrainHook
 from distrec.train.workspace import Workspace, write_json
 from distrec.utils.progress import log
 
-# (domain, split) -> every user's rank, and the heads' own metrics on that split (or the
+# (domain, split) -> every user's rank, and the heads' own results on that split (or the
 # ranks alone, for a stage that only ranks).
-RankFn = Callable[[str, str], tuple[UserRanks, dict[str, float]] | UserRanks]
+RankFn = Callable[[str, str], tuple[UserRanks, HeadResults] | UserRanks]
 
 
 class StageResults:
@@ -89,12 +89,12 @@ def load_base(ws: Workspace) -> nn.Module:
     return model
 
 
-def ranks_and_head_metrics(
-    result: UserRanks | tuple[UserRanks, dict[str, float]],
-) -> tuple[UserRanks, dict[str, float]]:
-    """A RankFn's result as (ranks, head metrics): a stage that ranks only may return the
+def ranks_and_head_results(
+    result: UserRanks | tuple[UserRanks, HeadResults],
+) -> tuple[UserRanks, HeadResults]:
+    """A RankFn's result as (ranks, head results): a stage that ranks only may return the
     UserRanks alone."""
-    return result if isinstance(result, tuple) else (result, {})
+    return result if isinstance(result, tuple) else (result, HeadResults())
 
 
 class Pipeline:
@@ -130,7 +130,7 @@ class Pipeline:
 
         heads = list(plan.head_weights(self.ws.cfg))
 
-        def ranks(name: str, split: str) -> tuple[UserRanks, dict[str, float]]:
+        def ranks(name: str, split: str) -> tuple[UserRanks, HeadResults]:
             return self.evaluator.evaluate(model, self.ws.domains[name], split, heads, lists=True)
 
         record = self.ranked_record(plan.name, plan.eval_domains, ranks)
@@ -147,13 +147,18 @@ class Pipeline:
         saved (rank 0)."""
         record: dict = {"domains": domains}
         found: dict[tuple[str, str], UserRanks] = {}
+        per_user: dict[tuple[str, str], dict] = {}
         for split in ("valid", "test"):
             per_domain = []
             for name in domains:
-                found[name, split], head = ranks_and_head_metrics(ranks(name, split))
+                found[name, split], head = ranks_and_head_results(ranks(name, split))
                 d, ks = self.ws.domains[name], self.ws.cfg.eval.ks
-                per_domain.append({**domain_metrics(found[name, split], d, ks), **head})
+                per_domain.append({**domain_metrics(found[name, split], d, ks), **head.metrics})
+                if head.per_user:
+                    per_user[name, split] = head.per_user
             record[split] = mean_metrics(per_domain)
         if self.ws.is_main:
             write_stage_ranks(self.ws.out, stage, found)
+            if per_user:
+                write_stage_heads(self.ws.out, stage, per_user)
         return record
