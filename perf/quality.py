@@ -153,7 +153,10 @@ def mean_std(values: list[float]) -> dict:
 
 def stage_summary(records: list[dict]) -> dict:
     """stage -> "split/metric" -> mean, std and per-seed values, for stages every seed ran."""
-    present = set.intersection(*(set(r["stages"]) for r in records))
+    # Stages that rank (the rating references judge ratings only: perf/heads.py reports them).
+    present = set.intersection(
+        *({k for k, v in r["stages"].items() if v.get("ranked", True)} for r in records)
+    )
     order = [k for k, _ in ROWS if k in present] + sorted(present - {k for k, _ in ROWS})
     return {
         stage: {
