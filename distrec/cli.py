@@ -82,6 +82,7 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
         users_per_shard=args.users_per_shard,
         rule=args.rule,
         catalog_seed=args.catalog_seed,
+        ratings=args.ratings,
     )
     print(f"wrote {synth_domain(spec, args.out, overwrite=args.overwrite)}")
     return 0
@@ -222,6 +223,11 @@ def _add_synth_command(data_sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="seed of the item texts and the rule's chain (domains sharing it share items)",
+    )
+    p.add_argument(
+        "--ratings",
+        action="store_true",
+        help="planted 1-5 ratings (user bias + item bias + genre taste + noise) for rating heads",
     )
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_data_synth)
