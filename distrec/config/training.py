@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from distrec.config.base import Section
-from distrec.config.metric_names import MRR_K, RANKING_KINDS, parse_metric
+from distrec.config.metric_names import MRR_K, parse_metric
 from distrec.config.model import check_head_weights
 
 STAGES = ("pretrain", "zero_shot", "adapt")
@@ -62,7 +62,6 @@ class AdaptConfig(StageConfig):
         ),
     )
 
-
     @model_validator(mode="after")
     def _consistent(self) -> AdaptConfig:
         if self.heads is not None:
@@ -78,8 +77,8 @@ class StagesConfig(Section):
         default=True, description="Evaluate the pretrained model on the target without training."
     )
     adapt: AdaptConfig = Field(default=AdaptConfig(), description="Adaptation to data.target.")
-    baselines: list[Literal["popularity", "id_target_only", "text_target_only", "rating_means"]] = Field(
-        default=list(BASELINES), description="Baselines trained and evaluated on the target."
+    baselines: list[Literal["popularity", "id_target_only", "text_target_only", "rating_means"]] = (
+        Field(default=list(BASELINES), description="Baselines trained and evaluated on the target.")
     )
     # The ID baseline's own knobs exist so it is tuned, not crippled (reported in report.md).
     id_baseline_lr: float = Field(

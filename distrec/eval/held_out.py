@@ -34,7 +34,9 @@ class HeldOutSet:
         return torch.cat([targets[:, None], self.negatives], 1)
 
 
-def fixed_negatives(cases: list[EvalCase], num_items: int, k: int, seed: int, name: str) -> HeldOutSet:
+def fixed_negatives(
+    cases: list[EvalCase], num_items: int, k: int, seed: int, name: str
+) -> HeldOutSet:
     """k distinct items per case from 1..num_items outside its history and held-out item,
     drawn by a generator seeded by (`seed`, `name`); fewer allowed items than k repeat some."""
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])

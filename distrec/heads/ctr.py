@@ -106,7 +106,7 @@ def ctr_loss(out: TrainOutputs, negatives: torch.Tensor) -> torch.Tensor:
 
 def click_logits(held: HeldOut) -> torch.Tensor:
     """[U, 1+k] calibrated logits (the two-tower scores when the model has no CTR module)."""
-    return held.outputs["ctr"] if "ctr" in held.outputs else held.scores
+    return held.outputs.get("ctr", held.scores)
 
 
 def ctr_metrics(held: HeldOut, cfg: ModelConfig) -> dict[str, float]:

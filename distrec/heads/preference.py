@@ -21,7 +21,7 @@ def num_classes(cfg: ModelConfig) -> int:
     if cfg.preference_classes == "binary":
         return 2
     low, high = cfg.rating_range
-    return int(round(high - low)) + 1
+    return round(high - low) + 1
 
 
 def rating_classes(ratings: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:

@@ -117,7 +117,9 @@ class Recommender(nn.Module):
         """Scores of each history's `items` [B, m] and the head modules' outputs for its
         held-out item (column 0), after the history's newest item."""
         catalog = query.catalog
-        users = self.encode_users(UserQuery(query.domain, query.history, query.last, catalog.vectors))
+        users = self.encode_users(
+            UserQuery(query.domain, query.history, query.last, catalog.vectors)
+        )
         with torch.autocast(device_type=users.device.type, enabled=False):
             vectors = catalog.vectors[query.items].float()
             scale = float(catalog.scale.float().reshape(-1)[0])

@@ -16,8 +16,8 @@ from distrec.data.tokens import TokenTable
 from distrec.eval.beyond import ItemProfile, multi_hot
 from distrec.heads import HEADS
 from distrec.heads.base import target_heads
-from distrec.models.io import RatingTotals
 from distrec.models.features import TextEncoding, cached_catalog_features, encode_texts, feature_key
+from distrec.models.io import RatingTotals
 from distrec.utils.progress import log
 from distrec.utils.sharding import Shard
 

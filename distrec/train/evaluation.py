@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from distrec.config.schema import ModelConfig
 from distrec.eval.beyond import beyond_accuracy
 from distrec.eval.evaluate import Ranking, UserRanks, eval_cases, rank_sharded
 from distrec.eval.held_out import HeldOutSet, Judged, fixed_negatives, judge_sharded
 from distrec.eval.metrics import metrics_from_ranks
 from distrec.heads import HEADS, HeldOut
-from distrec.config.schema import ModelConfig
 from distrec.models.io import ItemBatch, ItemVectors, PairQuery, UserQuery
 from distrec.train.batches import candidate_totals
 from distrec.train.domains import DomainData
@@ -155,12 +155,20 @@ class Evaluator:
 
         cfg = self.ws.cfg
         return judge_sharded(
-            self.held_out(d, split), judge, cfg.data.max_history, cfg.eval.batch_size,
+            self.held_out(d, split),
+            judge,
+            cfg.data.max_history,
+            cfg.eval.batch_size,
             self.ws.shard(),
         )
 
     def head_metrics(
-        self, model: nn.Module, d: DomainData, split: str, heads: Sequence[str], catalog: ItemVectors
+        self,
+        model: nn.Module,
+        d: DomainData,
+        split: str,
+        heads: Sequence[str],
+        catalog: ItemVectors,
     ) -> HeadResults:
         """The results of each of `heads` that judges itself on the held-out items."""
         if not any(HEADS.get(name).metrics is not None for name in heads):
@@ -168,7 +176,6 @@ class Evaluator:
         found = self.judged(model, d, split, catalog)
         held = HeldOut(found.scores, found.outputs, found.ratings, d.train_counts[found.items])
         return judge_heads(heads, held, found.users, self.ws.cfg.model)
-
 
     @torch.no_grad()
     def catalog(self, model: nn.Module, d: DomainData) -> ItemVectors:

@@ -10,9 +10,9 @@ from distrec.config import ConfigError, RunConfig, check_environment
 from distrec.config.metric_names import RANKING_KINDS, parse_metric
 from distrec.data.prepare import check_data_names
 from distrec.distributed.launcher import check_launcher
-from distrec.models.registry import MODELS
 from distrec.heads import HEADS
 from distrec.heads.base import reporting_head, target_heads
+from distrec.models.registry import MODELS
 from distrec.train.stages.registry import planned_stages
 from distrec.train.stages.runner import run_stages  # noqa: F401  (registers the built-in stages)
 from distrec.utils.plugins import load_plugins

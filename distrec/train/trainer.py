@@ -18,6 +18,7 @@ from accelerate import Accelerator
 from torch import nn
 from transformers import get_cosine_schedule_with_warmup
 
+from distrec.config import RunConfig
 from distrec.data.collate import StreamBatch
 from distrec.data.loader import MixtureLoader, StreamLoader
 from distrec.data.stream import StreamSpec
@@ -25,12 +26,11 @@ from distrec.data.tokens import AttachTokens
 from distrec.distributed.accelerator import live_strategy
 from distrec.distributed.collectives import barrier, mean_over_ranks
 from distrec.distributed.unshard import PlainCopy
+from distrec.heads import LossContext, NegativeSampling
 from distrec.models.io import TrainBatch, TrainOutputs
 from distrec.train.batches import is_sampled, train_batch
 from distrec.train.checkpoint import Preempted, StageCheckpoints, preemption_requested
 from distrec.train.evaluation import Evaluator, reads_text
-from distrec.config import RunConfig
-from distrec.heads import LossContext, NegativeSampling
 from distrec.train.losses import JointLoss, freeze_other_heads
 from distrec.train.state import EarlyStopping, FitResult, TrainState
 from distrec.train.workspace import Workspace

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from distrec.models.io import ItemBatch, TrainOutputs
 from distrec.heads.retrieval import inclusion_log_prob, item_slots, retrieval_loss
+from distrec.models.io import ItemBatch, TrainOutputs
 from distrec.train.trainer import StagePlan, build_loader
 from distrec.train.workspace import Workspace
 from perf.common import PeakMemory, load_average, median_windows, sync

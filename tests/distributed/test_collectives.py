@@ -58,8 +58,8 @@ def batch_outputs(rank: int, users: int, cands: int) -> tuple[dict, torch.Tensor
 
 
 def _empty_rank_loss(rank: int, world: int, empty: int) -> float:
-    from distrec.models.io import TrainOutputs
     from distrec.heads.retrieval import retrieval_loss
+    from distrec.models.io import TrainOutputs
 
     shapes = [(0, 2) if r == empty else (3, 5) for r in range(world)]
     out, log_q = batch_outputs(rank, *shapes[rank])

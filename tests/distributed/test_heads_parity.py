@@ -29,8 +29,14 @@ JUDGED = ("rmse", "mae", "auc", "gauc", "logloss", "accuracy", "macro_f1")
 def rated_even_dir():
     out = CACHE / "synth"
     spec = SynthSpec(
-        name="even-rated", users=320, items=60, mean_length=10, min_length=3,
-        users_per_shard=20, seed=5, ratings=True,
+        name="even-rated",
+        users=320,
+        items=60,
+        mean_length=10,
+        min_length=3,
+        users_per_shard=20,
+        seed=5,
+        ratings=True,
     )
     synth_domain(spec, out)
     return out

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from distrec.models.io import TrainOutputs
 from distrec.heads import HEADS, Head, LossContext
+from distrec.models.io import TrainOutputs
 
 
 def bpr(out: TrainOutputs, ctx: LossContext) -> torch.Tensor:

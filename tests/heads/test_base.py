@@ -16,12 +16,16 @@ def batch_and_outputs():
     inputs = torch.tensor([[1, 2, 3]])
     targets = torch.tensor([[2, 3, 4]])
     ratings = torch.tensor([[4.0, 2.0, 5.0]])
-    batch = TrainBatch(inputs, targets, torch.tensor([True]), ItemBatch("d", torch.arange(1, 6)), ratings, ratings)
+    batch = TrainBatch(
+        inputs, targets, torch.tensor([True]), ItemBatch("d", torch.arange(1, 6)), ratings, ratings
+    )
     gen = torch.Generator().manual_seed(0)
     users = torch.nn.functional.normalize(torch.randn(3, 4, generator=gen), dim=-1)
     cand = torch.nn.functional.normalize(torch.randn(5, 4, generator=gen), dim=-1)
     heads = {"rating": torch.tensor([3.0, 3.0, 3.0]), "ctr": torch.tensor([1.0, 0.0])}
-    out = TrainOutputs(users, targets[0] - 1, cand, torch.arange(1, 6), torch.zeros(5), torch.tensor([10.0]), heads)
+    out = TrainOutputs(
+        users, targets[0] - 1, cand, torch.arange(1, 6), torch.zeros(5), torch.tensor([10.0]), heads
+    )
     return batch, out
 
 
@@ -67,7 +71,10 @@ def test_metric_directions_and_owners():
 
 def test_every_head_of_the_run_gets_its_module_and_unknown_heads_are_refused():
     cfg = RunConfig.model_validate(
-        {"model": {"heads": {"retrieval": 1.0, "ctr": 0.2}}, "stages": {"adapt": {"heads": {"rating": 1.0}}}}
+        {
+            "model": {"heads": {"retrieval": 1.0, "ctr": 0.2}},
+            "stages": {"adapt": {"heads": {"rating": 1.0}}},
+        }
     )
     assert run_heads(cfg) == ["retrieval", "ctr", "rating"]
     assert sorted(head_modules(cfg)) == ["ctr", "rating"]  # retrieval adds no module

@@ -13,7 +13,9 @@ from distrec.models.io import PairInputs, TrainOutputs
 def test_hard_negatives_are_the_top_scoring_allowed_candidates():
     users = torch.tensor([[1.0, 0.0]])
     cand = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.5, 0.5], [-1.0, 0.0]])
-    out = TrainOutputs(users, torch.tensor([0]), cand, torch.arange(1, 5), torch.zeros(4), torch.tensor([1.0]), {})
+    out = TrainOutputs(
+        users, torch.tensor([0]), cand, torch.arange(1, 5), torch.zeros(4), torch.tensor([1.0]), {}
+    )
     forbidden = torch.tensor([[True, False, False, False]])  # the positive itself
     assert hard_negatives(out, forbidden, 2).tolist() == [[1, 2]]
     forbidden = torch.tensor([[True, True, False, False]])  # and a window item
@@ -23,7 +25,9 @@ def test_hard_negatives_are_the_top_scoring_allowed_candidates():
 def test_the_calibration_scales_and_shifts_the_logits_in_the_loss():
     users = torch.tensor([[1.0, 0.0]])
     cand = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
-    plain = TrainOutputs(users, torch.tensor([0]), cand, torch.arange(1, 3), torch.zeros(2), torch.tensor([1.0]), {})
+    plain = TrainOutputs(
+        users, torch.tensor([0]), cand, torch.arange(1, 3), torch.zeros(2), torch.tensor([1.0]), {}
+    )
     calibrated = plain._replace(heads={"ctr": torch.tensor([2.0, -1.0])})
     # logits 1 (label 1) and -1 (label 0) -> 2*1-1 = 1 and 2*(-1)-1 = -3
     expected = (math.log1p(math.exp(-1.0)) + math.log1p(math.exp(-3.0))) / 2
@@ -39,7 +43,10 @@ def test_the_calibration_module_returns_its_parameters_or_calibrated_scores():
     empty = PairInputs(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1), torch.zeros(1))
     assert module(empty).tolist() == [2.0, 0.5]
     scored = PairInputs(
-        empty.users, empty.items, empty.history_mean, empty.history_count,
+        empty.users,
+        empty.items,
+        empty.history_mean,
+        empty.history_count,
         scores=torch.tensor([[1.0, -1.0]]),
     )
     assert module(scored).tolist() == [[2.5, -1.5]]

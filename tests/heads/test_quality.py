@@ -26,8 +26,14 @@ HEADS = {"retrieval": 1.0, "rating": 1.0, "ctr": 1.0}
 def rated_domains() -> Path:
     out = CACHE / "synth-rated"
     common = dict(items=60, mean_length=14, min_length=4, zipf=0.6, rule=0.5, catalog_seed=21)
-    synth_domain(SynthSpec(name="rated-src", users=600, seed=5, users_per_shard=100, ratings=True, **common), out)
-    synth_domain(SynthSpec(name="rated-tgt", users=300, seed=6, users_per_shard=50, ratings=True, **common), out)
+    synth_domain(
+        SynthSpec(name="rated-src", users=600, seed=5, users_per_shard=100, ratings=True, **common),
+        out,
+    )
+    synth_domain(
+        SynthSpec(name="rated-tgt", users=300, seed=6, users_per_shard=50, ratings=True, **common),
+        out,
+    )
     return out
 
 
@@ -69,7 +75,10 @@ def test_rating_beats_item_mean_and_ctr_beats_popularity(tmp_path, rated_domains
         train={"early_stopping_patience": 3},
     )
     model, item_mean = stages["baseline_id_target_only"], stages["baseline_item_mean"]
-    assert model["test"]["rmse"] < 0.97 * item_mean["test"]["rmse"], (model["test"], item_mean["test"])
+    assert model["test"]["rmse"] < 0.97 * item_mean["test"]["rmse"], (
+        model["test"],
+        item_mean["test"],
+    )
     assert item_mean["test"]["rmse"] < stages["baseline_global_mean"]["test"]["rmse"]
     popularity = stages["baseline_popularity"]["test"]
     assert model["test"]["auc"] > popularity["auc"] + 0.02, (model["test"]["auc"], popularity)

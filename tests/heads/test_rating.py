@@ -7,7 +7,12 @@ import torch
 from distrec.config.schema import ModelConfig
 from distrec.heads.base import HeldOut
 from distrec.heads.pairs import SHRINK
-from distrec.heads.preference import PreferenceClassifier, num_classes, preference_metrics, rating_classes
+from distrec.heads.preference import (
+    PreferenceClassifier,
+    num_classes,
+    preference_metrics,
+    rating_classes,
+)
 from distrec.heads.rating import RatingRegressor, rating_metrics
 from distrec.models.io import PairInputs
 from distrec.models.recommender import history_stats
@@ -42,14 +47,27 @@ def test_in_training_an_items_mean_leaves_out_the_rating_being_predicted():
     targets = torch.tensor([[2, 3]])
     ratings = torch.tensor([[4.0, 1.0]])
     totals = RatingTotals(torch.tensor([10.0, 9.0, 1.0]), torch.tensor([3.0, 2.0, 1.0]))
-    batch = TrainBatch(targets, targets, torch.tensor([True]), ItemBatch("d", torch.arange(1, 4)), ratings, ratings, totals)
+    batch = TrainBatch(
+        targets,
+        targets,
+        torch.tensor([True]),
+        ItemBatch("d", torch.arange(1, 4)),
+        ratings,
+        ratings,
+        totals,
+    )
     mean, count = item_stats(batch, targets[0] - 1, batch.real_positions())
     # item 2: (9 - 4) / (2 - 1) = 5 from 1 other rating; item 3: its only rating is the label
     assert mean.tolist() == [5.0, 0.0] and count.tolist() == [1.0, 0.0]
 
 
 def test_rating_metrics_clip_to_the_rating_range():
-    held = HeldOut(torch.zeros(2, 1), {"rating": torch.tensor([6.0, 2.0])}, torch.tensor([5.0, 3.0]), torch.zeros(2, 1))
+    held = HeldOut(
+        torch.zeros(2, 1),
+        {"rating": torch.tensor([6.0, 2.0])},
+        torch.tensor([5.0, 3.0]),
+        torch.zeros(2, 1),
+    )
     found = rating_metrics(held, ModelConfig())
     # 6 -> 5 (error 0), 2 (error 1): RMSE sqrt(1/2), MAE 1/2
     assert math.isclose(found["rmse"], math.sqrt(0.5)) and math.isclose(found["mae"], 0.5)
@@ -69,7 +87,9 @@ def test_preference_classes_are_rating_levels_or_like_dislike():
 
 def test_preference_metrics_take_the_most_likely_class():
     logits = torch.tensor([[0.0, 0, 0, 0, 9], [9.0, 0, 0, 0, 0], [0.0, 0, 9, 0, 0]])
-    held = HeldOut(torch.zeros(3, 1), {"preference": logits}, torch.tensor([5.0, 2.0, 3.0]), torch.zeros(3, 1))
+    held = HeldOut(
+        torch.zeros(3, 1), {"preference": logits}, torch.tensor([5.0, 2.0, 3.0]), torch.zeros(3, 1)
+    )
     found = preference_metrics(held, ModelConfig())
     # predicted classes 4, 0, 2 vs true 4, 1, 2: accuracy 2/3; F1 per class (0: 0, 1: 0,
     # 2: 1, 4: 1) -> macro 1/2

@@ -4,13 +4,13 @@ import math
 
 import torch
 
-from distrec.models.io import TrainOutputs
 from distrec.heads.retrieval import (
     duplicate_positives,
     inclusion_log_prob,
     item_slots,
     retrieval_loss,
 )
+from distrec.models.io import TrainOutputs
 
 
 def outputs(users, cand, ids, targets, scale=20.0):
@@ -108,8 +108,8 @@ def test_ranking_scores_stay_fp32_inside_autocast():
 
 
 def test_ctr_negatives_are_never_the_positive_nor_a_window_item():
-    from distrec.models.io import ItemBatch, TrainBatch
     from distrec.heads.ctr import sample_negatives, window_items
+    from distrec.models.io import ItemBatch, TrainBatch
 
     inputs = torch.tensor([[1, 2, 3, 0], [5, 6, 0, 0]])
     targets = torch.tensor([[2, 3, 4, 0], [6, 7, 0, 0]])

@@ -4,9 +4,7 @@ stages.adapt.heads; a head a stage does not train is frozen there."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import torch
 import yaml
 from safetensors.torch import load_file
 
