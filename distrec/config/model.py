@@ -140,8 +140,8 @@ class ModelConfig(Section):
             "allowed candidates (hard negatives, scored without gradient); the rest are sampled."
         ),
     )
-    rating_range: tuple[float, float] = Field(
-        default=(1.0, 5.0),
+    rating_range: list[float] = Field(
+        default=[1.0, 5.0],
         description=(
             "Rating and preference heads: the lowest and highest rating of the data (MovieLens "
             "1-5). Predicted ratings are clipped to it when evaluated; preference classes are "
@@ -190,9 +190,10 @@ class ModelConfig(Section):
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
         check_head_weights("model.heads", self.heads)
-        low, high = self.rating_range
-        if not low < high:
-            raise ValueError(f"model.rating_range={list(self.rating_range)}: expected [low, high]")
+        if len(self.rating_range) != 2 or not self.rating_range[0] < self.rating_range[1]:
+            raise ValueError(
+                f"model.rating_range={self.rating_range}: expected [low, high] with low < high"
+            )
         if self.ctr_hard_negatives > self.ctr_negatives:
             raise ValueError(
                 f"model.ctr_hard_negatives={self.ctr_hard_negatives} > ctr_negatives="

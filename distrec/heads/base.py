@@ -43,7 +43,8 @@ class LossContext:
     logq: correct sampled logits by log P(item among candidates). generator: for losses
     that draw samples (kept in the checkpoint, so a resumed run draws the same).
     negatives: how sampling losses (ctr) draw negatives. model: the model section (rating
-    range, preference classes).
+    range, preference classes). seen: [B, C] each window's user's whole training history as
+    candidate columns (computed when called: only sampling losses need it).
     """
 
     batch: TrainBatch
@@ -55,6 +56,7 @@ class LossContext:
     generator: torch.Generator
     negatives: NegativeSampling = NegativeSampling(1)
     model: ModelConfig = field(default_factory=ModelConfig)
+    seen: Callable[[], torch.Tensor] | None = None
 
 
 class HeldOut(NamedTuple):

@@ -35,7 +35,8 @@ class ScoreCalibration(nn.Module):
 
 
 def ctr(out: TrainOutputs, ctx: LossContext) -> torch.Tensor:
-    """BCE of each real position's next item vs sampled negatives outside its window."""
+    """BCE of each real position's next item vs sampled negatives that are neither in its
+    window nor anywhere in the user's training history."""
     if out.users.shape[0] == 0:
         zero = out.candidates.sum() * 0.0 + out.users.sum() * 0.0
         return zero + (calibration(out).sum() * 0.0)
@@ -43,7 +44,10 @@ def ctr(out: TrainOutputs, ctx: LossContext) -> torch.Tensor:
     weights = None
     if ctx.negatives.by_popularity:
         weights = ctx.share[batch.candidates.items.cpu()].double()
-    forbidden = window_items(batch)[batch.real_positions().nonzero()[:, 0]].cpu()
+    forbidden = window_items(batch).cpu()
+    if ctx.seen is not None:
+        forbidden = forbidden | ctx.seen()
+    forbidden = forbidden[batch.real_positions().nonzero()[:, 0].cpu()]
     k, hard = ctx.negatives.per_positive, ctx.negatives.hard
     parts = []
     if hard:

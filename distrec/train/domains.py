@@ -84,6 +84,24 @@ class DomainData:
             count.index_add_(0, items, torch.ones(len(items), dtype=torch.float64))
         return RatingTotals(total.float(), count.float())
 
+    @cached_property
+    def train_histories(self) -> dict[int, torch.Tensor]:
+        """user index -> the items of their training prefix (all but the last two)."""
+        return {
+            s["index"]: torch.tensor(s["items"][:-2], dtype=torch.long) for s in self.sequences()
+        }
+
+    def seen_columns(self, users: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """[B, C] True where candidate c (catalog indices `candidates` [C]) is in the
+        training history of user `users[b]` (a sampled negative must not be one)."""
+        column = torch.full((self.num_items + 1,), -1, dtype=torch.long)
+        column[candidates] = torch.arange(len(candidates))
+        seen = torch.zeros(len(users), len(candidates), dtype=torch.bool)
+        for row, user in enumerate(users.tolist()):
+            cols = column[self.train_histories.get(user, torch.zeros(0, dtype=torch.long))]
+            seen[row, cols[cols >= 0]] = True
+        return seen
+
     def profile(self) -> ItemProfile:
         """Training counts, LM features (cached mode) and categories (`category_field`) of
         the items, for beyond-accuracy metrics (built once)."""

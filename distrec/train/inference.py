@@ -15,6 +15,7 @@ import torch
 
 from distrec.config import ConfigError, load_config
 from distrec.data.collate import history_batch
+from distrec.heads.base import target_heads
 from distrec.models.io import UserQuery
 from distrec.train.evaluation import Evaluator
 from distrec.train.workspace import Workspace
@@ -78,9 +79,12 @@ def check_adapter_base(adapter: Path, base_file: Path) -> None:
 
 
 def evaluate_run(run_dir: str, domain: str | None = None, split: str = "test") -> str:
-    """Full-ranking metrics of a finished run's model on `domain`'s `split`, as text."""
+    """Full-ranking metrics of a finished run's model on `domain`'s `split`, and the metrics
+    of the heads trained for that domain (stages.adapt.heads on the target, else
+    model.heads), as text."""
     ws, model, domain = load_run(run_dir, domain)
-    metrics = Evaluator(ws).metrics(model, [domain], split)
+    heads = target_heads(ws.cfg) if domain == ws.cfg.data.target else ws.cfg.model.heads
+    metrics = Evaluator(ws).metrics(model, [domain], split, list(heads))
     rows = [f"{domain} ({split}, {int(metrics['users'])} users, full ranking)"]
     rows += [f"  {k:10s} {v:.4f}" for k, v in metrics.items() if k != "users"]
     return "\n".join(rows)

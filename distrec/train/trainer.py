@@ -247,10 +247,11 @@ class Trainer:
         """What the loss needs besides the outputs for stream batch `batch`, whose model input
         is `request` (TrainBatch): the domain's item shares, sampled/cross-rank candidates."""
         cfg, sampled = self.ws.cfg, is_sampled(batch)
+        d = self.ws.domains[batch["domain"]]
         cross_rank = sampled and cfg.distributed.cross_rank_negatives
         return LossContext(
             batch=request,
-            share=self.ws.domains[batch["domain"]].share,
+            share=d.share,
             sampled=sampled,
             cross_rank=cross_rank,
             logq=cfg.model.logq_correction,
@@ -262,6 +263,7 @@ class Trainer:
                 hard=cfg.model.ctr_hard_negatives,
             ),
             model=cfg.model,
+            seen=lambda: d.seen_columns(batch["users"], request.candidates.items.cpu()),
         )
 
     def epochs_left(self) -> bool:

@@ -103,6 +103,10 @@ def test_fields_stay_strict():
         config_from_dict({"model": {"heads": {}}})
     with pytest.raises(ConfigError, match=r"stages\.adapt\.heads: weights"):
         config_from_dict({"stages": {"adapt": {"heads": {"rating": -1.0}}}})
+    with pytest.raises(
+        ConfigError, match=r"model\.rating_range=\[5\.0, 1\.0\]: expected \[low, high\]"
+    ):
+        config_from_dict({"model": {"rating_range": [5.0, 1.0]}})
     with pytest.raises(ConfigError, match=r"ctr_hard_negatives=5 > ctr_negatives=4"):
         config_from_dict({"model": {"ctr_hard_negatives": 5}})
     with pytest.raises(ConfigError, match=r"stages\.extra"):

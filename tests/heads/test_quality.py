@@ -115,3 +115,11 @@ def test_joint_heads_transfer_and_write_per_user_results(tmp_path, rated_domains
     adapted, zero_shot = stages["adapt"]["test"], stages["zero_shot"]["test"]
     assert adapted["rmse"] != zero_shot["rmse"]  # the adapter trained its own rating head
     assert adapted["rmse"] < stages["baseline_item_mean"]["test"]["rmse"]
+    # `distrec evaluate` reloads the adapted model (base + adapter with its head copies)
+    # and judges the heads on the same held-out pairs: the same numbers as the record.
+    from distrec.train.inference import evaluate_run
+
+    text = evaluate_run(str(tmp_path / "joint"), "rated-tgt", "test")
+    found = dict(line.split() for line in text.splitlines()[1:])
+    for key in ("rmse", "auc", "ndcg@10"):
+        assert abs(float(found[key]) - adapted[key]) < 1e-4, (key, text)

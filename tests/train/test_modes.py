@@ -118,7 +118,11 @@ def test_a_head_that_needs_ratings_refuses_a_domain_without(synth_dir, tmp_path)
 
     small = {"pretrain": {"epochs": 1}, "adapt": {"epochs": 1}, "baselines": []}
     for name, sections, message in (
-        ("src", {"model": {"heads": {"rating": 1.0}}}, r"model\.heads has 'rating' but domain 'tiny'"),
+        (
+            "src",
+            {"model": {"heads": {"rating": 1.0}}},
+            r"model\.heads has 'rating' but domain 'tiny'",
+        ),
         (
             "tgt",
             {"stages": {**small, "adapt": {"epochs": 1, "heads": {"preference": 1.0}}}},
