@@ -87,6 +87,17 @@ def write_stage_heads(out: Path, stage: str, per_user: dict) -> Path:
     return path
 
 
+def copy_stage_heads(out: Path, source: str, stage: str) -> None:
+    """heads/<stage>.parquet as a copy of heads/<source>.parquet (the stage `adapt` = the
+    adapt model auto mode chose); nothing when the source judged no head."""
+    path = out / "heads" / f"{source}.parquet"
+    if path.exists():
+        frame = pd.read_parquet(path).assign(stage=stage)
+        tmp = out / "heads" / f"{stage}.tmp"
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(out / "heads" / f"{stage}.parquet")
+
+
 def write_heads(out: Path, stages: dict) -> Path | None:
     """heads.parquet: every finished stage's per-user head columns in one table (None when
     no stage judged a head)."""

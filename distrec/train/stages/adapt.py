@@ -14,7 +14,7 @@ from distrec.distributed.collectives import barrier
 from distrec.eval.evaluate import UserRanks
 from distrec.heads.base import better, target_heads
 from distrec.train.adapters import AdaLoraBudget, add_domain_adapter, export_adapter, save_weights
-from distrec.train.outputs import write_stage_ranks
+from distrec.train.outputs import copy_stage_heads, write_stage_ranks
 from distrec.train.stages.pipeline import Pipeline, base_weights
 from distrec.train.stages.registry import register_stage
 from distrec.train.stages.transfer import fit_towers, has_target
@@ -48,6 +48,7 @@ def adapt(pipe: Pipeline) -> None:
     pipe.results["adapt"] = {**chosen, "mode": best, "selected_by": f"valid {metric}"}
     if ws.is_main:
         write_stage_ranks(ws.out, "adapt", stage_ranks(ws.out, f"adapt_{best}"))
+        copy_stage_heads(ws.out, f"adapt_{best}", "adapt")
     barrier()
 
 
