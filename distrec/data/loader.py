@@ -26,6 +26,25 @@ from distrec.data.stream import (
 )
 
 
+def retire(batches: Iterator[dict]) -> None:
+    """Shut down a DataLoader iterator's workers and wait for its queues' feeder threads to
+    exit. The next epoch forks new workers (often at once: `prefetch`); a fork while one of
+    those threads is exiting can leave the child blocked for ever in CPython's after-fork
+    cleanup (seen: a rank that never exits), so no thread may be exiting when it forks."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is None:  # no workers (num_workers=0)
+        return
+    shutdown()
+    queues = [
+        *getattr(batches, "_index_queues", []),
+        getattr(batches, "_worker_result_queue", None),
+    ]
+    for queue in queues:
+        feeder = getattr(queue, "_thread", None)  # multiprocessing.Queue's feeder, if started
+        if feeder is not None:
+            feeder.join(timeout=10.0)
+
+
 class StreamLoader:
     """One domain's stream through a DataLoader: same batch count on every rank, resumable."""
 
@@ -89,9 +108,7 @@ class StreamLoader:
         """Shut down prefetched workers now: each is a fork of the trainer, and a finished
         stage's leftovers would otherwise hold their memory until garbage collection."""
         if self._pending is not None:
-            shutdown = getattr(self._pending[1], "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
+            retire(self._pending[1])
         self._pending = None
 
     def __iter__(self) -> Iterator[dict]:
@@ -101,6 +118,12 @@ class StreamLoader:
         pending, self._pending = self._pending, None
         fresh = pending is not None and pending[0] == self.pos.epoch and self.pos.batches == 0
         batches = pending[1] if fresh else self._start()
+        try:
+            yield from self._epoch_batches(batches, total)
+        finally:
+            retire(batches)
+
+    def _epoch_batches(self, batches: Iterator[dict], total: int) -> Iterator[dict]:
         template: dict | None = None
         epoch = self.pos.epoch
         # A suspended generator must not run on into an epoch that prefetch() started.
@@ -117,7 +140,6 @@ class StreamLoader:
             self.pos.batches += 1
             batch["domain"] = self.domain
             yield batch
-        del batches
 
     def _template(self) -> dict:
         batch = collate_sequences([{"index": 0, "items": [1, 1]}], self.stream.spec.max_history)

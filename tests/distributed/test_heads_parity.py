@@ -66,7 +66,7 @@ def reference(rated_even_dir, tmp_path_factory):
     return judged(tmp / "run")
 
 
-@pytest.mark.parametrize(("backend", "port"), [("ddp", 29651), ("zero3", 29652)])
+@pytest.mark.parametrize(("backend", "port"), [("ddp", 29671), ("zero3", 29672)])
 def test_joint_heads_match_single_process(backend, port, reference, rated_even_dir, tmp_path):
     cfg = write_config(
         tmp_path / "c.yaml",
