@@ -50,10 +50,16 @@ def rating(out: TrainOutputs, ctx: LossContext) -> torch.Tensor:
     return F.mse_loss(predicted.float(), target_ratings(out, ctx).float())
 
 
-def clipped_ratings(held: HeldOut, cfg: ModelConfig) -> torch.Tensor:
-    """[U] the predicted ratings clipped to model.rating_range (float64)."""
+def clip_ratings(predicted: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """`predicted` ratings clipped to model.rating_range (float64): how every rating
+    prediction, a head's or a reference's, is judged."""
     low, high = cfg.rating_range
-    return held.outputs["rating"].double().clamp(low, high)
+    return predicted.double().clamp(low, high)
+
+
+def clipped_ratings(held: HeldOut, cfg: ModelConfig) -> torch.Tensor:
+    """[U] the rating head's predictions, clipped."""
+    return clip_ratings(held.outputs["rating"], cfg)
 
 
 def rating_metrics(held: HeldOut, cfg: ModelConfig) -> dict[str, float]:

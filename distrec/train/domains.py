@@ -70,18 +70,25 @@ class DomainData:
         z[0] = 0.0
         return z
 
-    @cached_property
-    def rating_totals(self) -> RatingTotals | None:
-        """[N+1] sum and number of each item's training ratings (every sequence but its last
-        two items); None when the domain has no ratings."""
+    def training_ratings(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(items, ratings) of every training interaction (each sequence but its last two
+        items); None when the domain has no ratings."""
         if not self.manifest.data.get("has_ratings"):
             return None
-        total = torch.zeros(self.num_items + 1, dtype=torch.float64)
+        items = [i for s in self.sequences() for i in s["items"][:-2]]
+        ratings = [r for s in self.sequences() for r in s["ratings"][:-2]]
+        return torch.tensor(items, dtype=torch.long), torch.tensor(ratings, dtype=torch.float64)
+
+    @cached_property
+    def rating_totals(self) -> RatingTotals | None:
+        """[N+1] sum and number of each item's training ratings; None without ratings."""
+        found = self.training_ratings()
+        if found is None:
+            return None
+        items, ratings = found
+        total = torch.zeros(self.num_items + 1, dtype=torch.float64).index_add_(0, items, ratings)
         count = torch.zeros(self.num_items + 1, dtype=torch.float64)
-        for s in self.sequences():
-            items = torch.tensor(s["items"][:-2], dtype=torch.long)
-            total.index_add_(0, items, torch.tensor(s["ratings"][:-2], dtype=torch.float64))
-            count.index_add_(0, items, torch.ones(len(items), dtype=torch.float64))
+        count.index_add_(0, items, torch.ones(len(items), dtype=torch.float64))
         return RatingTotals(total.float(), count.float())
 
     @cached_property

@@ -7,21 +7,20 @@ import pytest
 from distrec.data.synth import SynthSpec, synth_domain
 from tests.conftest import CACHE
 
+# 16 shards x 20 users, batch 16: 8 shards and 10 full batches per reader.
+EVEN = dict(users=320, items=60, mean_length=10, min_length=3, users_per_shard=20, seed=5)
+
 
 @pytest.fixture(scope="session")
 def even_dir():
-    # 16 shards x 20 users, batch 16: 8 shards and 10 full batches per reader.
     out = CACHE / "synth"
-    synth_domain(
-        SynthSpec(
-            name="even",
-            users=320,
-            items=60,
-            mean_length=10,
-            min_length=3,
-            users_per_shard=20,
-            seed=5,
-        ),
-        out,
-    )
+    synth_domain(SynthSpec(name="even", **EVEN), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def rated_even_dir():
+    """The `even` domain's shape with planted ratings (heads parity)."""
+    out = CACHE / "synth"
+    synth_domain(SynthSpec(name="even-rated", ratings=True, **EVEN), out)
     return out

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import pytest
 
-from distrec.data.synth import SynthSpec, synth_domain
-from tests.conftest import CACHE
 from tests.distributed.launching import (
     TOL,
     check,
@@ -23,23 +21,6 @@ pytestmark = pytest.mark.integration
 
 HEADS = {"retrieval": 1.0, "rating": 0.5, "ctr": 0.5, "preference": 0.2}
 JUDGED = ("rmse", "mae", "auc", "gauc", "logloss", "accuracy", "macro_f1")
-
-
-@pytest.fixture(scope="module")
-def rated_even_dir():
-    out = CACHE / "synth"
-    spec = SynthSpec(
-        name="even-rated",
-        users=320,
-        items=60,
-        mean_length=10,
-        min_length=3,
-        users_per_shard=20,
-        seed=5,
-        ratings=True,
-    )
-    synth_domain(spec, out)
-    return out
 
 
 def heads_config(prepared, out, **sections):

@@ -37,10 +37,11 @@ def rated_domains() -> Path:
     return out
 
 
-def run(tmp_path: Path, prepared: Path, name: str, **sections) -> dict:
-    cfg = tiny_run_config(
+def rated_config(prepared: Path, out: Path, **sections) -> dict:
+    """A tiny run config: rated-src -> rated-tgt, `sections` merged on top."""
+    return tiny_run_config(
         prepared,
-        tmp_path / name,
+        out,
         data={
             "domains": [
                 {"name": "rated-src", "format": "prepared"},
@@ -52,6 +53,10 @@ def run(tmp_path: Path, prepared: Path, name: str, **sections) -> dict:
         output={"tensorboard": False},
         **sections,
     )
+
+
+def run(tmp_path: Path, prepared: Path, name: str, **sections) -> dict:
+    cfg = rated_config(prepared, tmp_path / name, **sections)
     (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
     assert run_training(str(tmp_path / f"{name}.yaml")) == 0
     return json.loads((tmp_path / name / "metrics.json").read_text())["stages"]

@@ -9,22 +9,13 @@ import math
 import yaml
 
 from distrec.train.entry import run_training
-from tests.conftest import tiny_run_config
-from tests.heads.test_quality import rated_domains  # noqa: F401  (the fixture)
+from tests.heads.test_quality import rated_config, rated_domains  # noqa: F401  (the fixture)
 
 
 def tiny_seed(prepared, out, heads: dict, baselines: list[str]) -> None:
-    cfg = tiny_run_config(
+    cfg = rated_config(
         prepared,
         out,
-        data={
-            "domains": [
-                {"name": "rated-src", "format": "prepared"},
-                {"name": "rated-tgt", "format": "prepared"},
-            ],
-            "sources": ["rated-src"],
-            "target": "rated-tgt",
-        },
         model={"heads": heads},
         stages={
             "pretrain": {"epochs": 1},
@@ -33,7 +24,6 @@ def tiny_seed(prepared, out, heads: dict, baselines: list[str]) -> None:
             "id_baseline_epochs": 1,
             "text_baseline_epochs": 1,
         },
-        output={"tensorboard": False},
     )
     path = out.parent.parent / f"{out.parent.name}.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -9,22 +9,13 @@ import yaml
 from safetensors.torch import load_file
 
 from distrec.train.entry import run_training
-from tests.conftest import tiny_run_config
-from tests.heads.test_quality import rated_domains  # noqa: F401  (the fixture)
+from tests.heads.test_quality import rated_config, rated_domains  # noqa: F401  (the fixture)
 
 
 def test_adapt_can_train_a_head_that_pretraining_did_not(tmp_path, rated_domains):  # noqa: F811
-    cfg = tiny_run_config(
+    cfg = rated_config(
         rated_domains,
         tmp_path / "run",
-        data={
-            "domains": [
-                {"name": "rated-src", "format": "prepared"},
-                {"name": "rated-tgt", "format": "prepared"},
-            ],
-            "sources": ["rated-src"],
-            "target": "rated-tgt",
-        },
         model={"heads": {"retrieval": 1.0}},
         stages={
             "pretrain": {"epochs": 1},
@@ -32,7 +23,6 @@ def test_adapt_can_train_a_head_that_pretraining_did_not(tmp_path, rated_domains
             "baselines": ["id_target_only"],
             "id_baseline_epochs": 1,
         },
-        output={"tensorboard": False},
     )
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert run_training(str(tmp_path / "c.yaml")) == 0

@@ -11,6 +11,7 @@ from distrec.eval.evaluate import UserRanks, eval_cases, rank_sharded
 from distrec.eval.pointwise import accuracy, auc, gauc, item_means, macro_f1, mae, rmse, user_auc
 from distrec.heads.base import target_heads
 from distrec.heads.preference import rating_classes
+from distrec.heads.rating import clip_ratings
 from distrec.train.evaluation import HeadResults
 from distrec.train.outputs import write_stage_heads
 from distrec.train.stages.pipeline import Pipeline, new_model
@@ -73,14 +74,19 @@ def rating_means(pipe: Pipeline) -> None:
     preference accuracy/macro-F1 from the rounded prediction."""
     cfg = pipe.ws.cfg
     d = pipe.ws.domains[cfg.data.target]
-    items, ratings = training_ratings(d)
-    global_mean = ratings.double().mean().float()
-    per_item = item_means(items, ratings, d.num_items)
+    found = d.training_ratings()
+    if found is None:
+        raise ConfigError(
+            f"stages.baselines has rating_means but domain {d.name!r} has no ratings; map "
+            "`columns.rating` when preparing it or drop rating_means"
+        )
+    items, ratings = found
+    global_mean = ratings.mean().float()
+    per_item = item_means(items, ratings.float(), d.num_items)
     predictors = {
         "baseline_global_mean": lambda targets: global_mean.expand(len(targets)),
         "baseline_item_mean": lambda targets: per_item[targets],
     }
-    low, high = cfg.model.rating_range
     for stage, predict in predictors.items():
         record: dict = {"domains": [cfg.data.target], "ranked": False}
         per_user = {}
@@ -88,7 +94,7 @@ def rating_means(pipe: Pipeline) -> None:
             held = pipe.evaluator.held_out(d, split)
             targets = torch.tensor([c.target for c in held.cases], dtype=torch.long)
             true = torch.tensor([c.rating for c in held.cases], dtype=torch.float32)
-            predicted = predict(targets).double().clamp(low, high)
+            predicted = clip_ratings(predict(targets), cfg.model)
             record[split] = rating_reference_metrics(predicted, true, cfg.model)
             per_user[cfg.data.target, split] = {
                 "user": case_users(held.cases),
@@ -101,25 +107,9 @@ def rating_means(pipe: Pipeline) -> None:
         pipe.results[stage] = record
 
 
-def training_ratings(d) -> tuple[torch.Tensor, torch.Tensor]:
-    """(items, ratings) of every training interaction (each sequence but its last two)."""
-    items, ratings = [], []
-    for s in d.sequences():
-        if s.get("ratings") is None:
-            raise ConfigError(
-                f"stages.baselines has rating_means but domain {d.name!r} has no ratings; map "
-                "`columns.rating` when preparing it or drop rating_means"
-            )
-        items += s["items"][:-2]
-        ratings += s["ratings"][:-2]
-    return torch.tensor(items, dtype=torch.long), torch.tensor(ratings, dtype=torch.float32)
-
-
 def rating_reference_metrics(predicted: torch.Tensor, true: torch.Tensor, model) -> dict:
-    """RMSE/MAE of a reference prediction (clipped to model.rating_range), and accuracy/
-    macro-F1 of its rounded class; `users` as every record has it."""
-    low, high = model.rating_range
-    predicted = predicted.double().clamp(low, high)
+    """RMSE/MAE of a reference prediction (already clipped), and accuracy/macro-F1 of its
+    rounded class; `users` as every record has it."""
     classes, truth = rating_classes(predicted, model), rating_classes(true, model)
     return {
         "users": float(len(true)),
