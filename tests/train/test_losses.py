@@ -148,14 +148,31 @@ def test_ctr_negatives_and_sampling_reach_the_loss(synth_dir, tmp_path):
 
     stages = {"pretrain": {"epochs": 1}, "zero_shot": False, "adapt": {"enabled": False}}
     stages |= {"baselines": []}
-    losses = {}
+    losses, aucs = {}, {}
     for name, model in (
         ("k1", {"heads": {"ctr": 1.0}, "ctr_negatives": 1}),
         ("k8", {"heads": {"ctr": 1.0}, "ctr_negatives": 8}),
         ("k8pop", {"heads": {"ctr": 1.0}, "ctr_negatives": 8, "ctr_sampling": "popularity"}),
+        ("k8hard", {"heads": {"ctr": 1.0}, "ctr_negatives": 8, "ctr_hard_negatives": 4}),
     ):
         found = train(tmp_path, synth_dir, name, model=model, stages=stages, train={"max_steps": 4})
         losses[name] = found["pretrain"]["history"][0]["loss"]
+        aucs[name] = found["pretrain"]["test"]["auc"]
+    # the model's own top-scoring items are harder negatives than uniform draws
+    assert losses["k8hard"] > losses["k8"]
+    # eval.ctr_negatives changes what the held-out items are judged against, not training
+    model = {"heads": {"ctr": 1.0}, "ctr_negatives": 8}
+    few = train(
+        tmp_path,
+        synth_dir,
+        "k8eval5",
+        model=model,
+        stages=stages,
+        train={"max_steps": 4},
+        eval={"ctr_negatives": 5},
+    )
+    assert few["pretrain"]["history"][0]["loss"] == losses["k8"]
+    assert few["pretrain"]["test"]["auc"] != aucs["k8"]
     # more negatives per positive: the BCE is averaged over more (easy) zeros
     assert losses["k1"] != losses["k8"] != losses["k8pop"]
     # popular negatives are harder to tell from the positive than uniform ones
