@@ -24,6 +24,7 @@ def check_consistency(
     check_mode_allows_lm_adapters(model, peft)
     check_tuned_stage_is_one_model(tune, stages)
     check_zero_shot_has_pretraining(stages)
+    check_transfer_techniques(model, data)
 
 
 def check_stages_have_data(stages: StagesConfig, data: DataConfig) -> None:
@@ -64,4 +65,19 @@ def check_zero_shot_has_pretraining(stages: StagesConfig) -> None:
         raise ValueError(
             "stages.zero_shot=true evaluates the pretrained model, but stages.pretrain.enabled=false; "
             "enable pretraining or set stages.zero_shot=false"
+        )
+
+
+def check_transfer_techniques(model: ModelConfig, data: DataConfig) -> None:
+    """Alignment needs a source and a target; a knowledge graph needs edges from somewhere."""
+    if model.domain_adversarial is not None and data.domains and not (data.target and data.sources):
+        raise ValueError(
+            "model.domain_adversarial aligns sources with the target, but data.sources/"
+            "data.target are not both set; name them or set model.domain_adversarial=null"
+        )
+    edges = any(d.kg_fields or d.kg_triples for d in data.domains)
+    if model.kg is not None and data.domains and not edges:
+        raise ValueError(
+            "model.kg is set but no domain gives graph edges; add data.domains[].kg_fields "
+            "(relation -> item field, e.g. {genre: genre}) or kg_triples, or set model.kg=null"
         )

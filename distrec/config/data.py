@@ -108,6 +108,21 @@ class DomainConfig(Section):
             "(ild_category@K); null = none."
         ),
     )
+    kg_fields: dict[str, str] = Field(
+        default={},
+        description=(
+            "Knowledge graph (model.kg): relation -> item field whose whitespace- or |-separated "
+            "values are the item's entities of that relation, e.g. {genre: genre, year: "
+            "release_year}. The same relation name in two domains shares its entities."
+        ),
+    )
+    kg_triples: str | None = Field(
+        default=None,
+        description=(
+            "Knowledge graph (model.kg): a CSV or Parquet file of `head,relation,tail` rows, head "
+            "an item id of this domain's item table (validated with file:line errors)."
+        ),
+    )
 
 
 class DataConfig(Section):

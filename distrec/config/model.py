@@ -31,6 +31,63 @@ class UserTowerConfig(Section):
     )
 
 
+class DomainAdversarialConfig(Section):
+    """Domain-adversarial alignment while pretraining (DANN): a gradient-reversal layer and a
+    small domain classifier over source and target representations. The target contributes
+    its catalog texts only (no interactions), so zero-shot stays zero-shot."""
+
+    weight: float = Field(
+        default=0.1, gt=0.0, description="Weight of the domain classifier's loss in the joint loss."
+    )
+    on: Literal["item", "user"] = Field(
+        default="item",
+        description=(
+            "`item`: the item tower's content vectors (text, and the KG when on; no ID rows); "
+            "`user`: user states over pseudo-histories of random catalog items of each domain."
+        ),
+    )
+    schedule: Literal["constant", "dann", "linear"] = Field(
+        default="dann",
+        description=(
+            "Reversal strength over the stage's progress p in [0, 1]: `constant` 1, `linear` p, "
+            "`dann` 2 / (1 + exp(-10 p)) - 1 (Ganin et al.: a weak start while features form)."
+        ),
+    )
+    items: int = Field(
+        default=256,
+        ge=2,
+        description="Representations per domain per step fed to the classifier (source and target).",
+    )
+    history: int = Field(default=20, ge=1, description="`on: user`: length of each pseudo-history.")
+    held_out: float = Field(
+        default=0.2,
+        gt=0.0,
+        lt=1.0,
+        description=(
+            "Fraction of each domain's items the classifier never trains on; its accuracy, logged "
+            "per epoch, is measured on them (balanced over the two domains: chance is 50%)."
+        ),
+    )
+
+
+class KgConfig(Section):
+    """Knowledge-graph fusion: item -> relation -> entity edges (from catalog fields,
+    `data.domains[].kg_fields`, and/or a triples file, `kg_triples`) aggregated R-GCN style
+    into an entity vector fused into the item vector with a learned gate. Entities with the
+    same relation and value share one embedding across domains."""
+
+    aggregate: Literal["mean", "attention"] = Field(
+        default="mean",
+        description=(
+            "How an item pools its entities: `mean` per relation, each relation its own linear map "
+            "(one R-GCN layer); `attention`: the item's text vector attends over its entities."
+        ),
+    )
+    max_neighbours: int = Field(
+        default=16, ge=1, description="Entities kept per item (the first, in relation order)."
+    )
+
+
 class ModelConfig(Section):
     """The item encoder (a pretrained LM), the towers on top, and how items are scored."""
 
@@ -175,6 +232,20 @@ class ModelConfig(Section):
     )
     user_tower: UserTowerConfig = Field(
         default=UserTowerConfig(), description="The user tower's shape."
+    )
+    domain_adversarial: DomainAdversarialConfig | None = Field(
+        default=None,
+        description=(
+            "Domain-adversarial alignment of sources and target while pretraining (null = off); "
+            "needs a text item tower and a data.target."
+        ),
+    )
+    kg: KgConfig | None = Field(
+        default=None,
+        description=(
+            "Knowledge-graph fusion into the text item tower (null = off); the graph comes from "
+            "data.domains[].kg_fields and kg_triples."
+        ),
     )
 
     @model_validator(mode="before")

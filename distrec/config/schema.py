@@ -14,7 +14,14 @@ from pydantic import Field, model_validator
 from distrec.config.base import Section
 from distrec.config.consistency import check_consistency
 from distrec.config.data import ColumnMap, DataConfig, DomainConfig
-from distrec.config.model import AdaLoraConfig, ModelConfig, PeftConfig, UserTowerConfig
+from distrec.config.model import (
+    AdaLoraConfig,
+    DomainAdversarialConfig,
+    KgConfig,
+    ModelConfig,
+    PeftConfig,
+    UserTowerConfig,
+)
 from distrec.config.runtime import DistributedConfig, OutputConfig, TuneConfig
 from distrec.config.training import (
     BASELINES,
@@ -34,8 +41,10 @@ __all__ = [
     "ColumnMap",
     "DataConfig",
     "DistributedConfig",
+    "DomainAdversarialConfig",
     "DomainConfig",
     "EvalConfig",
+    "KgConfig",
     "ModelConfig",
     "OutputConfig",
     "PeftConfig",

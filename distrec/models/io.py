@@ -44,6 +44,20 @@ class RatingTotals(NamedTuple):
 
 
 @dataclass(frozen=True)
+class AlignBatch:
+    """Domain-adversarial alignment inputs riding along a training batch: `items` per domain
+    (the batch's source and the target, unlabeled catalog items), `target` the target's
+    name, `reversal` the gradient-reversal strength this step; `on` item (content vectors)
+    or user (user states after `histories` [n, L] of a domain's items, or None)."""
+
+    items: dict[str, ItemBatch]
+    target: str
+    reversal: float
+    on: str = "item"
+    histories: dict[str, torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
 class TrainBatch:
     """Windows of one domain to train on.
 
@@ -53,6 +67,7 @@ class TrainBatch:
     distinct items end to end). ratings: [B, T] each target's rating (for a rating loss),
     input_ratings: [B, T] each input's (the heads read the history's ratings so far);
     item_ratings: the candidates' training rating totals [C]; all None when the data has none.
+    align: domain-adversarial inputs (model.domain_adversarial), else None.
     """
 
     inputs: torch.Tensor
@@ -62,6 +77,7 @@ class TrainBatch:
     ratings: torch.Tensor | None = None
     input_ratings: torch.Tensor | None = None
     item_ratings: RatingTotals | None = None
+    align: AlignBatch | None = None
 
     @property
     def domain(self) -> str:
@@ -142,11 +158,19 @@ class ItemVectors(NamedTuple):
     scale: torch.Tensor
 
 
+class DomainLogits(NamedTuple):
+    """logits: [n] the domain critic's "from the target" logits; labels: [n] 1.0 = target."""
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+
+
 class TrainOutputs(NamedTuple):
     """users: [P, d] user vectors at the real positions; targets: [P] their next item as an
     index into candidates; candidates: [C, d]; candidate_items: [C] catalog indices;
     bias: [C]; scale: [1]; heads: each head module's output at the real positions (e.g.
-    heads["rating"] [P]; distrec.heads)."""
+    heads["rating"] [P]; distrec.heads); domain: the domain critic's logits and labels
+    (1 = target) when the batch carried AlignBatch inputs."""
 
     users: torch.Tensor
     targets: torch.Tensor
@@ -155,3 +179,4 @@ class TrainOutputs(NamedTuple):
     bias: torch.Tensor
     scale: torch.Tensor
     heads: dict[str, torch.Tensor] | None = None
+    domain: DomainLogits | None = None

@@ -16,7 +16,10 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from distrec.config.schema import ModelConfig
+from distrec.models.alignment import DomainCritic
 from distrec.models.io import (
+    AlignBatch,
+    DomainLogits,
     ItemBatch,
     ItemVectors,
     PairInputs,
@@ -60,6 +63,9 @@ class Recommender(nn.Module):
             cfg.user_tower.dropout if dropout is None else dropout,
         )
         self.heads = nn.ModuleDict(heads or {})
+        # Pretraining-only (model.domain_adversarial): attached before and removed after the
+        # stage, so exported bases never carry it.
+        self.critic: DomainCritic | None = None
         # Starts as a full log-popularity prior, so the towers learn taste beyond popularity
         # (which does not transfer) while popularity comes from each domain's own counts.
         # Shape [1], not a scalar: DeepSpeed broadcasts parameters as byte views, which
@@ -77,7 +83,7 @@ class Recommender(nn.Module):
         # DeepSpeed derives its "auto" ZeRO-3 bucket sizes from model.config.hidden_size.
         self.config = lm.config if lm is not None else PretrainedConfig(hidden_size=cfg.dim)
 
-    def forward(self, request: TrainBatch | ItemBatch | UserQuery):
+    def forward(self, request: TrainBatch | ItemBatch | UserQuery | PairQuery | AlignBatch):
         """Dispatch a typed request to its method (see the module docstring for why)."""
         if isinstance(request, TrainBatch):
             return self.train_outputs(request)
@@ -87,6 +93,8 @@ class Recommender(nn.Module):
             return self.encode_users(request)
         if isinstance(request, PairQuery):
             return self.judge_pairs(request)
+        if isinstance(request, AlignBatch):
+            return self.domain_logits(request)
         raise TypeError(f"unknown request {type(request).__name__}; see distrec.models.io")
 
     def encode_items(self, batch: ItemBatch) -> ItemVectors:
@@ -109,9 +117,43 @@ class Recommender(nn.Module):
                 users, cand.vectors[targets], mean[real], count[real], item_mean, item_count
             )
             heads = {name: module(pair) for name, module in self.heads.items()}
+        domain = self.domain_logits(batch.align) if batch.align is not None else None
         return TrainOutputs(
-            users, targets, cand.vectors, batch.candidates.items, cand.bias, cand.scale, heads
+            users,
+            targets,
+            cand.vectors,
+            batch.candidates.items,
+            cand.bias,
+            cand.scale,
+            heads,
+            domain,
         )
+
+    def aligned_representations(self, align: AlignBatch) -> dict[str, torch.Tensor]:
+        """Per domain of `align`: the item tower's unit content vectors (no ID rows: what a
+        zero-shot target item has) or, `on: user`, the user states after its histories."""
+        reps = {}
+        for name, items in align.items.items():
+            content = self._unit(self.item_tower.content(items))
+            if align.on == "user":
+                table = torch.cat([content.new_zeros(1, content.shape[1]), content])
+                history = align.histories[name]
+                last = torch.full((history.shape[0],), history.shape[1] - 1, device=history.device)
+                content = self.encode_users(UserQuery(name, history, last, table))
+            reps[name] = content
+        return reps
+
+    def domain_logits(self, align: AlignBatch) -> DomainLogits:
+        """The domain critic's logits over `align`'s representations, through the reversal."""
+        if self.critic is None:
+            raise ValueError("an AlignBatch needs the domain critic (attach_critic) on the model")
+        reps = self.aligned_representations(align)
+        names = list(reps)
+        logits = self.critic(torch.cat([reps[n] for n in names]), align.reversal)
+        labels = torch.cat(
+            [torch.full((reps[n].shape[0],), float(n == align.target)) for n in names]
+        ).to(logits.device)
+        return DomainLogits(logits, labels)
 
     def judge_pairs(self, query: PairQuery) -> PairOutputs:
         """Scores of each history's `items` [B, m] and the head modules' outputs for its

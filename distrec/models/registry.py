@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from distrec.config.schema import ModelConfig
+from distrec.data.kg import ItemGraph
 from distrec.models.recommender import Recommender
 from distrec.models.towers import IdItemTower, ItemTower
 from distrec.utils.registry import Registry
@@ -27,7 +28,8 @@ class ModelSpec:
     domain_items: items per domain (ID tables, domain embeddings); feature_dim: the LM's
     hidden size (0 when no LM was loaded); lm: the LM itself in end-to-end mode, else None;
     dropout: the user tower's dropout when it differs from model.user_tower.dropout;
-    heads: the head modules the model runs on its (user, item) pairs (distrec.heads).
+    heads: the head modules the model runs on its (user, item) pairs (distrec.heads);
+    graph: the item knowledge graph (model.kg; distrec.data.kg), else None.
     """
 
     cfg: ModelConfig
@@ -37,6 +39,7 @@ class ModelSpec:
     lm: nn.Module | None = None
     dropout: float | None = None
     heads: dict[str, nn.Module] = field(default_factory=dict)
+    graph: ItemGraph | None = None
 
 
 ModelBuilder = Callable[[ModelSpec], nn.Module]
@@ -45,8 +48,9 @@ MODELS: Registry[ModelBuilder] = Registry("model architecture", "model.architect
 
 @MODELS.register("two_tower")
 def two_tower(spec: ModelSpec) -> Recommender:
-    """Item = projected LM text (+ a per-domain ID row, `model.item_id_embeddings`)."""
-    tower = ItemTower(spec.cfg, spec.feature_dim, spec.domain_items, lm=spec.lm)
+    """Item = projected LM text (+ gated knowledge-graph entities, `model.kg`) (+ a per-domain
+    ID row, `model.item_id_embeddings`)."""
+    tower = ItemTower(spec.cfg, spec.feature_dim, spec.domain_items, spec.lm, spec.graph)
     return Recommender(
         spec.cfg, tower, list(spec.domain_items), spec.max_len, spec.dropout, spec.heads
     )

@@ -15,8 +15,10 @@ from torch import nn
 
 from distrec.config.errors import ConfigError
 from distrec.config.schema import ModelConfig, UserTowerConfig
+from distrec.data.kg import ItemGraph
 from distrec.models.encoder import default_lm_targets, encode_tokens
 from distrec.models.io import ItemBatch
+from distrec.models.kg import KgFusion
 
 PROJECTION_HIDDEN = 512
 
@@ -60,6 +62,7 @@ class ItemTower(nn.Module):
         feature_dim: int,
         domain_items: dict[str, int],
         lm: nn.Module | None = None,
+        graph: ItemGraph | None = None,
     ) -> None:
         super().__init__()
         self.pooling, self.length_buckets = cfg.pooling, cfg.length_buckets
@@ -78,15 +81,28 @@ class ItemTower(nn.Module):
         if self.ids is not None:
             for table in self.ids.values():
                 nn.init.zeros_(table.weight)
+        self.kg = None
+        if cfg.kg is not None:
+            if graph is None:
+                raise ValueError("model.kg is set but no item graph was given to the item tower")
+            self.kg = KgFusion(graph, cfg.dim, cfg.kg.aggregate)
 
-    def forward(self, batch: ItemBatch) -> torch.Tensor:
-        """[N, d] vectors of `batch.items`; text from its features ([N, H]) or its tokens."""
+    def content(self, batch: ItemBatch) -> torch.Tensor:
+        """[N, d] what an item's text (and its knowledge-graph entities) say, without its ID
+        row: all a zero-shot target item has; features [N, H] cached, else its tokens."""
         features = batch.features
         if features is None:
             features = encode_tokens(
                 self.lm, batch.input_ids, batch.attention_mask, self.pooling, self.length_buckets
             )
         out = self.proj(features.to(self.proj.fc_in.weight.dtype))
+        if self.kg is not None:
+            out = self.kg(batch.domain, batch.items, out)
+        return out
+
+    def forward(self, batch: ItemBatch) -> torch.Tensor:
+        """[N, d] vectors of `batch.items`: content (+ the domain's ID rows)."""
+        out = self.content(batch)
         if self.ids is None:
             return out
         id_rows = self.ids[id_table_key(batch.domain)](batch.items)

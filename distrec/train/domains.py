@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from distrec.config import ConfigError, RunConfig
+from distrec.data.kg import ItemGraph, build_graph
 from distrec.data.manifest import Manifest, load_manifest, manifest_path
 from distrec.data.shards import read_sequences
 from distrec.data.tokens import TokenTable
@@ -210,3 +211,20 @@ def attach_text(cfg: RunConfig, d: DomainData, text: ItemText, shard: Shard) -> 
             text.tokenizer, d.texts, m.max_text_tokens, cfg.cache_dir, m.item_encoder, catalog_sha
         )
     log(f"{d.name}: {d.num_items} items ready ({m.mode} mode)")
+
+
+def item_graph(cfg: RunConfig) -> ItemGraph | None:
+    """The knowledge graph over every domain of the run (sources and target, whichever of
+    them a process opens, so the entity vocabulary is always the same); None without
+    model.kg."""
+    if cfg.model.kg is None:
+        return None
+    names = [*cfg.data.sources, *([cfg.data.target] if cfg.data.target else [])]
+    catalogs = {n: (read_domain(cfg, n).catalog, cfg.domain(n)) for n in names}
+    graph = build_graph(catalogs, cfg.model.kg.max_neighbours)
+    edges = ", ".join(f"{n} {graph.edges(n)}" for n in names)
+    log(
+        f"knowledge graph: {len(graph.entities) - 1} entities, {len(graph.relations) - 1} "
+        f"relations; item edges: {edges}"
+    )
+    return graph

@@ -71,6 +71,20 @@ class TrainHook:
         """When the stage's training has ended (also after early stopping)."""
 
 
+class LossTerm(TrainHook):
+    """A hook that adds a term to the stage's joint loss (e.g. distillation, domain-adversarial
+    alignment): it may add inputs to each step's request (inside the wrapped forward, so
+    every backend sees one forward) and returns its loss from the outputs."""
+
+    def request(self, trainer: Trainer, request: TrainBatch) -> TrainBatch:
+        """The step's model input, with whatever the term needs added (unchanged by default)."""
+        return request
+
+    def loss(self, trainer: Trainer, out: TrainOutputs, ctx: LossContext) -> torch.Tensor:
+        """The term's (weighted) loss for this step."""
+        raise NotImplementedError
+
+
 def build_loader(ws: Workspace, plan: StagePlan, with_tokens: bool) -> MixtureLoader:
     """The plan's training stream on this rank (a mixture over its domains); `with_tokens`:
     end to end, the workers tokenize each batch's distinct items."""
@@ -124,6 +138,7 @@ class Trainer:
     ) -> None:
         cfg = ws.cfg
         self.ws, self.plan, self.hooks = ws, plan, list(hooks)
+        self.terms = [h for h in self.hooks if isinstance(h, LossTerm)]
         self.accelerator: Accelerator = ws.accelerator
         self.reads_text = reads_text(model)
         self.loss = JointLoss(plan.head_weights(cfg))
@@ -213,8 +228,13 @@ class Trainer:
         d = self.ws.domains[batch["domain"]]
         with acc.accumulate(self.model), acc.autocast():
             request = train_batch(batch, d, self.ws.device, self.reads_text)
+            for term in self.terms:
+                request = term.request(self, request)
             out: TrainOutputs = self.model(request)
-            loss = self.loss(out, self.loss_context(batch, request))
+            ctx = self.loss_context(batch, request)
+            loss = self.loss(out, ctx)
+            for term in self.terms:
+                loss = loss + term.loss(self, out, ctx)
             acc.backward(loss)
             if acc.sync_gradients and max_norm:
                 acc.clip_grad_norm_(self.model.parameters(), max_norm)
@@ -226,6 +246,11 @@ class Trainer:
                     hook.on_step(self, self.state.result.steps)
             self.optimizer.zero_grad()
         return loss, acc.sync_gradients
+
+    @property
+    def progress(self) -> float:
+        """The fraction of the stage's step budget done (0 at the start, 1 at the end)."""
+        return self.state.result.steps / max(1, self.total_steps)
 
     def evaluate(self, split: str) -> dict[str, float]:
         """Metrics of the model being trained on the plan's evaluation domains."""

@@ -16,17 +16,18 @@ import torch
 from accelerate import Accelerator
 
 from distrec.config import ConfigError, RunConfig, dump_config
+from distrec.data.kg import ItemGraph
 from distrec.distributed.collectives import barrier, gather_tensors
 from distrec.distributed.env import rank_and_world
 from distrec.models.encoder import hidden_size, load_encoder
-from distrec.train.domains import DomainData, ItemText, attach_text, read_domain
+from distrec.train.domains import DomainData, ItemText, attach_text, item_graph, read_domain
 from distrec.utils.sharding import Shard
 
 
 @dataclass(frozen=True)
 class Workspace:
     """A run's shared, typed state. `text` is None when no stage reads item text (only the
-    popularity and ID-only baselines run)."""
+    popularity and ID-only baselines run); `graph` is the item knowledge graph (model.kg)."""
 
     cfg: RunConfig
     accelerator: Accelerator
@@ -35,6 +36,7 @@ class Workspace:
     domains: dict[str, DomainData]
     text: ItemText | None = None
     resume: bool = False
+    graph: ItemGraph | None = None
 
     @classmethod
     def open(
@@ -57,7 +59,7 @@ class Workspace:
             for d in domains.values():
                 attach_text(cfg, d, text, collective_shard())
         out = Path(cfg.output.dir) if out is None else out
-        return cls(cfg, accelerator, precision, out, domains, text, resume)
+        return cls(cfg, accelerator, precision, out, domains, text, resume, item_graph(cfg))
 
     @property
     def rank_world(self) -> tuple[int, int]:

@@ -78,7 +78,9 @@ def new_model(
     with torch.random.fork_rng(devices=[]):  # the towers start the same with or without heads
         torch.manual_seed(ws.cfg.seed + 1)
         heads = head_modules(ws.cfg.model_copy(update={"model": cfg}))
-    spec = ModelSpec(cfg, items, ws.cfg.data.max_history, ws.feature_dim, lm, dropout, heads)
+    spec = ModelSpec(
+        cfg, items, ws.cfg.data.max_history, ws.feature_dim, lm, dropout, heads, ws.graph
+    )
     return build_model(architecture, spec)
 
 

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from distrec.config import RunConfig
 from distrec.train.adapters import add_lm_lora, save_weights
+from distrec.train.alignment import DomainAlignment, attach_critic, detach_critic, domain_probe
 from distrec.train.stages.pipeline import Pipeline, base_weights, new_model
 from distrec.train.stages.registry import register_stage
 from distrec.train.state import FitResult
-from distrec.train.trainer import StagePlan
+from distrec.train.trainer import StagePlan, TrainHook
+from distrec.utils.progress import log
 
 
-def fit_towers(pipe: Pipeline, model: nn.Module, plan: StagePlan) -> tuple[nn.Module, FitResult]:
+def fit_towers(
+    pipe: Pipeline, model: nn.Module, plan: StagePlan, hooks: Sequence[TrainHook] = ()
+) -> tuple[nn.Module, FitResult]:
     """Train every trainable tower parameter; in end-to-end mode the frozen LM gets a LoRA
     that is merged into the weights afterwards (the next stage starts from it)."""
     cfg = pipe.ws.cfg
     e2e = cfg.model.mode == "end_to_end" and cfg.peft.method != "none"
     if e2e:
         model = add_lm_lora(model, cfg, plan.name.replace("_", "-"))
-    model, result = pipe.train(model, plan)
+    model, result = pipe.train(model, plan, hooks)
     if e2e:
         model = model.merge_and_unload()
     return model, result
@@ -43,10 +49,22 @@ def pretrain(pipe: Pipeline) -> None:
         train_fraction=cfg.stages.pretrain.train_fraction,
         heads=cfg.model.heads,
     )
-    base, fitted = fit_towers(pipe, new_model(pipe.ws), plan)
+    model, hooks = new_model(pipe.ws), []
+    if cfg.model.domain_adversarial is not None:
+        attach_critic(model, pipe.ws)
+        hooks.append(DomainAlignment(pipe.ws, cfg.model.domain_adversarial))
+    base, fitted = fit_towers(pipe, model, plan, hooks)
+    detach_critic(base)
     if pipe.ws.is_main:
         save_weights(base, base_weights(pipe.ws.out))
-    pipe.results["pretrain"] = pipe.record(base, plan, fitted)
+    record = pipe.record(base, plan, fitted)
+    if has_target(cfg) and hasattr(base.item_tower, "content"):
+        record["domain_probe"] = domain_probe(base, pipe.ws, cfg.seed)
+        log(
+            f"pretrain: a fresh domain classifier tells {record['domain_probe']['accuracy']:.1%} "
+            "of held-out source/target items apart (balanced; chance 50%)"
+        )
+    pipe.results["pretrain"] = record
     pipe.base = base
 
 

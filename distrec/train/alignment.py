@@ -1,0 +1,191 @@
+"""Domain-adversarial alignment while pretraining (model.domain_adversarial), and the probe
+that measures how well a fresh classifier still tells the domains apart.
+
+Each domain's items are split once, by a hash of the item index, into items the classifier
+trains on and held-out items its accuracy is measured on (balanced over the two domains, so
+chance is 50%). The target contributes catalog items only: no interaction of the target is
+read, so the zero-shot stage stays zero-shot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distrec.config import ConfigError
+from distrec.config.schema import DomainAdversarialConfig
+from distrec.heads import LossContext
+from distrec.models.alignment import DomainCritic, reversal_strength
+from distrec.models.io import AlignBatch, ItemBatch, TrainBatch, TrainOutputs
+from distrec.train.evaluation import Evaluator
+from distrec.train.trainer import LossTerm, Trainer
+from distrec.train.workspace import Workspace
+from distrec.utils.progress import log
+
+PROBE_STEPS = 300
+PROBE_LR = 1e-2
+
+
+def held_out_items(num_items: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, held-out) catalog indices of a domain's items, split by a fixed hash of the
+    index (Knuth's multiplicative hash): the same items every run, seed and process."""
+    items = torch.arange(1, num_items + 1)
+    bucket = (items * 2654435761) % 2**32 / 2**32
+    return items[bucket >= fraction], items[bucket < fraction]
+
+
+def balanced_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over the two classes of the share predicted right (chance = 0.5)."""
+    right = (logits > 0).float() == labels
+    per_class = [right[labels == c].float().mean() for c in (0.0, 1.0) if (labels == c).any()]
+    return float(torch.stack(per_class).mean())
+
+
+def align_batch(
+    ws: Workspace, chosen: dict[str, torch.Tensor], cfg: DomainAdversarialConfig, reversal: float
+) -> AlignBatch:
+    """The AlignBatch of catalog items `chosen` (domain -> indices); `on: user` adds
+    pseudo-histories over them (positions drawn by a generator seeded from the items)."""
+    evaluator = Evaluator(ws)
+    items: dict[str, ItemBatch] = {}
+    histories = {} if cfg.on == "user" else None
+    for name, idx in chosen.items():
+        d = ws.domains[name]
+        items[name] = evaluator.item_batch(d, idx, text=True, e2e=d.tokens is not None)
+        if histories is not None:
+            gen = torch.Generator().manual_seed(int(idx.sum()) % 2**31)
+            shape = (len(idx), min(cfg.history, ws.cfg.data.max_history))
+            histories[name] = torch.randint(1, len(idx) + 1, shape, generator=gen).to(ws.device)
+    return AlignBatch(items, ws.cfg.data.target, reversal, cfg.on, histories)
+
+
+class DomainAlignment(LossTerm):
+    """The adversarial term of pretraining: each step, `items` training items of the batch's
+    source and of the target go through the critic behind a gradient-reversal layer; at each
+    epoch end the critic's held-out accuracy goes into the epoch's history entry."""
+
+    def __init__(self, ws: Workspace, cfg: DomainAdversarialConfig) -> None:
+        self.ws, self.cfg, self.target = ws, cfg, ws.cfg.data.target
+        names = [*ws.cfg.data.sources, self.target]
+        self.split = {n: held_out_items(ws.domains[n].num_items, cfg.held_out) for n in names}
+        self.seen, self.right = 0, 0.0
+
+    def request(self, trainer: Trainer, request: TrainBatch) -> TrainBatch:
+        """`request` with this step's alignment items (drawn with the trainer's checkpointed
+        generator, so a resumed stage draws what the uninterrupted one did)."""
+        reversal = reversal_strength(self.cfg.schedule, trainer.progress)
+        chosen = {}
+        for name in (request.domain, self.target):
+            pool = self.split[name][0]
+            pick = torch.randint(0, len(pool), (self.cfg.items,), generator=trainer.state.gen)
+            chosen[name] = pool[pick]
+        return dataclasses.replace(request, align=align_batch(self.ws, chosen, self.cfg, reversal))
+
+    def loss(self, trainer: Trainer, out: TrainOutputs, ctx: LossContext) -> torch.Tensor:
+        """weight x the critic's binary cross-entropy (its gradient reversed into the towers)."""
+        logits, labels = out.domain
+        self.seen += 1
+        self.right += balanced_accuracy(logits.detach().float(), labels)
+        return self.cfg.weight * F.binary_cross_entropy_with_logits(logits.float(), labels)
+
+    def on_epoch_end(self, trainer: Trainer, entry: dict, last: bool) -> None:
+        """The critic's accuracy on held-out items (and its running training accuracy)."""
+        held = {n: self.split[n][1] for n in (*self.ws.cfg.data.sources, self.target)}
+        with torch.no_grad():
+            trainer.model.eval()
+            accuracy = pair_accuracies(trainer.model, self.ws, held, self.cfg)
+            trainer.model.train()
+        entry["domain_accuracy"] = accuracy
+        entry["domain_train_accuracy"] = self.right / max(1, self.seen)
+        entry["reversal"] = reversal_strength(self.cfg.schedule, trainer.progress)
+        self.seen, self.right = 0, 0.0
+        log(
+            f"{trainer.plan.name} epoch {trainer.state.epoch}: domain classifier accuracy "
+            f"{accuracy:.1%} on held-out items (train {entry['domain_train_accuracy']:.1%}, "
+            f"reversal {entry['reversal']:.2f}; chance 50%)"
+        )
+
+
+def pair_accuracies(
+    model: nn.Module, ws: Workspace, held: dict[str, torch.Tensor], cfg: DomainAdversarialConfig
+) -> float:
+    """Mean over sources of the critic's balanced accuracy on (source, target) held-out items,
+    through the model's forward (every rank runs the same requests)."""
+    target = ws.cfg.data.target
+    found = []
+    for source in ws.cfg.data.sources:
+        chosen = {source: held[source], target: held[target]}
+        logits, labels = model(align_batch(ws, chosen, cfg, 0.0))
+        found.append(balanced_accuracy(logits.float(), labels))
+    return sum(found) / len(found)
+
+
+def attach_critic(model: nn.Module, ws: Workspace) -> None:
+    """Give the model a fresh domain critic (seeded apart from the towers)."""
+    if not hasattr(model.item_tower, "content"):
+        raise ConfigError(
+            f"model.domain_adversarial needs an item tower with content vectors (two_tower); "
+            f"model.architecture={ws.cfg.model.architecture!r} has none: set it to null"
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ws.cfg.seed + 2)
+        model.critic = DomainCritic(ws.cfg.model.dim).to(ws.device)
+
+
+def detach_critic(model: nn.Module) -> None:
+    """Remove the critic: the exported base holds only what inference uses."""
+    model.critic = None
+
+
+def representations(
+    model: nn.Module, ws: Workspace, items: dict[str, torch.Tensor], on: str
+) -> dict[str, torch.Tensor]:
+    """A plain model's aligned representations of `items` (no gradient)."""
+    cfg = ws.cfg.model.domain_adversarial or DomainAdversarialConfig(on=on)
+    with torch.no_grad():
+        model.eval()
+        return model.aligned_representations(align_batch(ws, items, cfg, 0.0))
+
+
+def domain_probe(model: nn.Module, ws: Workspace, seed: int) -> dict[str, float]:
+    """How separable the domains still are: a fresh critic trained (full batch, seeded) on
+    the training items' representations from a plain `model`, its balanced accuracy on the
+    held-out items, per source against the target, averaged. Runs with or without
+    alignment, so the unaligned value is measured the same way."""
+    cfg = ws.cfg.model.domain_adversarial or DomainAdversarialConfig()
+    target, accuracies = ws.cfg.data.target, []
+    splits = {n: held_out_items(ws.domains[n].num_items, cfg.held_out) for n in ws.domains}
+    for source in ws.cfg.data.sources:
+        parts = [{n: splits[n][i] for n in (source, target)} for i in (0, 1)]
+        train, held = (representations(model, ws, p, cfg.on) for p in parts)
+        accuracies.append(probe_accuracy(train, held, target, seed))
+    return {"accuracy": sum(accuracies) / len(accuracies), "on": cfg.on}
+
+
+def probe_accuracy(
+    train: dict[str, torch.Tensor], held: dict[str, torch.Tensor], target: str, seed: int
+) -> float:
+    """Balanced held-out accuracy of a critic fitted on `train` (domain -> [n, d]), each
+    domain weighted equally."""
+
+    def stacked(reps: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([r.float().cpu() for r in reps.values()])
+        y = torch.cat([torch.full((len(r),), float(n == target)) for n, r in reps.items()])
+        return x, y
+
+    (x, y), (hx, hy) = stacked(train), stacked(held)
+    weight = torch.where(y == 1, 0.5 / y.mean(), 0.5 / (1 - y.mean()))
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        torch.manual_seed(seed)
+        critic = DomainCritic(x.shape[1])
+        opt = torch.optim.Adam(critic.parameters(), lr=PROBE_LR)
+        for _ in range(PROBE_STEPS):
+            opt.zero_grad()
+            loss = F.binary_cross_entropy_with_logits(critic(x, 0.0), y, weight=weight)
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return balanced_accuracy(critic(hx, 0.0), hy)
