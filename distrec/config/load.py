@@ -15,13 +15,19 @@ from distrec.config.schema import RunConfig
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `3e-4` as a float (YAML 1.1 needs a dot)."""
+    """SafeLoader that reads `3e-4` as a float (YAML 1.1 needs a dot) and only true/false as
+    booleans (YAML 1.2): `on: item` is the key "on", not True, and `no` is a string."""
 
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)$"),
     list("-+0123456789."),
+)
+for _first, _resolvers in _Loader.yaml_implicit_resolvers.items():
+    _resolvers[:] = [(tag, rx) for tag, rx in _resolvers if tag != "tag:yaml.org,2002:bool"]
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
 
 

@@ -157,8 +157,9 @@ def domain_fingerprint(
 ) -> str:
     """What makes two prepared domains the same dataset: settings and file contents."""
     # Content, not location: the same files moved elsewhere are the same dataset. The
-    # category field only chooses what evaluation reads from the prepared catalog.
-    exclude = {"interactions", "items", "category_field"}
+    # category field and the knowledge graph only choose what evaluation and the model
+    # read from the prepared catalog (the graph is built when a run starts).
+    exclude = {"interactions", "items", "category_field", "kg_fields", "kg_triples"}
     return sha256_json(
         {
             "domain": domain.model_dump(mode="json", exclude=exclude),
