@@ -27,9 +27,11 @@ from distrec.config.training import (
     BASELINES,
     STAGES,
     AdaptConfig,
+    DistillConfig,
     EvalConfig,
     StageConfig,
     StagesConfig,
+    StudentConfig,
     TrainConfig,
 )
 
@@ -40,6 +42,7 @@ __all__ = [
     "AdaptConfig",
     "ColumnMap",
     "DataConfig",
+    "DistillConfig",
     "DistributedConfig",
     "DomainAdversarialConfig",
     "DomainConfig",
@@ -52,6 +55,7 @@ __all__ = [
     "Section",
     "StageConfig",
     "StagesConfig",
+    "StudentConfig",
     "TrainConfig",
     "TuneConfig",
     "UserTowerConfig",

@@ -69,6 +69,88 @@ class AdaptConfig(StageConfig):
         return self
 
 
+class StudentConfig(Section):
+    """The distilled student's model: an architecture and a smaller shape; every other model
+    setting (item encoder, mode, heads, prior) is the run's model section."""
+
+    architecture: str = Field(
+        default="id_only",
+        description=(
+            "A registered architecture (two_tower: text in cached or end-to-end mode as the run's "
+            "model.mode; id_only: ID rows only, nothing to encode at serving)."
+        ),
+    )
+    dim: int = Field(default=64, ge=8, description="The student's vector width.")
+    layers: int = Field(default=1, ge=1, description="The student's user-tower layers.")
+    heads: int = Field(default=1, ge=1, description="The student's user-tower attention heads.")
+    dropout: float | None = Field(
+        default=None,
+        ge=0.0,
+        lt=1.0,
+        description="The student's user-tower dropout (null = model.user_tower.dropout).",
+    )
+    score: Literal["cosine", "dot"] | None = Field(
+        default=None, description="The student's score function (null = model.score)."
+    )
+    temperature: float | None = Field(
+        default=None, gt=0.0, description="The student's temperature (null = model.temperature)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudentConfig:
+        if self.dim % self.heads:
+            raise ValueError(
+                f"stages.distill.student.dim={self.dim} is not divisible by heads={self.heads}"
+            )
+        return self
+
+
+class DistillConfig(StageConfig):
+    """Knowledge distillation on the target: a finished stage's model (the teacher) taught
+    to a smaller student; loss = the target heads' loss + alpha * T^2 * KL(teacher || student)
+    over the next-item softmax of the candidates (or the teacher's top_k of them)."""
+
+    enabled: bool = Field(default=False, description="Run the distillation stage.")
+    epochs: int = Field(
+        default=30, ge=0, description="Epochs of the student (upper bound with early stopping)."
+    )
+    teacher: Literal["adapt", "adapt_lora", "adapt_full"] = Field(
+        default="adapt",
+        description="The stage of this run whose exported model teaches (it must run first).",
+    )
+    student: StudentConfig = Field(default=StudentConfig(), description="The student's model.")
+    alpha: float = Field(
+        default=1.0, gt=0.0, description="Weight of the distillation term in the student's loss."
+    )
+    temperature: float = Field(
+        default=2.0, gt=0.0, description="Softmax temperature T of both distributions in the KL."
+    )
+    top_k: int | None = Field(
+        default=None,
+        ge=2,
+        description=(
+            "Match only the teacher's top_k candidates per position (both distributions "
+            "renormalised over them), for large catalogs; null = every candidate."
+        ),
+    )
+    cache_teacher: bool = Field(
+        default=False,
+        description=(
+            "Keep the teacher's encoded catalog (item vectors and bias: an LM forward per item "
+            "end to end) on disk under <output.dir>/distill/, keyed by the teacher's weights, so "
+            "a resumed or repeated stage does not encode it again. Per-position teacher logits "
+            "are always computed on the fly: each epoch's windows differ (data.train_window)."
+        ),
+    )
+    control: bool = Field(
+        default=True,
+        description=(
+            "Also train the same student without the teacher (stage distill_alone), on the same "
+            "split, so the report shows what distillation adds."
+        ),
+    )
+
+
 class StagesConfig(Section):
     """Which stages and baselines run, in the order pretrain, zero_shot, adapt, baselines."""
 
@@ -77,6 +159,10 @@ class StagesConfig(Section):
         default=True, description="Evaluate the pretrained model on the target without training."
     )
     adapt: AdaptConfig = Field(default=AdaptConfig(), description="Adaptation to data.target.")
+    distill: DistillConfig = Field(
+        default=DistillConfig(),
+        description="Knowledge distillation of an adapted model into a smaller student.",
+    )
     baselines: list[Literal["popularity", "id_target_only", "text_target_only", "rating_means"]] = (
         Field(default=list(BASELINES), description="Baselines trained and evaluated on the target.")
     )

@@ -181,9 +181,14 @@ class Recommender(nn.Module):
         )
         return PairOutputs(scores, {name: module(pair) for name, module in self.heads.items()})
 
+    def user_states(self, vectors: torch.Tensor, domain: str) -> torch.Tensor:
+        """[B, T, d] (unit, under cosine) user vectors after every position of histories of
+        item vectors [B, T, d]."""
+        return self._unit(self.user_tower(vectors, domain))
+
     def encode_users(self, query: UserQuery) -> torch.Tensor:
         """[B, d] user vectors after each history's newest item."""
-        states = self._unit(self.user_tower(query.table[query.history], query.domain))
+        states = self.user_states(query.table[query.history], query.domain)
         return states[torch.arange(query.history.size(0), device=query.history.device), query.last]
 
     @staticmethod

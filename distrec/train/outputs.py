@@ -17,6 +17,8 @@ ROWS = [
     ("adapt", "adapted (source -> target; stages.adapt.mode)"),
     ("adapt_lora", "  adapted with a LoRA adapter"),
     ("adapt_full", "  adapted by full warm-start fine-tuning"),
+    ("distill", "  distilled student (stages.distill)"),
+    ("distill_alone", "  the same student without the teacher"),
     ("zero_shot", "zero-shot (source only)"),
     ("baseline_text_target_only", "target-only text model"),
     ("baseline_id_target_only", "target-only ID model (SASRec-style)"),
@@ -161,9 +163,9 @@ def stage_table(stages: dict, target: str | None) -> str:
 
 
 HEAD_ROWS = [
-    *ROWS[:4],
+    *ROWS[:6],
     ("pretrain", "pretraining (sources)"),
-    *ROWS[4:],
+    *ROWS[6:],
     ("baseline_item_mean", "item-mean rating"),
     ("baseline_global_mean", "global-mean rating"),
 ]

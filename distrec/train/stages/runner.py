@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 # The built-in stages register themselves on import (their `order` sets the run order).
-from distrec.train.stages import adapt, baselines, transfer  # noqa: F401
+from distrec.train.stages import adapt, baselines, distill, transfer  # noqa: F401
 from distrec.train.stages.pipeline import Pipeline
 from distrec.train.stages.registry import STAGES, planned_stages
 from distrec.train.trainer import TrainHook
