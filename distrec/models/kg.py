@@ -43,10 +43,11 @@ class KgFusion(nn.Module):
         # module's parameters when it is called.
         table = self.entities(self.entity_ids)
         maps = self.relation_maps.to(table.dtype)
-        out = torch.zeros_like(table)
-        for r in range(1, maps.shape[0]):
-            rows = self.entity_relation == r
-            out[rows] = table[rows] @ maps[r]
+        parts = [(self.entity_relation == r, table @ maps[r]) for r in range(1, maps.shape[0])]
+        # Under autocast the products come out in the compute dtype, not the table's.
+        out = parts[0][1].new_zeros(table.shape)
+        for rows, mapped in parts:
+            out[rows] = mapped[rows]
         return out
 
     def pooled(self, domain: str, items: torch.Tensor, text: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Domain-adversarial alignment while pretraining (model.domain_adversarial), and the probe
 that measures how well a fresh classifier still tells the domains apart.
 
-Each domain's items are split once, by a hash of the item index, into items the classifier
+Each domain's items are split once, by a hash of the item's text, into items the classifier
 trains on and held-out items its accuracy is measured on (balanced over the two domains, so
 chance is 50%). The target contributes catalog items only: no interaction of the target is
 read, so the zero-shot stage stays zero-shot.
@@ -10,6 +10,7 @@ read, so the zero-shot stage stays zero-shot.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import torch
 import torch.nn.functional as F
@@ -29,11 +30,14 @@ PROBE_STEPS = 300
 PROBE_LR = 1e-2
 
 
-def held_out_items(num_items: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, held-out) catalog indices of a domain's items, split by a fixed hash of the
-    index (Knuth's multiplicative hash): the same items every run, seed and process."""
-    items = torch.arange(1, num_items + 1)
-    bucket = (items * 2654435761) % 2**32 / 2**32
+def held_out_items(texts: list[str], fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, held-out) catalog indices of a domain's items (`texts` in item order), split by
+    a hash of each item's text: the same item in two catalogs (the same text) is held out in
+    both or in neither, so a classifier cannot score by remembering it under the other label."""
+    bucket = torch.tensor(
+        [int.from_bytes(hashlib.sha256(t.encode()).digest()[:4], "big") / 2**32 for t in texts]
+    )
+    items = torch.arange(1, len(texts) + 1)
     return items[bucket >= fraction], items[bucket < fraction]
 
 
@@ -70,7 +74,7 @@ class DomainAlignment(LossTerm):
     def __init__(self, ws: Workspace, cfg: DomainAdversarialConfig) -> None:
         self.ws, self.cfg, self.target = ws, cfg, ws.cfg.data.target
         names = [*ws.cfg.data.sources, self.target]
-        self.split = {n: held_out_items(ws.domains[n].num_items, cfg.held_out) for n in names}
+        self.split = {n: held_out_items(ws.domains[n].texts, cfg.held_out) for n in names}
         self.seen, self.right = 0, 0.0
 
     def request(self, trainer: Trainer, request: TrainBatch) -> TrainBatch:
@@ -157,7 +161,7 @@ def domain_probe(model: nn.Module, ws: Workspace, seed: int) -> dict[str, float]
     alignment, so the unaligned value is measured the same way."""
     cfg = ws.cfg.model.domain_adversarial or DomainAdversarialConfig()
     target, accuracies = ws.cfg.data.target, []
-    splits = {n: held_out_items(ws.domains[n].num_items, cfg.held_out) for n in ws.domains}
+    splits = {n: held_out_items(ws.domains[n].texts, cfg.held_out) for n in ws.domains}
     for source in ws.cfg.data.sources:
         parts = [{n: splits[n][i] for n in (source, target)} for i in (0, 1)]
         train, held = (representations(model, ws, p, cfg.on) for p in parts)
