@@ -15,11 +15,13 @@ CRITIC_HIDDEN = 64
 class _Reverse(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, coefficient: float) -> torch.Tensor:
+        """The identity (a view, so autograd records this node)."""
         ctx.coefficient = coefficient
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
+        """The incoming gradient times -coefficient (none for the coefficient itself)."""
         return -ctx.coefficient * grad, None
 
 

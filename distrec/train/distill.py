@@ -57,7 +57,8 @@ class Distillation(LossTerm):
     real training position."""
 
     def __init__(self, ws: Workspace, teacher: nn.Module, cfg: DistillConfig, source: Path):
-        self.ws, self.cfg, self.teacher = ws, cfg, teacher
+        self.ws, self.teacher = ws, teacher
+        self.alpha, self.temperature, self.top_k = cfg.alpha, cfg.temperature, cfg.top_k
         teacher.to(ws.device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -82,9 +83,7 @@ class Distillation(LossTerm):
             return out.users.sum() * 0.0
         with torch.autocast(device_type=out.users.device.type, enabled=False):
             teacher = self.teacher_logits(ctx.batch)
-            return self.cfg.alpha * kd_loss(
-                student_logits(out), teacher, self.cfg.temperature, self.cfg.top_k
-            )
+            return self.alpha * kd_loss(student_logits(out), teacher, self.temperature, self.top_k)
 
 
 def teacher_catalog(ws: Workspace, teacher: nn.Module, domain: str, source: Path | None):
