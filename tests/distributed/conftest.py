@@ -24,3 +24,12 @@ def rated_even_dir():
     out = CACHE / "synth"
     synth_domain(SynthSpec(name="even-rated", ratings=True, **EVEN), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def even_pair_dir():
+    """`even` as the source and a second domain of its shape as the target (transfer)."""
+    out = CACHE / "synth"
+    synth_domain(SynthSpec(name="even", **EVEN), out)
+    synth_domain(SynthSpec(name="even-b", **{**EVEN, "seed": 6}), out)
+    return out
