@@ -105,14 +105,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from distrec.train.inference import evaluate_run
 
-    print(evaluate_run(args.run, domain=args.domain, split=args.split))
+    print(evaluate_run(args.run, domain=args.domain, split=args.split, export=args.export))
     return 0
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
     from distrec.train.inference import recommend
 
-    print(recommend(args.run, args.domain, args.history, k=args.k))
+    print(recommend(args.run, args.domain, args.history, k=args.k, export=args.export))
     return 0
 
 
@@ -250,6 +250,11 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--domain", default=None, help="domain to evaluate (default: the target)")
     p.add_argument("--split", default="test", choices=["valid", "test"])
+    p.add_argument(
+        "--export",
+        default=None,
+        help="an exported model with its own model section, e.g. distill (the distilled student)",
+    )
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("recommend", help="top-k items for a history of item titles")
@@ -257,6 +262,11 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--domain", required=True)
     p.add_argument("--history", nargs="+", required=True, help="item ids (titles), oldest first")
     p.add_argument("-k", type=int, default=10)
+    p.add_argument(
+        "--export",
+        default=None,
+        help="an exported model with its own model section, e.g. distill (the distilled student)",
+    )
     p.set_defaults(func=_cmd_recommend)
 
 

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import torch
+import yaml
 
 from distrec.config import ConfigError, load_config
 from distrec.data.collate import history_batch
@@ -22,8 +23,10 @@ from distrec.train.workspace import Workspace
 from distrec.utils.hashing import sha256_file
 
 
-def load_run(run_dir: str | Path, domain: str | None):
-    """(workspace, model, domain) with the domain's adapter active when it has one."""
+def load_run(run_dir: str | Path, domain: str | None, export: str | None = None):
+    """(workspace, model, domain) with the domain's adapter active when it has one; with
+    `export`, the model exported with its own model section under export/<domain>-<export>/
+    (a distilled student: `distill`, `distill_alone`)."""
     from peft import PeftModel
 
     from distrec.distributed.accelerator import build_accelerator
@@ -45,6 +48,8 @@ def load_run(run_dir: str | Path, domain: str | None):
         raise ConfigError(f"{base_file}: missing; the run did not finish pretraining")
     accelerator, precision = build_accelerator(cfg)
     ws = Workspace.open(cfg, accelerator, precision, out=run_dir)
+    if export is not None:
+        return ws, load_export(ws, domain, export), domain
     model = load_base(ws)
     adapter = run_dir / "adapters" / domain
     if domain == cfg.data.target and adapted_mode(run_dir) == "full":
@@ -56,6 +61,26 @@ def load_run(run_dir: str | Path, domain: str | None):
         model = PeftModel.from_pretrained(model, str(adapter), adapter_name=domain)
     model.eval()
     return ws, model, domain
+
+
+def load_export(ws: Workspace, domain: str, name: str) -> torch.nn.Module:
+    """The model of export/<domain>-<name>/: rebuilt from its model.yaml, weights read."""
+    from safetensors.torch import load_model
+
+    from distrec.config.schema import ModelConfig
+    from distrec.train.stages.pipeline import new_model
+
+    folder = ws.out / "export" / f"{domain}-{name}"
+    if not (folder / "model.yaml").exists():
+        found = sorted(p.parent.name for p in (ws.out / "export").glob("*/model.yaml"))
+        raise ConfigError(
+            f"--export {name!r}: {folder} holds no model.yaml; exports with their own model "
+            f"section in this run: {found or 'none'} (stages.distill writes <domain>-distill)"
+        )
+    section = ModelConfig(**yaml.safe_load((folder / "model.yaml").read_text())["model"])
+    model = new_model(ws, cfg=section)
+    load_model(model, str(folder / "model.safetensors"))
+    return model.eval()
 
 
 def adapted_mode(run_dir: Path) -> str | None:
@@ -78,11 +103,13 @@ def check_adapter_base(adapter: Path, base_file: Path) -> None:
         )
 
 
-def evaluate_run(run_dir: str, domain: str | None = None, split: str = "test") -> str:
-    """Full-ranking metrics of a finished run's model on `domain`'s `split`, and the metrics
-    of the heads trained for that domain (stages.adapt.heads on the target, else
-    model.heads), as text."""
-    ws, model, domain = load_run(run_dir, domain)
+def evaluate_run(
+    run_dir: str, domain: str | None = None, split: str = "test", export: str | None = None
+) -> str:
+    """Full-ranking metrics of a finished run's model (or its `export`, see load_run) on
+    `domain`'s `split`, and the metrics of the heads trained for that domain
+    (stages.adapt.heads on the target, else model.heads), as text."""
+    ws, model, domain = load_run(run_dir, domain, export)
     heads = target_heads(ws.cfg) if domain == ws.cfg.data.target else ws.cfg.model.heads
     metrics = Evaluator(ws).metrics(model, [domain], split, list(heads))
     rows = [f"{domain} ({split}, {int(metrics['users'])} users, full ranking)"]
@@ -91,9 +118,11 @@ def evaluate_run(run_dir: str, domain: str | None = None, split: str = "test") -
 
 
 @torch.no_grad()
-def recommend(run_dir: str, domain: str, titles: list[str], k: int = 10) -> str:
-    """The top `k` items for a history of item ids (`titles`), as text."""
-    ws, model, domain = load_run(run_dir, domain)
+def recommend(
+    run_dir: str, domain: str, titles: list[str], k: int = 10, export: str | None = None
+) -> str:
+    """The top `k` items for a history of item ids (`titles`), as text (`export`: load_run)."""
+    ws, model, domain = load_run(run_dir, domain, export)
     d = ws.domains[domain]
     index = dict(zip(d.catalog["item_id"], d.catalog["item_index"], strict=True))
     unknown = [t for t in titles if t not in index]

@@ -124,3 +124,9 @@ def test_a_distilled_student_beats_the_same_student_alone(synth_dir, tmp_path):
     section = yaml.safe_load((out / "export" / "tiny-b-distill" / "model.yaml").read_text())
     assert section["model"]["architecture"] == "id_only" and section["model"]["dim"] == 16
     assert list((out / "distill").glob("teacher-tiny-b-*.safetensors"))
+    # The export rebuilds from its own model section and scores what the stage recorded.
+    from distrec.train.inference import evaluate_run
+
+    text = evaluate_run(str(out), export="distill")
+    got = float(next(line.split()[1] for line in text.splitlines() if "ndcg@10" in line))
+    assert got == pytest.approx(taught["test"]["ndcg@10"], abs=1e-4)
