@@ -183,15 +183,10 @@ def metric_table(rows: dict[str, dict]) -> list[str]:
     return lines
 
 
-def markdown(result: dict) -> str:
-    d, a, k = result["distillation"], result["alignment"], result["knowledge_graph"]
+def distill_lines(d: dict) -> list[str]:
+    """The distillation section: metrics, serving cost and ratios."""
     sv = d["serving"]
     lines = [
-        "# Transfer techniques on ML-1M -> ML-100K (test split, mean ± std over seeds)",
-        "",
-        f"Seeds {result['seeds']}; 2 CPU processes; intervals: paired bootstrap 95% over users "
-        "(every seed of a drawn user). Commands: perf/transfer.py's docstring.",
-        "",
         "## Knowledge distillation (teacher: the KG run's adapted model; student: ID-only, "
         "dim 64, 1 layer)",
         "",
@@ -214,9 +209,13 @@ def markdown(result: dict) -> str:
             f"| {label} | {s['params']:.0f} ({s['params'] / sv['teacher']['params']:.1%}) | "
             f"{cell(s['users_per_s'])} | {cell(s['speedup'])} | {cell(s['speedup_median'])} |"
         )
-    lines += ["", *ratio_lines(d["ratios"]), ""]
+    return [*lines, "", *ratio_lines(d["ratios"]), ""]
+
+
+def alignment_lines(a: dict) -> list[str]:
+    """The alignment section: the critic per epoch, the probes, zero-shot with and without."""
     epochs = ", ".join(f"{e['mean']:.3f}" for e in a["critic_accuracy_per_epoch"])
-    lines += [
+    return [
         "## Domain-adversarial alignment (pretraining; item content vectors)",
         "",
         f"- Co-trained critic's balanced accuracy on held-out items, per epoch: {epochs}",
@@ -234,16 +233,35 @@ def markdown(result: dict) -> str:
         "",
         *ratio_lines(a["ratios"]),
         "",
+    ]
+
+
+def kg_lines(k: dict) -> list[str]:
+    """The knowledge-graph section: stages with and without the graph."""
+    rows = {
+        **{f"{s}, with KG": v for s, v in k["with_kg"].items()},
+        **{f"{s}, without KG": v for s, v in k["without_kg"].items()},
+    }
+    return [
         "## Knowledge-graph fusion (genres and years as shared entities)",
         "",
-        *metric_table(
-            {
-                **{f"{s}, with KG": v for s, v in k["with_kg"].items()},
-                **{f"{s}, without KG": v for s, v in k["without_kg"].items()},
-            }
-        ),
+        *metric_table(rows),
         "",
         *ratio_lines(k["ratios"]),
+    ]
+
+
+def markdown(result: dict) -> str:
+    """transfer.md: one section per technique."""
+    lines = [
+        "# Transfer techniques on ML-1M -> ML-100K (test split, mean ± std over seeds)",
+        "",
+        f"Seeds {result['seeds']}; 2 CPU processes; intervals: paired bootstrap 95% over users "
+        "(every seed of a drawn user). Commands: perf/transfer.py's docstring.",
+        "",
+        *distill_lines(result["distillation"]),
+        *alignment_lines(result["alignment"]),
+        *kg_lines(result["knowledge_graph"]),
     ]
     return "\n".join(lines) + "\n"
 
