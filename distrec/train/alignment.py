@@ -106,6 +106,9 @@ class DomainAlignment(LossTerm):
         entry["domain_train_accuracy"] = self.right / max(1, self.seen)
         entry["reversal"] = reversal_strength(self.cfg.schedule, trainer.progress)
         self.seen, self.right = 0, 0.0
+        trainer.accelerator.log(
+            {f"{trainer.plan.name}/domain_accuracy": accuracy}, step=trainer.state.epoch
+        )
         log(
             f"{trainer.plan.name} epoch {trainer.state.epoch}: domain classifier accuracy "
             f"{accuracy:.1%} on held-out items (train {entry['domain_train_accuracy']:.1%}, "

@@ -219,6 +219,36 @@ def beyond_table(stages: dict, k: int) -> str:
     return "\n".join(lines)
 
 
+def transfer_lines(stages: dict) -> list[str]:
+    """The transfer techniques' facts: each distilled student's serving cost beside its
+    teacher's, and the domain probe of pretraining (with the critic's last accuracy when
+    aligned); empty when neither ran."""
+    lines = []
+    for key in ("distill", "distill_alone"):
+        if key in stages:
+            s, t = stages[key]["student"], stages[key]["teacher_serving"]
+            lines.append(
+                f"- {key}: test NDCG@10 {stages[key]['test']['ndcg@10']:.4f} with "
+                f"{s['params']:.0f} target parameters ({s['params'] / t['params']:.1%} of the "
+                f"teacher's) at {s['users_per_s']:.0f} users/s ({s['users_per_s'] / t['users_per_s']:.1f}x "
+                f"the teacher's {t['users_per_s']:.0f}; fastest of 3)"
+            )
+    probe = stages.get("pretrain", {}).get("domain_probe")
+    if probe is not None:
+        history = stages["pretrain"].get("history") or [{}]
+        critic = history[-1].get("domain_accuracy")
+        lines.append(
+            f"- domain probe ({probe['on']} representations): a fresh classifier's balanced "
+            f"accuracy on held-out source/target items {probe['accuracy']:.1%} (chance 50%)"
+            + (
+                f"; the adversarial critic's last accuracy {critic:.1%}"
+                if critic is not None
+                else ""
+            )
+        )
+    return ["Transfer techniques:", *lines, ""] if lines else []
+
+
 RATIOS = [
     ("adapt", "baseline_text_target_only", "adapted / target-only text"),
     ("adapt", "baseline_id_target_only", "adapted / target-only ID"),
@@ -259,6 +289,7 @@ def write_report(out: Path, cfg: RunConfig, stages: dict, extra: dict) -> None:
         "",
         heads_table(stages),
         "",
+        *transfer_lines(stages),
     ]
     if "pretrain" in stages:
         t = stages["pretrain"]["test"]

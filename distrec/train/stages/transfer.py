@@ -61,8 +61,8 @@ def pretrain(pipe: Pipeline) -> None:
     if has_target(cfg) and hasattr(base.item_tower, "content"):
         record["domain_probe"] = domain_probe(base, pipe.ws, cfg.seed)
         log(
-            f"pretrain: a fresh domain classifier tells {record['domain_probe']['accuracy']:.1%} "
-            "of held-out source/target items apart (balanced; chance 50%)"
+            f"pretrain: a fresh domain classifier's balanced accuracy on held-out source/target "
+            f"items {record['domain_probe']['accuracy']:.1%} (chance 50%)"
         )
     pipe.results["pretrain"] = record
     pipe.base = base
