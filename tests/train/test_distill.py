@@ -41,3 +41,50 @@ def test_catalog_inputs_map_a_sampled_batch_back_to_catalog_items():
     inputs = torch.tensor([[1, 3, 0], [2, 0, 0]])  # indices into [pad] + candidates
     batch = TrainBatch(inputs, inputs, torch.ones(2, dtype=torch.bool), candidates)
     assert catalog_inputs(batch).tolist() == [[7, 9, 0], [3, 0, 0]]
+
+
+def tiny_teacher_workspace(tmp_path):
+    import contextlib
+    from types import SimpleNamespace
+
+    from distrec.config.schema import ModelConfig
+    from distrec.models.recommender import Recommender
+    from distrec.models.towers import ItemTower
+
+    cfg = ModelConfig(dim=8, user_tower={"layers": 1, "heads": 2})
+    torch.manual_seed(0)
+    model = Recommender(cfg, ItemTower(cfg, 6, {"d": 5}), ["d"], max_len=4)
+    d = SimpleNamespace(
+        name="d", num_items=5, tokens=None, popularity=torch.zeros(6), features=torch.randn(6, 6)
+    )
+    ws = SimpleNamespace(
+        out=tmp_path,
+        device=torch.device("cpu"),
+        is_main=True,
+        domains={"d": d},
+        cfg=SimpleNamespace(eval=SimpleNamespace(batch_size=4)),
+        accelerator=SimpleNamespace(unwrap_model=lambda m: m, autocast=contextlib.nullcontext),
+        shard=lambda: None,
+    )
+    return ws, model
+
+
+def test_a_cached_teacher_catalog_is_read_back_for_the_same_weights_only(tmp_path):
+    from distrec.train.distill import teacher_catalog
+
+    ws, model = tiny_teacher_workspace(tmp_path)
+    weights = tmp_path / "teacher.safetensors"
+    weights.write_bytes(b"weights v1")
+    first = teacher_catalog(ws, model, "d", weights)
+    assert len(list((tmp_path / "distill").glob("teacher-d-*.safetensors"))) == 1
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # the model changed, the weights file did not: the cache answers
+    again = teacher_catalog(ws, model, "d", weights)
+    assert torch.equal(again.vectors, first.vectors)
+    weights.write_bytes(b"weights v2")  # other weights: encoded anew, cached beside
+    fresh = teacher_catalog(ws, model, "d", weights)
+    assert not torch.equal(fresh.vectors, first.vectors)
+    assert len(list((tmp_path / "distill").glob("teacher-d-*.safetensors"))) == 2
+    uncached = teacher_catalog(ws, model, "d", None)
+    assert torch.allclose(uncached.vectors, fresh.vectors, atol=1e-6)
