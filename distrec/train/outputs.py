@@ -271,6 +271,18 @@ def ratios(out: Path, stages: dict) -> list[str]:
     return lines
 
 
+def pretraining_lines(stages: dict) -> list[str]:
+    """Pretraining's own test metrics on the sources (empty without pretraining)."""
+    if "pretrain" not in stages:
+        return []
+    t = stages["pretrain"]["test"]
+    return [
+        f"Pretraining on {', '.join(stages['pretrain']['domains'])}: test NDCG@10 "
+        f"{t['ndcg@10']:.4f}, Recall@10 {t['recall@10']:.4f}",
+        "",
+    ]
+
+
 def write_report(out: Path, cfg: RunConfig, stages: dict, extra: dict) -> None:
     """report.md (stage table, transfer ratios, protocol and run facts) and report.png;
     reads ranks.parquet, so after `write_metrics`."""
@@ -290,14 +302,8 @@ def write_report(out: Path, cfg: RunConfig, stages: dict, extra: dict) -> None:
         heads_table(stages),
         "",
         *transfer_lines(stages),
+        *pretraining_lines(stages),
     ]
-    if "pretrain" in stages:
-        t = stages["pretrain"]["test"]
-        parts += [
-            f"Pretraining on {', '.join(stages['pretrain']['domains'])}: test NDCG@10 "
-            f"{t['ndcg@10']:.4f}, Recall@10 {t['recall@10']:.4f}",
-            "",
-        ]
     st = cfg.stages
     parts += [
         "Protocol: leave-one-out (last = test, second-to-last = valid); every item of the domain's "
