@@ -1,6 +1,7 @@
 """The transfer techniques' ablations on ML-1M -> ML-100K, over seeds, on one split.
 
     python perf/transfer.py train --runs runs/transfer [--seeds 3]
+    python perf/transfer.py serving --runs runs/transfer [--repeats 10]
     python perf/transfer.py report --runs runs/transfer --baseline perf/results/quality/demo \
         --out perf/results/transfer
 
@@ -13,7 +14,9 @@ finished is skipped, so an interrupted measurement resumes):
 - `kg_distill`: configs/transfer/kg_distill.yaml, the demo with knowledge-graph fusion, whose
   adapted model then teaches an ID-only student (and the same student learns alone).
 
-`report` compares each with its paired run: adversarial vs unaligned zero-shot, KG-fused vs
+`serving` re-times each seed's teacher and students from their exports in one process,
+interleaved, on a machine left alone (runs/transfer/serving.json; the in-run figures are
+timed while the run's other rank works). `report` compares each with its paired run: adversarial vs unaligned zero-shot, KG-fused vs
 the demo's adapted model (`--baseline`: perf/quality.py's seed runs of configs/demo.yaml,
 the same seeds), and the student vs its teacher and vs itself alone. Every NDCG ratio has a
 paired bootstrap 95% interval over users (each drawn user with all its seeds). Writes
@@ -24,6 +27,7 @@ config.yaml, report.md and ranks.parquet under <out>/<variant>/.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -212,6 +216,27 @@ def distill_lines(d: dict) -> list[str]:
     return [*lines, "", *ratio_lines(d["ratios"]), ""]
 
 
+def serving_lines(bench: dict | None) -> list[str]:
+    """The serving benchmark's table (empty when it was not run)."""
+    if bench is None:
+        return []
+    lines = [
+        f"Serving benchmark (`perf/transfer.py serving`: {bench['processes']} process, "
+        f"{bench['repeats']} interleaved rounds, top-10 for every test user):",
+        "",
+        "| model | users/s (fastest) | users/s (median) | × teacher (fastest) | × teacher (median) |",
+        "|---|---|---|---|---|",
+    ]
+    for name in ("teacher", "distill", "distill_alone"):
+        b = bench[name]
+        speed = [cell(b[k]) if k in b else "1" for k in ("speedup", "speedup_median")]
+        lines.append(
+            f"| {name} | {cell(b['users_per_s'])} | {cell(b['users_per_s_median'])} | "
+            f"{speed[0]} | {speed[1]} |"
+        )
+    return [*lines, ""]
+
+
 def alignment_lines(a: dict) -> list[str]:
     """The alignment section: the critic per epoch, the probes, zero-shot with and without."""
     epochs = ", ".join(f"{e['mean']:.3f}" for e in a["critic_accuracy_per_epoch"])
@@ -260,6 +285,7 @@ def markdown(result: dict) -> str:
         "(every seed of a drawn user). Commands: perf/transfer.py's docstring.",
         "",
         *distill_lines(result["distillation"]),
+        *serving_lines(result.get("serving_benchmark")),
         *alignment_lines(result["alignment"]),
         *kg_lines(result["knowledge_graph"]),
     ]
@@ -309,6 +335,53 @@ def plot(result: dict, path: Path) -> str:
     return save_figure(fig, path)
 
 
+def serving(runs: Path, repeats: int) -> dict:
+    """Re-time each kg_distill seed's teacher and students in one process, interleaved
+    (`repeats` rounds), from their exports: the serving benchmark the report's speed-ups
+    come from (the in-run figures are timed while the run's other ranks work)."""
+    import json
+
+    from distrec.train.inference import load_export, load_run
+    from distrec.train.serving import serving_costs
+    from distrec.train.stages.distill import load_weights, teacher_file
+
+    run = runs / "kg_distill"
+    found = {}
+    for s in seeds_of(run):
+        folder = run / f"seed-{s}"
+        ws, _, target = load_run(folder, None)
+        stages = json.loads((folder / "stages.json").read_text())
+        teacher = stages["distill"]["teacher"]
+        models = {
+            "teacher": load_weights(ws, teacher_file(folder, target, stages[teacher], teacher)),
+            "distill": load_export(ws, target, "distill"),
+            "distill_alone": load_export(ws, target, "distill_alone"),
+        }
+        found[s] = serving_costs(ws, models, repeats)
+    result = {"repeats": repeats, "processes": 1, "seeds": found}
+    write_result(runs / "serving.json", result)
+    return result
+
+
+def serving_summary(bench: dict) -> dict:
+    """Mean/std over seeds of each model's users/s and of the students' speed-ups."""
+    seeds = list(bench["seeds"].values())
+    out = {}
+    for name in ("teacher", "distill", "distill_alone"):
+        out[name] = {
+            key: mean_std([s[name][key] for s in seeds])
+            for key in ("users_per_s", "users_per_s_median")
+        }
+        if name != "teacher":
+            out[name]["speedup"] = mean_std(
+                [s[name]["users_per_s"] / s["teacher"]["users_per_s"] for s in seeds]
+            )
+            out[name]["speedup_median"] = mean_std(
+                [s[name]["users_per_s_median"] / s["teacher"]["users_per_s_median"] for s in seeds]
+            )
+    return {"repeats": bench["repeats"], "processes": bench["processes"], **out}
+
+
 def train(runs: Path, seeds: int) -> None:
     """Every variant's seeds (finished ones skipped)."""
     for name, (config, overrides) in VARIANTS.items():
@@ -325,6 +398,9 @@ def report(runs: Path, baseline: Path, out: Path, n_boot: int) -> dict:
         "seeds": seeds,
         "goals": GOALS,
         "distillation": distillation(runs / "kg_distill", seeds, n_boot),
+        "serving_benchmark": serving_summary(json.loads(bench.read_text()))
+        if (bench := runs / "serving.json").exists()
+        else None,
         "alignment": alignment(runs / "adversarial", runs / "unaligned", seeds, n_boot),
         "knowledge_graph": knowledge_graph(runs / "kg_distill", baseline, seeds, n_boot),
         "bootstrap": {"n_boot": n_boot, "level": 0.95, "unit": "user, with all its seeds"},
@@ -342,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("command", choices=["train", "report"])
+    p.add_argument("command", choices=["train", "serving", "report"])
     p.add_argument("--runs", type=Path, default=Path("runs/transfer"), help="variant seed runs")
     p.add_argument("--seeds", type=int, default=3, help="seeds per variant (train)")
     p.add_argument(
@@ -353,9 +429,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", type=Path, default=Path("perf/results/transfer"), help="report folder")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--repeats", type=int, default=10, help="timing rounds (serving)")
     args = p.parse_args(argv)
     if args.command == "train":
         train(args.runs, args.seeds)
+        return 0
+    if args.command == "serving":
+        serving(args.runs, args.repeats)
         return 0
     report(args.runs, args.baseline, args.out, args.n_boot)
     print((args.out / "transfer.md").read_text())

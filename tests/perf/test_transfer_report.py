@@ -44,6 +44,7 @@ def test_transfer_report_agrees_with_the_runs(tmp_path, synth_dir):
         stages={**ADAPT, "distill": distill},
     )
     seed_run(synth_dir, tmp_path / "demo" / "seed-0", stages=ADAPT)
+    assert main(["serving", "--runs", str(runs), "--repeats", "2"]) == 0
     out = tmp_path / "report"
     args = ["report", "--runs", str(runs), "--baseline", str(tmp_path / "demo")]
     assert main([*args, "--out", str(out), "--n-boot", "200"]) == 0
@@ -55,6 +56,8 @@ def test_transfer_report_agrees_with_the_runs(tmp_path, synth_dir):
     assert math.isclose(got["ratio"], want, rel_tol=1e-9) and got["low"] <= want <= got["high"]
     serving = result["distillation"]["serving"]
     assert serving["distill"]["params"] == kg["distill"]["student"]["params"]
+    bench = result["serving_benchmark"]
+    assert bench["repeats"] == 2 and bench["distill"]["speedup"]["mean"] > 0
     aligned = json.loads((runs / "adversarial" / "seed-0" / "metrics.json").read_text())["stages"]
     probe = result["alignment"]["probe_aligned"]["mean"]
     assert probe == aligned["pretrain"]["domain_probe"]["accuracy"]
