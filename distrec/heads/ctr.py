@@ -101,8 +101,13 @@ def ctr_loss(out: TrainOutputs, negatives: torch.Tensor) -> torch.Tensor:
     on calibrated two-tower logits."""
     users, targets, cand = out.users, out.targets, out.candidates
     scale, shift = calibration(out).float()
-    pos = (users * cand[targets]).sum(-1) * out.scale + out.bias[targets]
-    neg = (users[:, None, :] * cand[negatives]).sum(-1) * out.scale + out.bias[negatives]
+    # index_select, not cand[negatives]: advanced indexing's backward accumulates repeated
+    # rows in a thread-dependent order on CPU, so the same run gave different losses.
+    pos = (users * cand.index_select(0, targets)).sum(-1) * out.scale
+    pos = pos + out.bias.index_select(0, targets)
+    rows = cand.index_select(0, negatives.flatten()).view(*negatives.shape, -1)
+    neg = (users[:, None, :] * rows).sum(-1) * out.scale
+    neg = neg + out.bias.index_select(0, negatives.flatten()).view(negatives.shape)
     logits = torch.cat([pos, neg.flatten()]).float() * scale + shift
     labels = torch.cat([torch.ones_like(pos), torch.zeros(neg.numel(), device=pos.device)]).float()
     return F.binary_cross_entropy_with_logits(logits, labels)

@@ -113,9 +113,9 @@ class Recommender(nn.Module):
         if len(self.heads):
             mean, count = history_stats(batch.input_ratings, batch.inputs)
             item_mean, item_count = item_stats(batch, targets, real)
-            pair = PairInputs(
-                users, cand.vectors[targets], mean[real], count[real], item_mean, item_count
-            )
+            # index_select: its backward is deterministic on CPU (advanced indexing's is not)
+            items = cand.vectors.index_select(0, targets)
+            pair = PairInputs(users, items, mean[real], count[real], item_mean, item_count)
             heads = {name: module(pair) for name, module in self.heads.items()}
         domain = self.domain_logits(batch.align) if batch.align is not None else None
         return TrainOutputs(

@@ -2,7 +2,6 @@
 
 import math
 
-import pytest
 import torch
 
 from distrec.heads.retrieval import (
@@ -172,9 +171,7 @@ def test_ctr_negatives_and_sampling_reach_the_loss(synth_dir, tmp_path):
         train={"max_steps": 4},
         eval={"ctr_negatives": 5},
     )
-    # (approx: the CTR head's training loss varies in its 8th digit from run to run of one
-    # config in one process, on two intra-op threads; the options differ far above that)
-    assert few["pretrain"]["history"][0]["loss"] == pytest.approx(losses["k8"], rel=1e-6)
+    assert few["pretrain"]["history"][0]["loss"] == losses["k8"]
     assert few["pretrain"]["test"]["auc"] != aucs["k8"]
     # more negatives per positive: the BCE is averaged over more (easy) zeros
     assert losses["k1"] != losses["k8"] != losses["k8pop"]
