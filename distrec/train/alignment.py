@@ -28,6 +28,8 @@ from distrec.utils.progress import log
 
 PROBE_STEPS = 300
 PROBE_LR = 1e-2
+# Items per domain and split that accuracies are measured on (the first, in the hash split).
+MAX_MEASURED = 4096
 
 
 def held_out_items(texts: list[str], fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,10 +126,25 @@ def pair_accuracies(
     target = ws.cfg.data.target
     found = []
     for source in ws.cfg.data.sources:
-        chosen = {source: held[source], target: held[target]}
-        logits, labels = model(align_batch(ws, chosen, cfg, 0.0))
-        found.append(balanced_accuracy(logits.float(), labels))
+        logits, labels = [], []
+        for part in chunks(ws, {source: held[source], target: held[target]}):
+            out = model(align_batch(ws, part, cfg, 0.0))
+            logits.append(out.logits.float())
+            labels.append(out.labels)
+        found.append(balanced_accuracy(torch.cat(logits), torch.cat(labels)))
     return sum(found) / len(found)
+
+
+def chunks(ws: Workspace, items: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """`items` (at most MAX_MEASURED per domain) in pieces the model encodes at once: all of
+    them from cached features, eval.batch_size per domain when the LM runs (end to end)."""
+    items = {n: idx[:MAX_MEASURED] for n, idx in items.items()}
+    e2e = any(ws.domains[n].tokens is not None for n in items)
+    size = ws.cfg.eval.batch_size if e2e else MAX_MEASURED
+    steps = range(0, max(len(idx) for idx in items.values()), size)
+    return [
+        {n: idx[i : i + size] for n, idx in items.items() if len(idx[i : i + size])} for i in steps
+    ]
 
 
 def attach_critic(model: nn.Module, ws: Workspace) -> None:
@@ -152,9 +169,15 @@ def representations(
 ) -> dict[str, torch.Tensor]:
     """A plain model's aligned representations of `items` (no gradient)."""
     cfg = ws.cfg.model.domain_adversarial or DomainAdversarialConfig(on=on)
+    found: dict[str, list[torch.Tensor]] = {n: [] for n in items}
     with torch.no_grad():
         model.eval()
-        return model.aligned_representations(align_batch(ws, items, cfg, 0.0))
+        for part in chunks(ws, items):
+            for name, reps in model.aligned_representations(
+                align_batch(ws, part, cfg, 0.0)
+            ).items():
+                found[name].append(reps)
+    return {name: torch.cat(parts) for name, parts in found.items()}
 
 
 def domain_probe(model: nn.Module, ws: Workspace, seed: int) -> dict[str, float]:
