@@ -202,7 +202,7 @@ def distill_lines(d: dict) -> list[str]:
             }
         ),
         "",
-        "| model | target parameters | users/s at inference (fastest of 3) | × teacher (fastest) "
+        "| model | target parameters | users/s at inference (in-run, fastest repeat) | × teacher (fastest) "
         "| × teacher (median) |",
         "|---|---|---|---|---|",
         f"| teacher | {sv['teacher']['params']:.0f} | {cell(sv['teacher']['users_per_s'])} | 1 | 1 |",

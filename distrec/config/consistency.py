@@ -25,6 +25,7 @@ def check_consistency(
     check_tuned_stage_is_one_model(tune, stages)
     check_zero_shot_has_pretraining(stages)
     check_transfer_techniques(model, data)
+    check_distill_has_a_teacher(stages)
 
 
 def check_stages_have_data(stages: StagesConfig, data: DataConfig) -> None:
@@ -68,8 +69,33 @@ def check_zero_shot_has_pretraining(stages: StagesConfig) -> None:
         )
 
 
+def check_distill_has_a_teacher(stages: StagesConfig) -> None:
+    """Distillation teaches the adapt stage's model, so adapt must run (in auto mode for an
+    adapt_lora / adapt_full teacher, the only mode that trains both)."""
+    dc = stages.distill
+    if not dc.enabled:
+        return
+    if not (stages.adapt.enabled and stages.pretrain.enabled):
+        raise ValueError(
+            "stages.distill is enabled but its teacher, the adapt stage, does not run; enable "
+            "stages.pretrain and stages.adapt or set stages.distill.enabled=false"
+        )
+    if dc.teacher != "adapt" and stages.adapt.mode != "auto":
+        raise ValueError(
+            f"stages.distill.teacher={dc.teacher!r} needs stages.adapt.mode=auto (it trains "
+            f"adapt_lora and adapt_full); with mode={stages.adapt.mode!r} use teacher: adapt"
+        )
+
+
 def check_transfer_techniques(model: ModelConfig, data: DataConfig) -> None:
-    """Alignment needs a source and a target; a knowledge graph needs edges from somewhere."""
+    """Alignment needs a source and a target; a knowledge graph needs edges from somewhere;
+    both need the item tower's text path, which the ID-only architecture does not have."""
+    for key, value in (("domain_adversarial", model.domain_adversarial), ("kg", model.kg)):
+        if value is not None and model.architecture == "id_only":
+            raise ValueError(
+                f"model.{key} works on the item tower's text path, but model.architecture="
+                f"id_only has none; use two_tower or set model.{key}=null"
+            )
     if model.domain_adversarial is not None and data.domains and not (data.target and data.sources):
         raise ValueError(
             "model.domain_adversarial aligns sources with the target, but data.sources/"

@@ -46,11 +46,15 @@ def sections(model: type[BaseModel], key: str = "") -> Iterator[tuple[str, type[
 
 
 def section_of(annotation: Any) -> type[BaseModel] | None:
-    """The section model an annotation holds (itself, or a list's items), if any."""
+    """The section model an annotation holds (itself, a list's items, or an optional
+    section's `X | None`), if any."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     if get_origin(annotation) is list:
         return section_of(get_args(annotation)[0])
+    options = [a for a in get_args(annotation) if a is not type(None)]
+    if len(options) == 1 and len(get_args(annotation)) == 2:
+        return section_of(options[0])
     return None
 
 

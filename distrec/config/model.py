@@ -84,7 +84,12 @@ class KgConfig(Section):
         ),
     )
     max_neighbours: int = Field(
-        default=16, ge=1, description="Entities kept per item (the first, in relation order)."
+        default=16,
+        ge=1,
+        description=(
+            "Entities kept per item: the first, its kg_fields' edges in relation-name order, "
+            "then its kg_triples rows in file order."
+        ),
     )
 
 

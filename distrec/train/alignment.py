@@ -71,18 +71,19 @@ def align_batch(
 class DomainAlignment(LossTerm):
     """The adversarial term of pretraining: each step, `items` training items of the batch's
     source and of the target go through the critic behind a gradient-reversal layer; at each
-    epoch end the critic's held-out accuracy goes into the epoch's history entry."""
+    epoch end the critic's held-out accuracy goes into the epoch's history entry (before the
+    epoch's checkpoint)."""
 
     def __init__(self, ws: Workspace, cfg: DomainAdversarialConfig) -> None:
         self.ws, self.cfg, self.target = ws, cfg, ws.cfg.data.target
+        self.schedule = cfg.schedule
         names = [*ws.cfg.data.sources, self.target]
         self.split = {n: held_out_items(ws.domains[n].texts, cfg.held_out) for n in names}
-        self.seen, self.right = 0, 0.0
 
     def request(self, trainer: Trainer, request: TrainBatch) -> TrainBatch:
         """`request` with this step's alignment items (drawn with the trainer's checkpointed
         generator, so a resumed stage draws what the uninterrupted one did)."""
-        reversal = reversal_strength(self.cfg.schedule, trainer.progress)
+        reversal = reversal_strength(self.schedule, trainer.progress)
         chosen = {}
         for name in (request.domain, self.target):
             pool = self.split[name][0]
@@ -91,31 +92,29 @@ class DomainAlignment(LossTerm):
         return dataclasses.replace(request, align=align_batch(self.ws, chosen, self.cfg, reversal))
 
     def loss(self, trainer: Trainer, out: TrainOutputs, ctx: LossContext) -> torch.Tensor:
-        """weight x the critic's binary cross-entropy (its gradient reversed into the towers)."""
+        """weight x the critic's binary cross-entropy (its gradient reversed into the towers);
+        zero on a batch without a valid window (it only keeps ranks in step)."""
         logits, labels = out.domain
-        self.seen += 1
-        self.right += balanced_accuracy(logits.detach().float(), labels)
+        if not bool(ctx.batch.valid.any()):
+            return logits.sum() * 0.0
         return self.cfg.weight * F.binary_cross_entropy_with_logits(logits.float(), labels)
 
-    def on_epoch_end(self, trainer: Trainer, entry: dict, last: bool) -> None:
-        """The critic's accuracy on held-out items (and its running training accuracy)."""
+    def epoch_metrics(self, trainer: Trainer) -> dict[str, float]:
+        """The critic's balanced accuracy on held-out items and this epoch's reversal."""
         held = {n: self.split[n][1] for n in (*self.ws.cfg.data.sources, self.target)}
         with torch.no_grad():
             trainer.model.eval()
             accuracy = pair_accuracies(trainer.model, self.ws, held, self.cfg)
             trainer.model.train()
-        entry["domain_accuracy"] = accuracy
-        entry["domain_train_accuracy"] = self.right / max(1, self.seen)
-        entry["reversal"] = reversal_strength(self.cfg.schedule, trainer.progress)
-        self.seen, self.right = 0, 0.0
+        reversal = reversal_strength(self.schedule, trainer.progress)
         trainer.accelerator.log(
             {f"{trainer.plan.name}/domain_accuracy": accuracy}, step=trainer.state.epoch
         )
         log(
             f"{trainer.plan.name} epoch {trainer.state.epoch}: domain classifier accuracy "
-            f"{accuracy:.1%} on held-out items (train {entry['domain_train_accuracy']:.1%}, "
-            f"reversal {entry['reversal']:.2f}; chance 50%)"
+            f"{accuracy:.1%} on held-out items (reversal {reversal:.2f}; chance 50%)"
         )
+        return {"domain_accuracy": accuracy, "reversal": reversal}
 
 
 def pair_accuracies(

@@ -22,7 +22,7 @@ from distrec.models.io import ItemVectors, TrainBatch, TrainOutputs
 from distrec.train.evaluation import Evaluator
 from distrec.train.trainer import LossTerm, Trainer
 from distrec.train.workspace import Workspace
-from distrec.utils.hashing import sha256_file
+from distrec.utils.hashing import sha256_file, sha256_json
 from distrec.utils.progress import log
 
 
@@ -91,7 +91,11 @@ def teacher_catalog(ws: Workspace, teacher: nn.Module, domain: str, source: Path
     (its weights file), read from / written to <output.dir>/distill/ under its sha256."""
     path = None
     if source is not None:
-        key = sha256_file(source)[:16]
+        d = ws.domains[domain]
+        # The weights, the catalog and the precision it is encoded in make the vectors.
+        key = sha256_json(
+            [sha256_file(source), d.manifest.data["catalog"]["sha256"], ws.precision]
+        )[:16]
         path = ws.out / "distill" / f"teacher-{domain}-{key}.safetensors"
         if path.exists():
             saved = load_file(str(path))

@@ -3,8 +3,10 @@ in cached mode, a token table end to end)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -228,3 +230,29 @@ def item_graph(cfg: RunConfig) -> ItemGraph | None:
         f"relations; item edges: {edges}"
     )
     return graph
+
+
+def check_graph_record(out: Path, graph: ItemGraph | None, write: bool) -> None:
+    """A run's knowledge graph is rebuilt from the data whenever its model is: its entity and
+    relation vocabularies are kept in <run>/kg.json (`write`: a new run's rank 0 records
+    them) and every later rebuild (resume, evaluate, recommend) must match them, or entity
+    rows would silently mean other entities."""
+    if graph is None:
+        return
+    path = out / "kg.json"
+    vocab = {"relations": graph.relations, "entities": graph.entities}
+    if write:
+        path.write_text(json.dumps(vocab))
+        return
+    if not path.exists():  # a run from before kg.json was kept
+        return
+    saved = json.loads(path.read_text())
+    if saved != vocab:
+        lost = sorted(set(saved["entities"]) - set(graph.entities))[:3]
+        new = sorted(set(graph.entities) - set(saved["entities"]))[:3]
+        raise ConfigError(
+            f"{path}: the knowledge graph rebuilt from the data ({len(graph.entities) - 1} "
+            f"entities) is not the one this run trained with ({len(saved['entities']) - 1}; "
+            f"gone {lost}, new {new}): data.domains[].kg_fields, kg_triples or a catalog changed "
+            f"since; restore them or train a new run"
+        )

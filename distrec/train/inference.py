@@ -18,6 +18,7 @@ from distrec.config import ConfigError, load_config
 from distrec.data.collate import history_batch
 from distrec.heads.base import target_heads
 from distrec.models.io import UserQuery
+from distrec.train.domains import check_graph_record
 from distrec.train.evaluation import Evaluator
 from distrec.train.workspace import Workspace
 from distrec.utils.hashing import sha256_file
@@ -48,6 +49,7 @@ def load_run(run_dir: str | Path, domain: str | None, export: str | None = None)
         raise ConfigError(f"{base_file}: missing; the run did not finish pretraining")
     accelerator, precision = build_accelerator(cfg)
     ws = Workspace.open(cfg, accelerator, precision, out=run_dir)
+    check_graph_record(run_dir, ws.graph, write=False)
     if export is not None:
         return ws, load_export(ws, domain, export), domain
     model = load_base(ws)

@@ -231,7 +231,7 @@ def transfer_lines(stages: dict) -> list[str]:
                 f"- {key}: test NDCG@10 {stages[key]['test']['ndcg@10']:.4f} with "
                 f"{s['params']:.0f} target parameters ({s['params'] / t['params']:.1%} of the "
                 f"teacher's) at {s['users_per_s']:.0f} users/s ({s['users_per_s'] / t['users_per_s']:.1f}x "
-                f"the teacher's {t['users_per_s']:.0f}; fastest of 3)"
+                f"the teacher's {t['users_per_s']:.0f}; fastest repeat)"
             )
     probe = stages.get("pretrain", {}).get("domain_probe")
     if probe is not None:

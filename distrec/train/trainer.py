@@ -81,8 +81,14 @@ class LossTerm(TrainHook):
         return request
 
     def loss(self, trainer: Trainer, out: TrainOutputs, ctx: LossContext) -> torch.Tensor:
-        """The term's (weighted) loss for this step."""
+        """The term's (weighted) loss for this step; a batch without a valid window (one that
+        keeps ranks in step) must return a zero that still touches the outputs."""
         raise NotImplementedError
+
+    def epoch_metrics(self, trainer: Trainer) -> dict[str, float]:
+        """Values to keep in the epoch's history entry, measured after its validation and
+        before its checkpoint (so a resumed stage has them too); none by default."""
+        return {}
 
 
 def build_loader(ws: Workspace, plan: StagePlan, with_tokens: bool) -> MixtureLoader:
@@ -181,6 +187,8 @@ class Trainer:
             self.loader.prefetch()  # next epoch's workers read while we evaluate
             valid = self.evaluate("valid")
             stop = self.state.end_epoch(valid, self.stopping, self.total_steps)
+            for term in self.terms:
+                self.state.result.history[-1].update(term.epoch_metrics(self))
             entry = self.record_epoch(valid)
             if self.state.result.best_epoch == self.state.epoch:
                 self.accelerator.save_state(str(self.best_dir))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import ast
 import re
 from collections import defaultdict
-from typing import NamedTuple
+from typing import NamedTuple, get_origin
 
 import pytest
 from pydantic import BaseModel
@@ -52,7 +52,7 @@ def field_paths(model: type[BaseModel], prefix: str = "") -> list[FieldPath]:
         out.append(FieldPath(path, name, parent, model.__name__))
         nested = section_of(field.annotation)
         if nested is not None:
-            items = "[]" if nested is not field.annotation else ""
+            items = "[]" if get_origin(field.annotation) is list else ""
             out += field_paths(nested, path + items)
     return out
 

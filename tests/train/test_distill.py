@@ -1,7 +1,10 @@
 """The distillation loss: zero when the student matches the teacher, over the teacher's
-top-k when asked, and the teacher reads the very windows the student trains on."""
+top-k when asked; the teacher scores the very positions and candidates the student trains
+on; its encoded catalog is cached for the same weights only."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -55,14 +58,20 @@ def tiny_teacher_workspace(tmp_path):
     torch.manual_seed(0)
     model = Recommender(cfg, ItemTower(cfg, 6, {"d": 5}), ["d"], max_len=4).eval()
     d = SimpleNamespace(
-        name="d", num_items=5, tokens=None, popularity=torch.zeros(6), features=torch.randn(6, 6)
+        name="d",
+        num_items=5,
+        tokens=None,
+        popularity=torch.zeros(6),
+        features=torch.randn(6, 6),
+        manifest=SimpleNamespace(data={"catalog": {"sha256": "c0ffee"}}),
     )
     ws = SimpleNamespace(
         out=tmp_path,
         device=torch.device("cpu"),
         is_main=True,
+        precision="fp32",
         domains={"d": d},
-        cfg=SimpleNamespace(eval=SimpleNamespace(batch_size=4)),
+        cfg=SimpleNamespace(eval=SimpleNamespace(batch_size=4), data=SimpleNamespace(target="d")),
         accelerator=SimpleNamespace(unwrap_model=lambda m: m, autocast=contextlib.nullcontext),
         shard=lambda: None,
     )
@@ -88,3 +97,24 @@ def test_a_cached_teacher_catalog_is_read_back_for_the_same_weights_only(tmp_pat
     assert len(list((tmp_path / "distill").glob("teacher-d-*.safetensors"))) == 2
     uncached = teacher_catalog(ws, model, "d", None)
     assert torch.equal(uncached.vectors, fresh.vectors)
+
+
+def test_the_teacher_scores_the_students_positions_and_candidates():
+    """A teacher identical to the student gives the student's own logits, row for row, so
+    the distillation term is zero: positions and candidates line up."""
+    from distrec.config.schema import DistillConfig
+    from distrec.train.distill import Distillation, student_logits
+
+    ws, model = tiny_teacher_workspace(None)
+    d = ws.domains["d"]
+    term = Distillation(ws, model, DistillConfig(), None)
+    inputs = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0], [2, 0, 0, 0]])
+    targets = torch.tensor([[2, 3, 4, 0], [5, 1, 0, 0], [0, 0, 0, 0]])
+    candidates = ItemBatch(
+        "d", torch.arange(1, 6), popularity=d.popularity[1:], features=d.features[1:]
+    )
+    request = TrainBatch(inputs, targets, torch.tensor([True, True, False]), candidates)
+    with torch.no_grad():
+        out = model(request)
+        assert torch.allclose(term.teacher_logits(request), student_logits(out), atol=1e-5)
+        assert term.loss(None, out, SimpleNamespace(batch=request)).abs() < 1e-6

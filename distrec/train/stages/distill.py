@@ -5,6 +5,7 @@ users/s at inference."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import yaml
@@ -79,9 +80,18 @@ def load_teacher(pipe: Pipeline, stage: str) -> tuple[nn.Module, Path]:
 
 
 def load_weights(ws, path: Path) -> nn.Module:
-    """A model of the run's model section with the weights at `path`."""
-    model = new_model(ws)
+    """A model of the run's model section with the weights at `path` (and an LM of its own
+    end to end: loading must not overwrite the LM the run's other models share)."""
+    model = own_lm(new_model(ws))
     load_model(model, str(path))
+    return model
+
+
+def own_lm(model: nn.Module) -> nn.Module:
+    """`model` with a private copy of the workspace's LM (end to end), so training or
+    loading it leaves the shared one as it was."""
+    if getattr(model.item_tower, "lm", None) is not None:
+        model.item_tower.lm = copy.deepcopy(model.item_tower.lm)
     return model
 
 
@@ -98,7 +108,7 @@ def train_student(pipe: Pipeline, name: str, term: Distillation | None) -> tuple
         train_fraction=dc.train_fraction,
         heads=target_heads(cfg),
     )
-    student = new_model(pipe.ws, cfg=student_model_config(cfg), dropout=dc.student.dropout)
+    student = own_lm(new_model(pipe.ws, cfg=student_model_config(cfg), dropout=dc.student.dropout))
     hooks = [term] if term is not None else []
     if reads_text(student):
         trained, fitted = fit_towers(pipe, student, plan, hooks)
