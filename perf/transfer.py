@@ -125,9 +125,15 @@ def alignment(aligned: Path, unaligned: Path, seeds: list[int], n_boot: int) -> 
     """The critic's accuracy per epoch, the fresh probe with and without alignment, and the
     zero-shot (and source) NDCG@10 with and without it."""
     a, u = stage_records(aligned, seeds), stage_records(unaligned, seeds)
-    epochs = [[h["domain_accuracy"] for h in r["pretrain"]["history"]] for r in a.values()]
+    per_seed = [
+        [h["domain_accuracy"] for h in r["pretrain"]["history"] if "domain_accuracy" in h]
+        for r in a.values()
+    ]
+    # Seeds may early-stop at different epochs: each epoch over the seeds that reached it.
+    longest = max(len(e) for e in per_seed)
+    per_epoch = [[e[i] for e in per_seed if len(e) > i] for i in range(longest)]
     return {
-        "critic_accuracy_per_epoch": [mean_std(list(e)) for e in zip(*epochs, strict=True)],
+        "critic_accuracy_per_epoch": [mean_std(values) for values in per_epoch],
         "probe_aligned": mean_std([r["pretrain"]["domain_probe"]["accuracy"] for r in a.values()]),
         "probe_unaligned": mean_std(
             [r["pretrain"]["domain_probe"]["accuracy"] for r in u.values()]
