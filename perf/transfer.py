@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from distrec.eval.bootstrap import bootstrap_ratio, paired_sums, read_ranks, select_stage
@@ -118,6 +119,39 @@ def distillation(run: Path, seeds: list[int], n_boot: int) -> dict:
             ndcg_ratio((run, "distill"), (run, "distill_alone"), seeds, n_boot),
             ndcg_ratio((run, "distill_alone"), (run, "adapt"), seeds, n_boot),
         ],
+    }
+
+
+def distill_settings(runs: Path, seeds: list[int], n_boot: int) -> dict:
+    """runs/transfer/kd_<name>/: the distill stage retrained with other settings on each
+    seed's kg_distill run (runs/transfer/kd_variants.sh), against the same student alone and
+    the same teacher; chosen on validation, never on test."""
+    base = runs / "kg_distill"
+    found = {"default": {"overrides": [], **stage_summary(stage_records(base, seeds), "distill")}}
+    for folder in sorted(runs.glob("kd_*")):
+        have = [s for s in seeds if (folder / f"seed-{s}" / "metrics.json").exists()]
+        if have != seeds:
+            continue
+        records = stage_records(folder, seeds)
+        config = folder / f"seed-{seeds[0]}" / "config.yaml"
+        dc = yaml.safe_load(config.read_text())["stages"]["distill"]
+        found[folder.name.removeprefix("kd_")] = {
+            "alpha": dc["alpha"],
+            "temperature": dc["temperature"],
+            **stage_summary(records, "distill"),
+            "ratios": [
+                ndcg_ratio((folder, "distill"), (base, "distill_alone"), seeds, n_boot),
+                ndcg_ratio((folder, "distill"), (base, "adapt"), seeds, n_boot),
+            ],
+        }
+    return found
+
+
+def stage_summary(records: dict[int, dict], stage: str) -> dict:
+    """Valid and test NDCG@10 of `stage`, mean/std over seeds."""
+    return {
+        split: mean_std([r[stage][split]["ndcg@10"] for r in records.values()])
+        for split in ("valid", "test")
     }
 
 
@@ -222,6 +256,29 @@ def distill_lines(d: dict) -> list[str]:
     return [*lines, "", *ratio_lines(d["ratios"]), ""]
 
 
+def settings_lines(settings: dict) -> list[str]:
+    """The distillation settings' table (valid NDCG@10 is what chooses)."""
+    if len(settings) < 2:
+        return []
+    lines = [
+        "Distillation settings (the distill stage retrained on each seed's run; "
+        "runs/transfer/kd_variants.sh; the default is alpha 1, T 2):",
+        "",
+        "| setting | valid NDCG@10 | test NDCG@10 | test / student alone | test / teacher |",
+        "|---|---|---|---|---|",
+    ]
+    for name, v in settings.items():
+        label = name if name == "default" else f"{name} (alpha {v['alpha']}, T {v['temperature']})"
+        ratios = [
+            f"{r['ratio']:.3f} [{r['low']:.3f}, {r['high']:.3f}]" for r in v.get("ratios", [])
+        ]
+        ratios = ratios or ["(above)", "(above)"]
+        lines.append(
+            f"| {label} | {cell(v['valid'])} | {cell(v['test'])} | {ratios[0]} | {ratios[1]} |"
+        )
+    return [*lines, ""]
+
+
 def serving_lines(bench: dict | None) -> list[str]:
     """The serving benchmark's table (empty when it was not run)."""
     if bench is None:
@@ -292,6 +349,7 @@ def markdown(result: dict) -> str:
         "",
         *distill_lines(result["distillation"]),
         *serving_lines(result.get("serving_benchmark")),
+        *settings_lines(result.get("distill_settings", {})),
         *alignment_lines(result["alignment"]),
         *kg_lines(result["knowledge_graph"]),
     ]
@@ -404,6 +462,7 @@ def report(runs: Path, baseline: Path, out: Path, n_boot: int) -> dict:
         "seeds": seeds,
         "goals": GOALS,
         "distillation": distillation(runs / "kg_distill", seeds, n_boot),
+        "distill_settings": distill_settings(runs, seeds, n_boot),
         "serving_benchmark": serving_summary(json.loads(bench.read_text()))
         if (bench := runs / "serving.json").exists()
         else None,
