@@ -1,6 +1,7 @@
 """The transfer techniques' ablations on ML-1M -> ML-100K, over seeds, on one split.
 
     python perf/transfer.py train --runs runs/transfer [--seeds 3]
+    python perf/transfer.py distill-again --runs runs/transfer [--seeds 3]
     python perf/transfer.py serving --runs runs/transfer [--repeats 10]
     python perf/transfer.py report --runs runs/transfer --baseline perf/results/quality/demo \
         --out perf/results/transfer
@@ -14,7 +15,8 @@ finished is skipped, so an interrupted measurement resumes):
 - `kg_distill`: configs/transfer/kg_distill.yaml, the demo with knowledge-graph fusion, whose
   adapted model then teaches an ID-only student (and the same student learns alone).
 
-`serving` re-times each seed's teacher and students from their exports in one process,
+`distill-again` retrains only the distill stage of each kg_distill seed with other settings
+(SETTINGS: T 1; alpha 3), into runs/transfer/kd_<name>/. `serving` re-times each seed's teacher and students from their exports in one process,
 interleaved, on a machine left alone (runs/transfer/serving.json; the in-run figures are
 timed while the run's other rank works). `report` compares each with its paired run: adversarial vs unaligned zero-shot, KG-fused vs
 the demo's adapted model (`--baseline`: perf/quality.py's seed runs of configs/demo.yaml,
@@ -124,8 +126,8 @@ def distillation(run: Path, seeds: list[int], n_boot: int) -> dict:
 
 def distill_settings(runs: Path, seeds: list[int], n_boot: int) -> dict:
     """runs/transfer/kd_<name>/: the distill stage retrained with other settings on each
-    seed's kg_distill run (runs/transfer/kd_variants.sh), against the same student alone and
-    the same teacher; chosen on validation, never on test."""
+    seed's kg_distill run (`distill-again`), against the same student alone and the same
+    teacher; a setting is chosen on validation, never on test."""
     base = runs / "kg_distill"
     found = {"default": {"overrides": [], **stage_summary(stage_records(base, seeds), "distill")}}
     for folder in sorted(runs.glob("kd_*")):
@@ -262,7 +264,7 @@ def settings_lines(settings: dict) -> list[str]:
         return []
     lines = [
         "Distillation settings (the distill stage retrained on each seed's run; "
-        "runs/transfer/kd_variants.sh; the default is alpha 1, T 2):",
+        "`perf/transfer.py distill-again`; the default is alpha 1, T 2):",
         "",
         "| setting | valid NDCG@10 | test NDCG@10 | test / student alone | test / teacher |",
         "|---|---|---|---|---|",
@@ -446,6 +448,42 @@ def serving_summary(bench: dict) -> dict:
     return {"repeats": bench["repeats"], "processes": bench["processes"], **out}
 
 
+SETTINGS = {"t1": ["stages.distill.temperature=1.0"], "a3": ["stages.distill.alpha=3.0"]}
+KEEP_FOR_DISTILL = ("export", "adapters", "ranks", "config.yaml")
+
+
+def distill_again(runs: Path, seeds: int) -> None:
+    """Each SETTINGS entry's distill stage on each finished kg_distill seed: the run folder is
+    copied without checkpoints and distill records and resumed, so only the distill stage
+    trains (the same teacher export and seed), without the control student."""
+    import json
+    import os
+    import subprocess
+
+    from perf.quality import LAUNCH_ENV, LAUNCHER
+
+    for name, overrides in SETTINGS.items():
+        for s in range(seeds):
+            src, dst = runs / "kg_distill" / f"seed-{s}", runs / f"kd_{name}" / f"seed-{s}"
+            if (dst / "metrics.json").exists() or not (src / "metrics.json").exists():
+                continue
+            shutil.rmtree(dst, ignore_errors=True)
+            dst.mkdir(parents=True)
+            for part in KEEP_FOR_DISTILL:
+                copy = shutil.copytree if (src / part).is_dir() else shutil.copy2
+                copy(src / part, dst / part)
+            for stale in dst.glob("export/*-distill*"):
+                shutil.rmtree(stale)
+            stages = json.loads((src / "stages.json").read_text())
+            kept = {k: v for k, v in stages.items() if not k.startswith("distill")}
+            (dst / "stages.json").write_text(json.dumps(kept, indent=2))
+            cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
+            cmd += [str(LAUNCHER), "--num_processes", "2", "-m", "distrec.train"]
+            cmd += ["--config", str(dst / "config.yaml"), "--resume", "auto"]
+            cmd += [f"output.dir={dst}", *overrides, "stages.distill.control=false"]
+            subprocess.run(cmd, env={**os.environ, **LAUNCH_ENV}, check=True)
+
+
 def train(runs: Path, seeds: int) -> None:
     """Every variant's seeds (finished ones skipped)."""
     for name, (config, overrides) in VARIANTS.items():
@@ -483,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("command", choices=["train", "serving", "report"])
+    p.add_argument("command", choices=["train", "distill-again", "serving", "report"])
     p.add_argument("--runs", type=Path, default=Path("runs/transfer"), help="variant seed runs")
     p.add_argument("--seeds", type=int, default=3, help="seeds per variant (train)")
     p.add_argument(
@@ -498,6 +536,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.command == "train":
         train(args.runs, args.seeds)
+        return 0
+    if args.command == "distill-again":
+        distill_again(args.runs, args.seeds)
         return 0
     if args.command == "serving":
         serving(args.runs, args.repeats)
