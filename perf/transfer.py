@@ -3,7 +3,7 @@
     python perf/transfer.py train --runs runs/transfer [--seeds 3]
     python perf/transfer.py distill-again --runs runs/transfer [--seeds 3]
     python perf/transfer.py serving --runs runs/transfer [--repeats 10]
-    python perf/transfer.py report --runs runs/transfer --baseline perf/results/quality/demo \
+    python perf/transfer.py report --runs runs/transfer --baseline perf/results/heads/retrieval \
         --out perf/results/transfer
 
 `train` runs every variant (perf/quality.py's launcher: 2 CPU processes, a seed that already
@@ -65,8 +65,9 @@ def mean_std(values: list[float]) -> dict:
 
 
 def test_metrics(records: dict[int, dict], stage: str) -> dict:
-    """metric -> mean/std over seeds of `stage`'s test split."""
-    return {m: mean_std([r[stage]["test"][m] for r in records.values()]) for m in METRICS}
+    """metric -> mean/std over seeds of `stage`'s test split (the metrics every seed has)."""
+    tests = [r[stage]["test"] for r in records.values()]
+    return {m: mean_std([t[m] for t in tests]) for m in METRICS if all(m in t for t in tests)}
 
 
 def stage_ranks(run: Path, seeds: list[int], stage: str, split: str) -> pd.DataFrame:
@@ -225,7 +226,8 @@ def ratio_lines(ratios: list[dict]) -> list[str]:
 def metric_table(rows: dict[str, dict]) -> list[str]:
     lines = ["| model | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
     for label, stats in rows.items():
-        lines.append(f"| {label} | " + " | ".join(cell(stats[m]) for m in METRICS) + " |")
+        cells = (cell(stats[m]) if m in stats else "" for m in METRICS)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -527,8 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--baseline",
         type=Path,
-        default=Path("perf/results/quality/demo"),
-        help="seed runs of configs/demo.yaml (report: the without-KG rows)",
+        default=Path("perf/results/heads/retrieval"),
+        help="seed runs of configs/demo.yaml with beyond-accuracy metrics (the without-KG rows)",
     )
     p.add_argument("--out", type=Path, default=Path("perf/results/transfer"), help="report folder")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
