@@ -364,16 +364,28 @@ def plot(result: dict, path: Path) -> str:
     """transfer.png: the critic's accuracy per epoch with the probes, the student vs its
     teacher, and the adapted model with and without the graph."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
     a = result["alignment"]
     per_epoch = a["critic_accuracy_per_epoch"]
     xs = list(range(1, len(per_epoch) + 1))
     axes[0].plot(xs, [e["mean"] for e in per_epoch], marker="o", label="co-trained critic")
-    for key, style in (("probe_aligned", "-"), ("probe_unaligned", "--")):
-        axes[0].axhline(a[key]["mean"], linestyle=style, color="gray", label=key.replace("_", " "))
+    for key, style, color in (
+        ("probe_aligned", "-", "#228833"),
+        ("probe_unaligned", "--", "#ee6677"),
+    ):
+        axes[0].axhline(a[key]["mean"], linestyle=style, color=color, label=key.replace("_", " "))
     axes[0].axhline(0.5, color="black", linewidth=0.5)
     axes[0].set(title="domain classifier (balanced acc.)", xlabel="pretraining epoch")
     axes[0].legend()
+    zs = {k: a["zero_shot"][k]["ndcg@10"] for k in ("aligned", "unaligned")}
+    axes[3].bar(
+        list(zs),
+        [v["mean"] for v in zs.values()],
+        yerr=[v["std"] or 0 for v in zs.values()],
+        capsize=4,
+        color=["#228833", "#bbbbbb"],
+    )
+    axes[3].set(title="alignment: zero-shot test NDCG@10", ylabel="NDCG@10")
     d = result["distillation"]
     bars = {"teacher": d["teacher"], "distilled": d["student"], "alone": d["student_alone"]}
     axes[1].bar(
