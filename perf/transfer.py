@@ -211,9 +211,9 @@ def keep_artefacts(run: Path, seeds: list[int], out: Path) -> None:
                 shutil.copy2(src, out / f"seed-{s}" / name)
 
 
-def cell(stat: dict) -> str:
+def cell(stat: dict, digits: int = 4) -> str:
     std = stat.get("std")
-    return f"{stat['mean']:.4f}" + (f" ± {stat['std']:.4f}" if std is not None else "")
+    return f"{stat['mean']:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
 def ratio_lines(ratios: list[dict]) -> list[str]:
@@ -249,13 +249,13 @@ def distill_lines(d: dict) -> list[str]:
         "| model | target parameters | users/s at inference (in-run, fastest repeat) | × teacher (fastest) "
         "| × teacher (median) |",
         "|---|---|---|---|---|",
-        f"| teacher | {sv['teacher']['params']:.0f} | {cell(sv['teacher']['users_per_s'])} | 1 | 1 |",
+        f"| teacher | {sv['teacher']['params']:.0f} | {cell(sv['teacher']['users_per_s'], 0)} | 1 | 1 |",
     ]
     for stage, label in (("distill", "student, distilled"), ("distill_alone", "student alone")):
         s = sv[stage]
         lines.append(
             f"| {label} | {s['params']:.0f} ({s['params'] / sv['teacher']['params']:.1%}) | "
-            f"{cell(s['users_per_s'])} | {cell(s['speedup'])} | {cell(s['speedup_median'])} |"
+            f"{cell(s['users_per_s'], 0)} | {cell(s['speedup'], 2)} | {cell(s['speedup_median'], 2)} |"
         )
     return [*lines, "", *ratio_lines(d["ratios"]), ""]
 
@@ -296,9 +296,9 @@ def serving_lines(bench: dict | None) -> list[str]:
     ]
     for name in ("teacher", "distill", "distill_alone"):
         b = bench[name]
-        speed = [cell(b[k]) if k in b else "1" for k in ("speedup", "speedup_median")]
+        speed = [cell(b[k], 2) if k in b else "1" for k in ("speedup", "speedup_median")]
         lines.append(
-            f"| {name} | {cell(b['users_per_s'])} | {cell(b['users_per_s_median'])} | "
+            f"| {name} | {cell(b['users_per_s'], 0)} | {cell(b['users_per_s_median'], 0)} | "
             f"{speed[0]} | {speed[1]} |"
         )
     return [*lines, ""]
