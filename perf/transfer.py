@@ -16,7 +16,8 @@ finished is skipped, so an interrupted measurement resumes):
   adapted model then teaches an ID-only student (and the same student learns alone).
 
 `distill-again` retrains only the distill stage of each kg_distill seed with other settings
-(SETTINGS: T 1; alpha 3), into runs/transfer/kd_<name>/. `serving` re-times each seed's teacher and students from their exports in one process,
+(SETTINGS: T 1; alpha 3; both students on 30% of the users), into
+runs/transfer/kd_<name>/. `serving` re-times each seed's teacher and students from their exports in one process,
 interleaved, on a machine left alone (runs/transfer/serving.json; the in-run figures are
 timed while the run's other rank works). `report` compares each with its paired run: adversarial vs unaligned zero-shot, KG-fused vs
 the demo's adapted model (`--baseline`: perf/quality.py's seed runs of configs/demo.yaml,
@@ -138,12 +139,16 @@ def distill_settings(runs: Path, seeds: list[int], n_boot: int) -> dict:
         records = stage_records(folder, seeds)
         config = folder / f"seed-{seeds[0]}" / "config.yaml"
         dc = yaml.safe_load(config.read_text())["stages"]["distill"]
+        # Against its own student alone when it trained one (other data), else the run's.
+        alone = folder if "distill_alone" in records[seeds[0]] else base
         found[folder.name.removeprefix("kd_")] = {
             "alpha": dc["alpha"],
             "temperature": dc["temperature"],
+            "train_fraction": dc["train_fraction"],
             **stage_summary(records, "distill"),
+            "alone": stage_summary(stage_records(alone, seeds), "distill_alone"),
             "ratios": [
-                ndcg_ratio((folder, "distill"), (base, "distill_alone"), seeds, n_boot),
+                ndcg_ratio((folder, "distill"), (alone, "distill_alone"), seeds, n_boot),
                 ndcg_ratio((folder, "distill"), (base, "adapt"), seeds, n_boot),
             ],
         }
@@ -268,17 +273,22 @@ def settings_lines(settings: dict) -> list[str]:
         "Distillation settings (the distill stage retrained on each seed's run; "
         "`perf/transfer.py distill-again`; the default is alpha 1, T 2):",
         "",
-        "| setting | valid NDCG@10 | test NDCG@10 | test / student alone | test / teacher |",
-        "|---|---|---|---|---|",
+        "| setting | valid NDCG@10 | test NDCG@10 | student alone (test) | test / student alone "
+        "| test / teacher |",
+        "|---|---|---|---|---|---|",
     ]
     for name, v in settings.items():
-        label = name if name == "default" else f"{name} (alpha {v['alpha']}, T {v['temperature']})"
+        label = name
+        if name != "default":
+            label += f" (alpha {v['alpha']}, T {v['temperature']}, users {v['train_fraction']})"
         ratios = [
             f"{r['ratio']:.3f} [{r['low']:.3f}, {r['high']:.3f}]" for r in v.get("ratios", [])
         ]
         ratios = ratios or ["(above)", "(above)"]
+        alone = cell(v["alone"]["test"]) if "alone" in v else "(above)"
         lines.append(
-            f"| {label} | {cell(v['valid'])} | {cell(v['test'])} | {ratios[0]} | {ratios[1]} |"
+            f"| {label} | {cell(v['valid'])} | {cell(v['test'])} | {alone} | {ratios[0]} | "
+            f"{ratios[1]} |"
         )
     return [*lines, ""]
 
@@ -462,14 +472,20 @@ def serving_summary(bench: dict) -> dict:
     return {"repeats": bench["repeats"], "processes": bench["processes"], **out}
 
 
-SETTINGS = {"t1": ["stages.distill.temperature=1.0"], "a3": ["stages.distill.alpha=3.0"]}
+# Other distillation settings; `few` gives both students 30% of the target's users (the
+# teacher was adapted on all of them), with its own student-alone control.
+SETTINGS = {
+    "t1": ["stages.distill.temperature=1.0", "stages.distill.control=false"],
+    "a3": ["stages.distill.alpha=3.0", "stages.distill.control=false"],
+    "few": ["stages.distill.train_fraction=0.3"],
+}
 KEEP_FOR_DISTILL = ("export", "adapters", "ranks", "config.yaml")
 
 
 def distill_again(runs: Path, seeds: int) -> None:
     """Each SETTINGS entry's distill stage on each finished kg_distill seed: the run folder is
     copied without checkpoints and distill records and resumed, so only the distill stage
-    trains (the same teacher export and seed), without the control student."""
+    trains (the same teacher export and seed)."""
     import json
     import os
     import subprocess
@@ -494,7 +510,7 @@ def distill_again(runs: Path, seeds: int) -> None:
             cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
             cmd += [str(LAUNCHER), "--num_processes", "2", "-m", "distrec.train"]
             cmd += ["--config", str(dst / "config.yaml"), "--resume", "auto"]
-            cmd += [f"output.dir={dst}", *overrides, "stages.distill.control=false"]
+            cmd += [f"output.dir={dst}", *overrides]
             subprocess.run(cmd, env={**os.environ, **LAUNCH_ENV}, check=True)
 
 
