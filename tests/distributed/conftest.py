@@ -31,5 +31,5 @@ def even_pair_dir():
     """`even` as the source and a second domain of its shape as the target (transfer)."""
     out = CACHE / "synth"
     synth_domain(SynthSpec(name="even", **EVEN), out)
-    synth_domain(SynthSpec(name="even-b", **{**EVEN, "seed": 6}), out)
+    synth_domain(SynthSpec(name="even-tgt", **{**EVEN, "seed": 6}), out)
     return out

@@ -28,10 +28,10 @@ def transfer_config(prepared, out, **sections):
     cfg["data"].update(
         domains=[
             {"name": "even", "format": "prepared", "kg_fields": kg},
-            {"name": "even-b", "format": "prepared", "kg_fields": kg},
+            {"name": "even-tgt", "format": "prepared", "kg_fields": kg},
         ],
         sources=["even"],
-        target="even-b",
+        target="even-tgt",
     )
     cfg["model"]["kg"] = {"aggregate": "attention"}
     cfg["stages"] = {
