@@ -215,14 +215,17 @@ def attach_text(cfg: RunConfig, d: DomainData, text: ItemText, shard: Shard) -> 
     log(f"{d.name}: {d.num_items} items ready ({m.mode} mode)")
 
 
-def item_graph(cfg: RunConfig) -> ItemGraph | None:
+def item_graph(cfg: RunConfig, opened: dict[str, DomainData]) -> ItemGraph | None:
     """The knowledge graph over every domain of the run (sources and target, whichever of
-    them a process opens, so the entity vocabulary is always the same); None without
-    model.kg."""
+    them a process opened, so the entity vocabulary is always the same; `opened` are read
+    already); None without model.kg."""
     if cfg.model.kg is None:
         return None
     names = [*cfg.data.sources, *([cfg.data.target] if cfg.data.target else [])]
-    catalogs = {n: (read_domain(cfg, n).catalog, cfg.domain(n)) for n in names}
+    catalogs = {
+        n: ((opened[n] if n in opened else read_domain(cfg, n)).catalog, cfg.domain(n))
+        for n in names
+    }
     graph = build_graph(catalogs, cfg.model.kg.max_neighbours)
     edges = ", ".join(f"{n} {graph.edges(n)}" for n in names)
     log(

@@ -59,7 +59,9 @@ class Workspace:
             for d in domains.values():
                 attach_text(cfg, d, text, collective_shard())
         out = Path(cfg.output.dir) if out is None else out
-        return cls(cfg, accelerator, precision, out, domains, text, resume, item_graph(cfg))
+        return cls(
+            cfg, accelerator, precision, out, domains, text, resume, item_graph(cfg, domains)
+        )
 
     @property
     def rank_world(self) -> tuple[int, int]:
