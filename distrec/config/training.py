@@ -12,6 +12,10 @@ from distrec.config.model import check_head_weights
 
 STAGES = ("pretrain", "zero_shot", "adapt")
 BASELINES = ("popularity", "id_target_only", "text_target_only")
+# train.loss=auto: catalogs above this many items train with the sampled softmax. Below it
+# a full-softmax step costs less than twice a sampled one (perf/results/scale/train.json),
+# and the exact loss is worth that.
+SAMPLED_ABOVE = 50_000
 
 
 class StageConfig(Section):
@@ -248,6 +252,34 @@ class TrainConfig(Section):
         description=(
             "A mid-epoch checkpoint every N optimizer steps (epoch ends always get one); what a "
             "crash can cost. null: epoch ends only."
+        ),
+    )
+    loss: Literal["auto", "full", "sampled"] = Field(
+        default="auto",
+        description=(
+            "Cached mode's retrieval loss: `full` = softmax over the whole catalog (every item "
+            "encoded every step); `sampled` = softmax over the batch's own items plus "
+            "`num_negatives` shared negatives, logQ-corrected (model.logq_correction), so a step "
+            "costs the same at any catalog size; `auto` = sampled above "
+            f"{SAMPLED_ABOVE:,} items (perf/results/scale/train.json: where full softmax's "
+            "step time passes twice the sampled one's). End-to-end mode always samples: its "
+            "candidates are the batch's items."
+        ),
+    )
+    num_negatives: int = Field(
+        default=1024,
+        ge=1,
+        description=(
+            "`loss: sampled`: negatives drawn per batch (with replacement, shared by every row "
+            "of the batch, as in industrial two-tower training) on top of the batch's own items."
+        ),
+    )
+    negative_sampling: Literal["uniform", "popularity"] = Field(
+        default="popularity",
+        description=(
+            "`loss: sampled`: draw negatives uniformly from the catalog or in proportion to "
+            "their training share (popular items are the hard negatives a softmax needs); the "
+            "logQ correction removes the sampling bias either way."
         ),
     )
     log_every: int = Field(default=20, ge=1, description="Log training progress every N steps.")

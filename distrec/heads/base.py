@@ -34,6 +34,15 @@ class NegativeSampling:
 
 
 @dataclass(frozen=True)
+class DrawnNegatives:
+    """Negatives a batch drew for the sampled softmax: `count` with replacement from
+    `proposal` [N+1] (what logQ correction needs to know of them)."""
+
+    count: int
+    proposal: torch.Tensor
+
+
+@dataclass(frozen=True)
 class LossContext:
     """What a loss may need besides the outputs.
 
@@ -42,6 +51,8 @@ class LossContext:
     whole catalog. cross_rank: candidates are gathered from every rank (`world` of them).
     logq: correct sampled logits by log P(item among candidates). generator: for losses
     that draw samples (kept in the checkpoint, so a resumed run draws the same).
+    drawn: the negatives a sampled-softmax batch added to its candidates (count, proposal
+    [N+1]; train.loss), None when the candidates are the batch's items alone or the catalog.
     negatives: how sampling losses (ctr) draw negatives. model: the model section (rating
     range, preference classes). seen: [B, C] each window's user's whole training history as
     candidate columns (computed when called: only sampling losses need it).
@@ -57,6 +68,7 @@ class LossContext:
     negatives: NegativeSampling = NegativeSampling(1)
     model: ModelConfig = field(default_factory=ModelConfig)
     seen: Callable[[], torch.Tensor] | None = None
+    drawn: DrawnNegatives | None = None
 
 
 class HeldOut(NamedTuple):

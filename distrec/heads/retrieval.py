@@ -1,5 +1,6 @@
 """The retrieval head: the next item by softmax over the candidates (the whole catalog, or a
-batch's items with logQ correction end to end). It adds no module, and its metrics are the
+batch's items -- plus shared sampled negatives with train.loss=sampled -- with logQ
+correction). It adds no module, and its metrics are the
 full-catalog ranking metrics every evaluation reports (distrec.train.evaluation)."""
 
 from __future__ import annotations
@@ -12,18 +13,24 @@ from distrec.heads.base import HEADS, Head, LossContext
 from distrec.models.io import TrainOutputs
 
 
-def inclusion_log_prob(share: torch.Tensor, draws: float) -> torch.Tensor:
+def inclusion_log_prob(
+    share: torch.Tensor, slots: float, proposal: torch.Tensor | None = None, draws: int = 0
+) -> torch.Tensor:
     """log P(item is among a batch's candidates) for logQ correction.
 
-    A batch's candidates are the distinct items of its windows: `draws` item slots
-    (real inputs and targets, over every rank whose candidates are gathered), each
-    drawn from the stream with probability `share` (the item's share of training
-    interactions). So P(i in batch) = 1 - (1 - share_i)^draws, computed in log
-    space (expm1/log1p) so rare items keep their precision. Popular items are in
-    almost every batch (log q -> 0) and stop being over-penalised as negatives.
+    A batch's own candidates are the distinct items of its windows: `slots` item slots
+    (real inputs and targets, over every rank whose candidates are gathered), each drawn
+    from the stream with probability `share` (the item's share of training interactions).
+    A sampled-softmax batch (train.loss) adds `draws` negatives drawn from `proposal`. So
+    P(i) = 1 - (1 - share_i)^slots (1 - proposal_i)^draws, computed in log space
+    (expm1/log1p) so rare items keep their precision. Popular items are in almost every
+    batch (log q -> 0) and stop being over-penalised as negatives.
     """
     share = share.double().clamp(min=1e-12, max=1.0 - 1e-12)
-    return torch.log(-torch.expm1(draws * torch.log1p(-share))).float()
+    absent = slots * torch.log1p(-share)
+    if proposal is not None and draws:
+        absent = absent + draws * torch.log1p(-proposal.double().clamp(max=1.0 - 1e-12))
+    return torch.log(-torch.expm1(absent)).float()
 
 
 def item_slots(inputs: torch.Tensor, targets: torch.Tensor) -> int:
@@ -37,8 +44,11 @@ def retrieval(out: TrainOutputs, ctx: LossContext) -> torch.Tensor:
     if ctx.sampled and ctx.logq:
         # Every rank's batch is drawn alike, so gathered candidates come from world x slots.
         slots = item_slots(ctx.batch.inputs, ctx.batch.targets) * ctx.world
-        share = ctx.share[ctx.batch.candidates.items.cpu()]
-        log_q = inclusion_log_prob(share, slots).to(out.users.device)
+        items = ctx.batch.candidates.items.cpu()
+        drawn = ctx.drawn
+        proposal = drawn.proposal[items] if drawn is not None else None
+        log_q = inclusion_log_prob(ctx.share[items], slots, proposal, drawn.count if drawn else 0)
+        log_q = log_q.to(out.users.device)
     return retrieval_loss(out, log_q, cross_rank=ctx.cross_rank)
 
 

@@ -7,17 +7,23 @@ import torch
 from distrec.data.collate import StreamBatch
 from distrec.models.io import ItemBatch, RatingTotals, TrainBatch
 from distrec.train.domains import DomainData
+from distrec.train.sampling import sampled_windows
 
 
 def train_batch(
-    batch: StreamBatch, d: DomainData, device: torch.device, reads_text: bool
+    batch: StreamBatch,
+    d: DomainData,
+    device: torch.device,
+    reads_text: bool,
+    negatives: torch.Tensor | None = None,
 ) -> TrainBatch:
     """The model's input for one stream batch of domain `d`.
 
     End to end, the stream's worker already tokenized the batch's distinct items
     (`items`, `input_ids`) and re-indexed the windows into them (`*_local`): those items
-    are the candidates. Otherwise the whole catalog is (with its cached features when the
-    model reads text).
+    are the candidates. With sampled `negatives` (train.loss, distrec.train.sampling) the
+    candidates are the batch's items and those negatives. Otherwise the whole catalog is
+    (with its cached features when the model reads text).
     """
     ratings, input_ratings = batch.get("target_ratings"), batch.get("input_ratings")
     ratings = ratings.to(device) if ratings is not None else None
@@ -31,13 +37,12 @@ def train_batch(
             attention_mask=batch["attention_mask"].to(device),
         )
         inputs, targets = batch["inputs_local"], batch["targets_local"]
+    elif negatives is not None:
+        windows = sampled_windows(batch["inputs"], batch["targets"], negatives)
+        items = catalog_items(d, windows.items, device, reads_text)
+        inputs, targets = windows.inputs, windows.targets
     else:
-        items = ItemBatch(
-            d.name,
-            torch.arange(1, d.num_items + 1, device=device),
-            popularity=d.popularity[1:].to(device),
-            features=d.features[1:].to(device) if reads_text else None,
-        )
+        items = catalog_items(d, torch.arange(1, d.num_items + 1), device, reads_text)
         inputs, targets = batch["inputs"], batch["targets"]
     return TrainBatch(
         inputs.to(device),
@@ -47,6 +52,18 @@ def train_batch(
         ratings,
         input_ratings,
         candidate_totals(d, items.items.cpu(), device),
+    )
+
+
+def catalog_items(
+    d: DomainData, items: torch.Tensor, device: torch.device, reads_text: bool
+) -> ItemBatch:
+    """Catalog items `items` [C] as cached mode's item tower reads them (features or IDs)."""
+    return ItemBatch(
+        d.name,
+        items.to(device),
+        popularity=d.popularity[items].to(device),
+        features=d.features[items].to(device) if reads_text else None,
     )
 
 

@@ -29,6 +29,7 @@ from distrec.distributed.unshard import PlainCopy
 from distrec.heads import LossContext, NegativeSampling
 from distrec.models.io import TrainBatch, TrainOutputs
 from distrec.train.batches import is_sampled, train_batch
+from distrec.train.sampling import NegativeSampler, catalog_sampling, uses_sampled_softmax
 from distrec.train.checkpoint import Preempted, StageCheckpoints, preemption_requested
 from distrec.train.evaluation import Evaluator, reads_text
 from distrec.train.losses import JointLoss, freeze_other_heads
@@ -54,6 +55,18 @@ class StagePlan:
     def head_weights(self, cfg: RunConfig) -> dict[str, float]:
         """The heads this stage trains, with their joint-loss weights."""
         return self.heads if self.heads is not None else cfg.model.heads
+
+
+def negative_samplers(ws: Workspace, plan: StagePlan) -> dict[str, NegativeSampler]:
+    """A sampler for each trained domain whose cached-mode batches use the sampled softmax
+    (train.loss); the others score their whole catalog."""
+    train = ws.cfg.train
+    chosen = {}
+    for name in plan.train_domains:
+        d = ws.domains[name]
+        if uses_sampled_softmax(train, d.num_items):
+            chosen[name] = NegativeSampler(catalog_sampling(train, d.share))
+    return chosen
 
 
 class TrainHook:
@@ -148,6 +161,7 @@ class Trainer:
         self.accelerator: Accelerator = ws.accelerator
         self.reads_text = reads_text(model)
         self.loss = JointLoss(plan.head_weights(cfg))
+        self.samplers = negative_samplers(ws, plan)
         self.loader = build_loader(ws, plan, with_tokens=self.reads_text)
         freeze_other_heads(model, list(self.loss.weights))
         params = [p for p in model.parameters() if p.requires_grad]
@@ -235,7 +249,7 @@ class Trainer:
         acc, max_norm = self.accelerator, self.ws.cfg.train.max_grad_norm
         d = self.ws.domains[batch["domain"]]
         with acc.accumulate(self.model), acc.autocast():
-            request = train_batch(batch, d, self.ws.device, self.reads_text)
+            request = train_batch(batch, d, self.ws.device, self.reads_text, self.negatives(batch))
             for term in self.terms:
                 request = term.request(self, request)
             out: TrainOutputs = self.model(request)
@@ -276,12 +290,22 @@ class Trainer:
 
     # --- the steps' parts -----------------------------------------------------------------
 
+    def negatives(self, batch: StreamBatch) -> torch.Tensor | None:
+        """The shared negatives of a cached-mode batch under the sampled softmax (train.loss;
+        drawn from the checkpointed generator, so a resumed run draws the same), else None."""
+        sampler = self.samplers.get(batch["domain"])
+        if sampler is None or is_sampled(batch):
+            return None
+        return sampler.draw(self.state.gen)
+
     def loss_context(self, batch: StreamBatch, request: TrainBatch) -> LossContext:
         """What the loss needs besides the outputs for stream batch `batch`, whose model input
         is `request` (TrainBatch): the domain's item shares, sampled/cross-rank candidates."""
-        cfg, sampled = self.ws.cfg, is_sampled(batch)
+        cfg, end_to_end = self.ws.cfg, is_sampled(batch)
         d = self.ws.domains[batch["domain"]]
-        cross_rank = sampled and cfg.distributed.cross_rank_negatives
+        sampler = None if end_to_end else self.samplers.get(d.name)
+        sampled = end_to_end or sampler is not None
+        cross_rank = end_to_end and cfg.distributed.cross_rank_negatives
         return LossContext(
             batch=request,
             share=d.share,
@@ -297,6 +321,7 @@ class Trainer:
             ),
             model=cfg.model,
             seen=lambda: d.seen_columns(batch["users"], request.candidates.items.cpu()),
+            drawn=sampler.drawn if sampler is not None else None,
         )
 
     def epochs_left(self) -> bool:
