@@ -29,10 +29,10 @@ from distrec.distributed.unshard import PlainCopy
 from distrec.heads import LossContext, NegativeSampling
 from distrec.models.io import TrainBatch, TrainOutputs
 from distrec.train.batches import is_sampled, train_batch
-from distrec.train.sampling import NegativeSampler, catalog_sampling, uses_sampled_softmax
 from distrec.train.checkpoint import Preempted, StageCheckpoints, preemption_requested
 from distrec.train.evaluation import Evaluator, reads_text
 from distrec.train.losses import JointLoss, freeze_other_heads
+from distrec.train.sampling import NegativeSampler, catalog_sampling, uses_sampled_softmax
 from distrec.train.state import EarlyStopping, FitResult, TrainState
 from distrec.train.workspace import Workspace
 from distrec.utils.progress import log, progress
