@@ -16,6 +16,10 @@ BASELINES = ("popularity", "id_target_only", "text_target_only")
 # a full-softmax step costs less than twice a sampled one (perf/results/scale/train.json),
 # and the exact loss is worth that.
 SAMPLED_ABOVE = 50_000
+# eval.catalog=auto: several ranks split catalogs above this many items. Below it one rank's
+# copy of the vectors (N x dim floats) is small next to the model, and splitting users
+# instead avoids encoding every user on every rank.
+SHARD_CATALOG_ABOVE = 200_000
 
 
 class StageConfig(Section):
@@ -309,6 +313,25 @@ class EvalConfig(Section):
     )
     max_users: int | None = Field(
         default=None, ge=1, description="Evaluate at most this many users per split (null = all)."
+    )
+    catalog: Literal["auto", "replicated", "sharded"] = Field(
+        default="auto",
+        description=(
+            "How ranks share the catalog when evaluating and recommending: `replicated` = "
+            "every rank holds every item vector and ranks its own users; `sharded` = each rank "
+            "holds and scores only its blocks of the catalog (eval.catalog_block items each) for "
+            "every user, and ranks are combined from per-block counts and top-k merges (same "
+            "metrics, per-rank memory / world); `auto` = sharded on several ranks above "
+            f"{SHARD_CATALOG_ABOVE:,} items."
+        ),
+    )
+    catalog_block: int = Field(
+        default=65_536,
+        ge=1,
+        description=(
+            "Catalog rows scored at once (bounds the users x items score matrix); also the unit "
+            "of eval.catalog=sharded's split of the catalog across ranks."
+        ),
     )
     ctr_negatives: int = Field(
         default=20,

@@ -128,3 +128,20 @@ def read_sequences(urls: list[str]) -> list[dict]:
     """Every user sequence of a domain, in user-index order (evaluation reads them all on
     every rank and shards users, not shards)."""
     return sorted((s for url in urls for s in read_shard(url)), key=lambda s: s["index"])
+
+
+def stream_sequences(urls: list[str]) -> Iterator[dict]:
+    """Every user sequence in user-index order, one shard in memory at a time (evaluation
+    and batch inference stream users instead of holding them all). Both preparation engines
+    write shards that hold consecutive index ranges in manifest order; a domain written
+    otherwise is an error naming the shard, not a silently different order."""
+    previous = -1
+    for url in urls:
+        for seq in sorted(read_shard(url), key=lambda s: s["index"]):
+            if seq["index"] <= previous:
+                raise ValueError(
+                    f"{url}: user index {seq['index']} after {previous}: the shards are not in "
+                    f"user-index order; re-prepare the domain (`distrec data prepare --overwrite`)"
+                )
+            previous = seq["index"]
+            yield seq

@@ -6,7 +6,8 @@ gather across ranks, so this module knows nothing about training or backends.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -79,18 +80,20 @@ def rank_cases(
 
 
 def rank_and_list(
-    cases: list[EvalCase], score: Scorer, how: Ranking, num_batches: int | None = None
+    cases: Iterable[EvalCase], score: Scorer, how: Ranking, num_batches: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """([len(cases)] fractional ranks, [len(cases), how.top_k] top items) of `rank_cases`.
 
-    `num_batches` forces that many score calls (extra ones on a dummy case, dropped):
-    sharded backends (ZeRO-3, FSDP) need every rank to run the same number of forwards.
+    `cases` may be a stream (then `num_batches` is required); only one batch of them is held
+    at a time. `num_batches` forces that many score calls (extra ones on a dummy case,
+    dropped): sharded backends (ZeRO-3, FSDP) need every rank to run the same number of
+    forwards.
     """
-    size = how.batch_size
-    total = num_batches if num_batches is not None else -(-len(cases) // size)
+    if num_batches is None:
+        cases = list(cases)
+        num_batches = -(-len(cases) // how.batch_size)
     ranks, tops = [], []
-    for b in range(total):
-        chunk = cases[b * size : (b + 1) * size]
+    for chunk in case_batches(cases, how.batch_size, num_batches):
         real = len(chunk)
         chunk = chunk or [EvalCase(-1, [1], 1)]
         history, last = history_batch([c.history for c in chunk], how.max_history)
@@ -102,6 +105,27 @@ def rank_and_list(
     if not ranks:
         return torch.zeros(0, dtype=torch.float64), torch.zeros(0, how.top_k, dtype=torch.long)
     return torch.cat(ranks), torch.cat(tops)
+
+
+def case_batches(
+    cases: Iterable[EvalCase], size: int, num_batches: int
+) -> Iterator[list[EvalCase]]:
+    """Exactly `num_batches` lists of up to `size` cases from the stream (empty lists once it
+    runs out: the caller scores a dummy so every rank runs the same forwards)."""
+    stream = iter(cases)
+    for _ in range(num_batches):
+        yield list(itertools.islice(stream, size))
+
+
+def stream_cases(
+    sequences: Iterable[dict], split: str, max_users: int | None = None
+) -> Iterator[EvalCase]:
+    """`eval_cases` as a stream: one case at a time from a stream of sequences."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split={split!r}: expected valid or test")
+    cut = 2 if split == "valid" else 1
+    cases = (case_of(s, cut) for s in sequences if len(s["items"]) >= 3)
+    return itertools.islice(cases, max_users) if max_users else cases
 
 
 @dataclass(frozen=True)
@@ -116,13 +140,27 @@ class UserRanks:
 
 
 def rank_sharded(
-    cases: list[EvalCase], score: Scorer, how: Ranking, shard: Shard = SINGLE
+    cases: Iterable[EvalCase],
+    score: Scorer,
+    how: Ranking,
+    shard: Shard = SINGLE,
+    total: int | None = None,
 ) -> UserRanks:
     """Each rank ranks users rank::world; ranks are gathered so every rank holds every
-    user's rank, identical to a single-process evaluation."""
-    per_rank = -(-len(cases) // shard.world)
-    mine = cases[shard.rank :: shard.world]
-    ranks, top = rank_and_list(mine, score, how, num_batches=-(-per_rank // how.batch_size))
+    user's rank, identical to a single-process evaluation. `cases` may be a stream of
+    `total` cases (a list needs no total)."""
+    if total is None:
+        cases = list(cases)
+        total = len(cases)
+    per_rank = -(-total // shard.world)
+    mine: list[EvalCase] = []
+
+    def take(stream: Iterable[EvalCase]) -> Iterator[EvalCase]:
+        for case in itertools.islice(stream, shard.rank, None, shard.world):
+            mine.append(EvalCase(case.user, [], case.target))  # the index is what is kept
+            yield case
+
+    ranks, top = rank_and_list(take(cases), score, how, -(-per_rank // how.batch_size))
     users = torch.tensor([c.user for c in mine], dtype=torch.long)
     return UserRanks(
         torch.cat(shard.gathered(users)),

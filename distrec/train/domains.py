@@ -4,6 +4,7 @@ in cached mode, a token table end to end)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 from distrec.config import ConfigError, RunConfig
 from distrec.data.kg import ItemGraph, build_graph
 from distrec.data.manifest import Manifest, load_manifest, manifest_path
-from distrec.data.shards import read_sequences
+from distrec.data.shards import read_sequences, stream_sequences
 from distrec.data.tokens import TokenTable
 from distrec.eval.beyond import ItemProfile, multi_hot
 from distrec.heads import HEADS
@@ -126,6 +127,18 @@ class DomainData:
                 self.catalog[f"field.{self.category_field}"].astype(str).tolist()
             )
         return ItemProfile(self.train_counts, self.features, categories)
+
+    def stream_sequences(self) -> Iterator[dict]:
+        """Every user's full sequence in index order, streamed shard by shard (the loaded
+        list when training already read it)."""
+        if self._sequences is not None:
+            return iter(self._sequences)
+        return stream_sequences(self.manifest.shard_urls(self.shard_url))
+
+    def eval_users(self, max_users: int | None) -> int:
+        """How many users a split evaluates (those with >= 3 items, capped at `max_users`)."""
+        found = int(self.manifest.counts["eval_users"])
+        return min(found, max_users) if max_users else found
 
     def sequences(self) -> list[dict]:
         """Every user's full sequence (read once from the shards)."""

@@ -10,15 +10,26 @@ import torch
 from torch import nn
 
 from distrec.config.schema import ModelConfig
+from distrec.config.training import SHARD_CATALOG_ABOVE
+from distrec.data.collate import history_batch
 from distrec.eval.beyond import beyond_accuracy
-from distrec.eval.evaluate import Ranking, UserRanks, eval_cases, rank_sharded
+from distrec.eval.evaluate import (
+    Ranking,
+    UserRanks,
+    case_batches,
+    eval_cases,
+    rank_sharded,
+    stream_cases,
+)
 from distrec.eval.held_out import HeldOutSet, Judged, fixed_negatives, judge_sharded
 from distrec.eval.metrics import metrics_from_ranks
+from distrec.eval.sharded import Blocks, CatalogPart, rank_block_sharded
 from distrec.heads import HEADS, HeldOut
 from distrec.models.io import ItemBatch, ItemVectors, PairQuery, UserQuery
 from distrec.train.batches import candidate_totals
 from distrec.train.domains import DomainData
 from distrec.train.workspace import Workspace
+from distrec.utils.sharding import Shard
 
 
 def mean_metrics(per_domain: list[dict[str, float]]) -> dict[str, float]:
@@ -89,11 +100,23 @@ class Evaluator:
         was_training = model.training
         model.eval()
         with self.ws.accelerator.autocast():
-            catalog = self.catalog(model, d)
+            sharded = self.sharded_catalog(d)
+            catalog = self.catalog_part(model, d) if sharded else self.catalog(model, d)
             found = self.ranks(model, d, split, lists, catalog)
             head = self.head_metrics(model, d, split, heads, catalog)
         model.train(was_training)
         return found, head
+
+    def sharded_catalog(self, d: DomainData) -> bool:
+        """Whether `d`'s catalog is split across ranks (eval.catalog) rather than replicated."""
+        choice, world = self.ws.cfg.eval.catalog, self.ws.shard().world
+        if choice == "auto":
+            return world > 1 and d.num_items > SHARD_CATALOG_ABOVE
+        return choice == "sharded"
+
+    def blocks(self, d: DomainData) -> Blocks:
+        """`d`'s catalog table rows (0..N) in blocks of eval.catalog_block."""
+        return Blocks(d.num_items + 1, self.ws.cfg.eval.catalog_block)
 
     @torch.no_grad()
     def ranks(
@@ -102,27 +125,127 @@ class Evaluator:
         d: DomainData,
         split: str,
         lists: bool = False,
-        catalog: ItemVectors | None = None,
+        catalog: ItemVectors | CatalogPart | None = None,
     ) -> UserRanks:
-        """Every evaluated user's target rank in `split` (sharded over ranks, gathered), and
-        with `lists` their top-K lists; `catalog`: already encoded item vectors."""
+        """Every evaluated user's target rank in `split` (gathered on every rank), and with
+        `lists` their top-K lists; `catalog`: already encoded item vectors (or this rank's
+        part of them). Users are streamed from the shards, one batch at a time."""
         acc = self.ws.accelerator
-        plain = acc.unwrap_model(model)  # for attributes; calls still go through the wrapper
         was_training = model.training
         model.eval()
         # Towers under autocast (fast); the scores themselves in fp32 (Recommender.score).
         with acc.autocast():
-            catalog = catalog if catalog is not None else self.catalog(model, d)
-
-            def score(history: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-                device = self.ws.device
-                query = UserQuery(d.name, history.to(device), last.to(device), catalog.vectors)
-                return plain.score(model(query), catalog)
-
-            cases = eval_cases(d.sequences(), split, self.ws.cfg.eval.max_users)
-            found = rank_sharded(cases, score, self.ranking(d, lists), self.ws.shard())
+            if self.sharded_catalog(d):
+                found = self.ranks_sharded_catalog(model, d, split, lists, catalog)
+            else:
+                found = self.ranks_replicated(model, d, split, lists, catalog)
         model.train(was_training)
         return found
+
+    def ranks_replicated(
+        self, model: nn.Module, d: DomainData, split: str, lists: bool, catalog
+    ) -> UserRanks:
+        """Every rank holds the whole catalog and ranks its share of the users; scores are
+        computed block by block, as the sharded layout does, so both give the same bits."""
+        plain = self.ws.accelerator.unwrap_model(model)  # attributes; calls go through `model`
+        catalog = catalog if catalog is not None else self.catalog(model, d)
+        blocks = self.blocks(d).all()
+
+        def score(history: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+            device = self.ws.device
+            query = UserQuery(d.name, history.to(device), last.to(device), catalog.vectors)
+            users = model(query)
+            parts = [
+                plain.score(
+                    users, ItemVectors(catalog.vectors[a:b], catalog.bias[a:b], catalog.scale)
+                )
+                for a, b in blocks
+            ]
+            return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+        max_users = self.ws.cfg.eval.max_users
+        cases = stream_cases(d.stream_sequences(), split, max_users)
+        total = d.eval_users(max_users)
+        return rank_sharded(cases, score, self.ranking(d, lists), self.ws.shard(), total)
+
+    def ranks_sharded_catalog(
+        self, model: nn.Module, d: DomainData, split: str, lists: bool, part
+    ) -> UserRanks:
+        """Every rank scores every user against its own blocks of the catalog (eval.catalog
+        =sharded); ranks and top lists are combined across ranks (distrec.eval.sharded)."""
+        plain = self.ws.accelerator.unwrap_model(model)
+        part = part if isinstance(part, CatalogPart) else self.catalog_part(model, d)
+        cfg, shard, device = self.ws.cfg, self.ws.shard(), self.ws.device
+        how = self.ranking(d, lists)
+
+        def score(users: torch.Tensor, vectors: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+            return plain.score(users, ItemVectors(vectors, bias, part.scale))
+
+        total = d.eval_users(cfg.eval.max_users)
+        cases = stream_cases(d.stream_sequences(), split, cfg.eval.max_users)
+        users, ranks, tops = [], [], []
+        for chunk in case_batches(cases, how.batch_size, -(-total // how.batch_size)):
+            history, last = history_batch([c.history for c in chunk], how.max_history)
+            vectors = self.history_users(model, d, part, history, last)
+            r, top = rank_block_sharded(vectors.to(device), chunk, part, score, how.top_k, shard)
+            users.append(torch.tensor([c.user for c in chunk], dtype=torch.long))
+            ranks.append(r)
+            tops.append(top)
+        if not ranks:
+            empty = torch.zeros(0, dtype=torch.long)
+            return UserRanks(empty, torch.zeros(0, dtype=torch.float64), empty[:, None][:, :0])
+        return UserRanks(torch.cat(users), torch.cat(ranks), torch.cat(tops))
+
+    def history_users(
+        self,
+        model: nn.Module,
+        d: DomainData,
+        part: CatalogPart,
+        history: torch.Tensor,
+        last: torch.Tensor,
+    ) -> torch.Tensor:
+        """User vectors of `history` [B, T] whose item vectors come from the ranks that own
+        them: the batch's distinct history items are looked up (gathered), re-indexed."""
+        items, local = torch.unique(history, return_inverse=True)
+        vectors, _ = part.lookup(items, self.ws.shard())
+        vectors[items == 0] = 0.0  # padding row
+        device = self.ws.device
+        query = UserQuery(d.name, local.to(device), last.to(device), vectors.to(device))
+        return model(query)
+
+    @torch.no_grad()
+    def catalog_part(self, model: nn.Module, d: DomainData) -> CatalogPart:
+        """This rank's blocks of `d`'s catalog (eval.catalog=sharded): each block encoded in
+        chunks (eval.batch_size end to end, whole cached), with dummy forwards so every rank
+        runs as many as the busiest (ZeRO-3/FSDP)."""
+        text = reads_text(self.ws.accelerator.unwrap_model(model))
+        e2e = d.tokens is not None and text
+        shard, blocks = self.ws.shard(), self.blocks(d)
+        size = self.ws.cfg.eval.batch_size if e2e else blocks.size
+
+        def calls(owned: list[tuple[int, int]]) -> int:
+            return sum(-(-(b - max(a, 1)) // size) for a, b in owned if b > max(a, 1))
+
+        busiest = max(calls(blocks.owned(Shard(r, shard.world))) for r in range(shard.world))
+        part = CatalogPart(d.num_items + 1, [], [], [], torch.ones(1))
+        made = 0
+        for a, b in blocks.owned(shard):
+            rows = [torch.zeros(1, 0)] if a == 0 else []
+            for start in range(max(a, 1), b, size):
+                idx = torch.arange(start, min(start + size, b))
+                out = model(self.item_batch(d, idx, text, e2e))
+                rows.append(torch.cat([out.vectors.float(), out.bias.float()[:, None]], 1).cpu())
+                part.scale, made = out.scale.float().reshape(-1)[:1].cpu(), made + 1
+            if a == 0:
+                rows[0] = torch.zeros(1, rows[1].shape[1] if len(rows) > 1 else 1)
+            table = torch.cat(rows)
+            part.blocks.append((a, b))
+            part.vectors.append(table[:, :-1])
+            part.bias.append(table[:, -1])
+        for _ in range(busiest - made):
+            out = model(self.item_batch(d, torch.tensor([1]), text, e2e))
+            part.scale = out.scale.float().reshape(-1)[:1].cpu()
+        return part
 
     def held_out(self, d: DomainData, split: str) -> HeldOutSet:
         """`split`'s cases of `d` with their fixed negatives (eval.ctr_negatives, seeded by
@@ -137,30 +260,39 @@ class Evaluator:
         return d.held_out_sets[key]
 
     @torch.no_grad()
-    def judged(self, model: nn.Module, d: DomainData, split: str, catalog: ItemVectors) -> Judged:
-        """Two-tower scores and head-module outputs of every held-out item and its negatives."""
-        device = self.ws.device
+    def judged(
+        self, model: nn.Module, d: DomainData, split: str, catalog: ItemVectors | CatalogPart
+    ) -> Judged:
+        """Two-tower scores and head-module outputs of every held-out item and its negatives.
+        With a sharded catalog every rank judges every user (the vectors each batch needs
+        are gathered from the ranks that own them), so all ranks run the same lookups."""
+        device, shard = self.ws.device, self.ws.shard()
+        sharded = isinstance(catalog, CatalogPart)
 
         def judge(history, last, items, ratings):
+            totals = candidate_totals(d, items[:, 0], device)
+            table = catalog
+            if sharded:
+                needed, local = torch.unique(torch.cat([history, items], 1), return_inverse=True)
+                vectors, bias = catalog.lookup(needed, shard)
+                vectors[needed == 0] = 0.0
+                table = ItemVectors(vectors.to(device), bias.to(device), catalog.scale.to(device))
+                history, items = local[:, : history.shape[1]], local[:, history.shape[1] :]
             query = PairQuery(
                 d.name,
                 history.to(device),
                 last.to(device),
                 items.to(device),
-                catalog,
+                table,
                 ratings.to(device) if ratings is not None else None,
-                candidate_totals(d, items[:, 0], device),
+                totals,
             )
             return model(query)
 
         cfg = self.ws.cfg
-        return judge_sharded(
-            self.held_out(d, split),
-            judge,
-            cfg.data.max_history,
-            cfg.eval.batch_size,
-            self.ws.shard(),
-        )
+        users = Shard() if sharded else shard
+        held = self.held_out(d, split)
+        return judge_sharded(held, judge, cfg.data.max_history, cfg.eval.batch_size, users)
 
     def head_metrics(
         self,
