@@ -52,10 +52,32 @@ def top_items(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> torch.Tens
     s = scores.float().masked_fill(exclude, float("-inf"))
     s[:, 0] = float("-inf")
     k = min(k, s.shape[1] - 1)
-    # A stable descending sort breaks ties by index, so lists do not depend on the kernel.
-    ordered = torch.sort(s, dim=1, descending=True, stable=True)
-    top = ordered.indices[:, :k]
-    return top.masked_fill(ordered.values[:, :k] == float("-inf"), 0)
+    # Ties by index (a stable descending sort's order), so lists do not depend on the kernel.
+    values, top = top_with_ties(s, k)
+    return top.masked_fill(values == float("-inf"), 0)
+
+
+def top_with_ties(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, k] scores, [B, k] column indices) of each row's k best columns, ties to the lower
+    column (what a stable descending sort of the whole row gives), from a top-k wide enough
+    to hold every column tied with the k-th, not a sort of the row."""
+    kth = torch.topk(s, k, dim=1).values[:, -1:]
+    width = int((s >= kth).sum(1).max())
+    if width >= s.shape[1]:
+        ordered = torch.sort(s, dim=1, descending=True, stable=True)
+        return ordered.values[:, :k], ordered.indices[:, :k]
+    values, index = torch.topk(s, width, dim=1)
+    return ordered_by_score_then_index(values, index, k)
+
+
+def ordered_by_score_then_index(
+    values: torch.Tensor, index: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k first of each row's (value, index) pairs by value descending, index ascending."""
+    by_index = torch.sort(index, dim=1, stable=True)
+    values = values.gather(1, by_index.indices)
+    best = torch.sort(values, dim=1, descending=True, stable=True)
+    return best.values[:, :k], by_index.values.gather(1, best.indices[:, :k])
 
 
 def intra_list_diversity(top: torch.Tensor, vectors: torch.Tensor) -> float:

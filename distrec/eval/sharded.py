@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from distrec.eval.beyond import ordered_by_score_then_index, top_with_ties
 from distrec.eval.evaluate import EvalCase
 from distrec.eval.metrics import NonFiniteScores
 from distrec.utils.sharding import SINGLE, Shard
@@ -76,6 +77,22 @@ class CatalogPart:
         return out[:, :-1], out[:, -1]
 
 
+def block_scores(
+    users: torch.Tensor, cases: list[EvalCase], part: CatalogPart, score: BlockScorer
+) -> list[tuple[int, torch.Tensor]]:
+    """(start row, scores [B, n]) of each of this rank's blocks, with every case's history
+    masked (-inf; its target stays rankable) and the padding row too."""
+    scored = []
+    for (start, stop), v, b in zip(part.blocks, part.vectors, part.bias, strict=True):
+        s = score(users, v, b).float().cpu()
+        check_finite(s, start)
+        s = s.masked_fill(history_in_block(cases, start, stop), float("-inf"))
+        if start == 0:
+            s[:, 0] = float("-inf")
+        scored.append((start, s))
+    return scored
+
+
 def rank_block_sharded(
     users: torch.Tensor,
     cases: list[EvalCase],
@@ -87,19 +104,14 @@ def rank_block_sharded(
     """([B] fractional ranks, [B, top_k] top items) of `cases` (every rank passes the same
     cases and user vectors [B, d]) against the whole catalog, which `part` holds a slice of."""
     targets = torch.tensor([c.target for c in cases])
-    scored, target_score = [], torch.zeros(len(cases), dtype=torch.float64)
+    scored = block_scores(users, cases, part, score)
+    target_score = torch.zeros(len(cases), dtype=torch.float64)
     owner = torch.zeros(len(cases), dtype=torch.float64)
-    for (start, stop), v, b in zip(part.blocks, part.vectors, part.bias, strict=True):
-        s = score(users, v, b).float().cpu()
-        check_finite(s, start)
-        s = s.masked_fill(history_in_block(cases, start, stop), float("-inf"))
-        if start == 0:
-            s[:, 0] = float("-inf")
-        here = (targets >= start) & (targets < stop)
+    for start, s in scored:
+        here = (targets >= start) & (targets < start + s.shape[1])
         rows = here.nonzero().flatten()
         target_score[rows] = s[rows, targets[rows] - start].double()
         owner[rows] = 1.0
-        scored.append((start, s))
     # Exactly one rank owns each target: summing the parts hands every rank its score.
     target_score = gathered_sum(target_score, shard)
     if not bool((gathered_sum(owner, shard) == 1.0).all()):
@@ -113,7 +125,22 @@ def rank_block_sharded(
     higher, equal = gathered_sum(higher, shard), gathered_sum(equal, shard)
     ranks = higher + 0.5 * (equal - 1.0)
     k = min(top_k, part.rows - 1)  # as top_items: never more than the catalog's N items
-    return ranks, merged_top(scored, len(cases), k, shard)
+    return ranks, merged_top(scored, len(cases), k, shard)[1]
+
+
+def top_block_sharded(
+    users: torch.Tensor,
+    histories: list[list[int]],
+    part: CatalogPart,
+    score: BlockScorer,
+    k: int,
+    shard: Shard = SINGLE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, k] scores, [B, k] items) of each user's k best items outside their history, over
+    the whole catalog (batch inference: there is no held-out target)."""
+    cases = [EvalCase(row, h, 0) for row, h in enumerate(histories)]
+    scored = block_scores(users, cases, part, score)
+    return merged_top(scored, len(cases), min(k, part.rows - 1), shard)
 
 
 def history_in_block(cases: list[EvalCase], start: int, stop: int) -> torch.Tensor:
@@ -147,20 +174,18 @@ def gathered_sum(local: torch.Tensor, shard: Shard) -> torch.Tensor:
 
 
 def merged_top(
-    scored: list[tuple[int, torch.Tensor]],
-    users: int,
-    k: int,
-    shard: Shard,
-) -> torch.Tensor:
-    """[B, k] each user's k best items over every rank's blocks: per-block top-k, gathered
-    and merged by (score descending, catalog index ascending), as beyond.top_items ranks."""
+    scored: list[tuple[int, torch.Tensor]], users: int, k: int, shard: Shard
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, k] scores, [B, k] items) of each user's k best items over every rank's blocks:
+    per-block top-k, gathered and merged by (score descending, catalog index ascending), as
+    beyond.top_items ranks. Masked (-inf) places hold item 0."""
     if k <= 0:
-        return torch.zeros(users, 0, dtype=torch.long)
+        return torch.zeros(users, 0), torch.zeros(users, 0, dtype=torch.long)
     values, index = [torch.zeros(users, 0)], [torch.zeros(users, 0, dtype=torch.long)]
     for start, s in scored:
-        top = torch.sort(s, dim=1, descending=True, stable=True)
-        values.append(top.values[:, :k])
-        index.append(top.indices[:, :k] + start)
+        top_values, top_index = top_with_ties(s, min(k, s.shape[1]))
+        values.append(top_values)
+        index.append(top_index + start)
     values, index = torch.cat(values, 1), torch.cat(index, 1)
     if shard.world > 1:  # ranks own different numbers of blocks: pad to the widest
         most = max(int(n) for n in shard.gathered(torch.tensor([values.shape[1]])))
@@ -169,11 +194,5 @@ def merged_top(
         index = torch.cat([index, torch.zeros(users, pad, dtype=torch.long)], 1)
         values = torch.cat(shard.gathered(values), 1)
         index = torch.cat(shard.gathered(index), 1)
-    # Ties by index: order the candidates by index, then a stable sort by score.
-    by_index = torch.sort(index, dim=1, stable=True)
-    values = values.gather(1, by_index.indices)
-    index = by_index.values
-    best = torch.sort(values, dim=1, descending=True, stable=True)
-    top_values = best.values[:, :k]
-    top_index = index.gather(1, best.indices[:, :k])
-    return top_index.masked_fill(top_values == float("-inf"), 0)
+    best_values, best_index = ordered_by_score_then_index(values, index, k)
+    return best_values, best_index.masked_fill(best_values == float("-inf"), 0)
