@@ -102,17 +102,66 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return run_training(args.config, args.overrides, resume=args.resume)
 
 
+def _catalog_overrides(args: argparse.Namespace) -> list[str]:
+    """The eval.* settings the evaluate / recommend flags choose."""
+    out = [f"eval.catalog={args.catalog}"] if args.catalog else []
+    if args.catalog_block:
+        out.append(f"eval.catalog_block={args.catalog_block}")
+    if getattr(args, "batch_size", None):
+        out.append(f"eval.batch_size={args.batch_size}")
+    return out
+
+
+def _print_on_rank_zero(text: str) -> None:
+    from distrec.distributed.env import rank_and_world
+
+    if rank_and_world()[0] == 0:
+        print(text)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from distrec.train.inference import evaluate_run
 
-    print(evaluate_run(args.run, domain=args.domain, split=args.split, export=args.export))
+    text = evaluate_run(
+        args.run,
+        domain=args.domain,
+        split=args.split,
+        export=args.export,
+        overrides=_catalog_overrides(args),
+        json_out=args.json,
+    )
+    _print_on_rank_zero(text)
     return 0
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
     from distrec.train.inference import recommend
 
+    if args.all_users:
+        from distrec.train.batch_inference import recommend_all
+
+        if args.history or not args.out:
+            raise ConfigError("--all-users writes --out FILE.parquet and takes no --history")
+        recommend_all(
+            args.run,
+            args.domain,
+            args.out,
+            k=args.k,
+            export=args.export,
+            overwrite=args.overwrite,
+            overrides=_catalog_overrides(args),
+        )
+        return 0
+    if not args.history:
+        raise ConfigError("recommend: give --history ITEM ... or --all-users --out FILE.parquet")
     print(recommend(args.run, args.domain, args.history, k=args.k, export=args.export))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from distrec.train.batch_inference import export_serving
+
+    export_serving(args.run, args.domain, args.out, export=args.export, overwrite=args.overwrite)
     return 0
 
 
@@ -257,17 +306,54 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("recommend", help="top-k items for a history of item titles")
+    p.add_argument("--json", default=None, help="also write the metrics here (full precision)")
+    _add_catalog_args(p)
+
+    p = sub.add_parser(
+        "recommend",
+        help="top-k items for a history of item titles, or for every user (--all-users)",
+    )
     p.add_argument("--run", required=True)
     p.add_argument("--domain", required=True)
-    p.add_argument("--history", nargs="+", required=True, help="item ids (titles), oldest first")
+    p.add_argument("--history", nargs="+", default=None, help="item ids (titles), oldest first")
+    p.add_argument(
+        "--all-users",
+        action="store_true",
+        help="every user of the domain (history masked), sharded across `accelerate launch` ranks",
+    )
+    p.add_argument("--out", default=None, help="--all-users: the Parquet file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("-k", type=int, default=10)
     p.add_argument(
         "--export",
         default=None,
         help="an exported model with its own model section, e.g. distill (the distilled student)",
     )
+    _add_catalog_args(p)
+    p.add_argument("--batch-size", type=int, default=None, help="users per batch (eval.batch_size)")
     p.set_defaults(func=_cmd_recommend)
+
+    p = sub.add_parser(
+        "export", help="a domain's item vectors and user tower for serving with an ANN index"
+    )
+    p.add_argument("--run", required=True)
+    p.add_argument("--domain", default=None, help="default: the target")
+    p.add_argument("--out", required=True, help="folder to write (distrec.models.serving reads it)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--export", default=None, help="an exported model, e.g. distill")
+    p.set_defaults(func=_cmd_export)
+
+
+def _add_catalog_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--catalog",
+        choices=["auto", "replicated", "sharded"],
+        default=None,
+        help="eval.catalog for this use: split the catalog across launched ranks (sharded)",
+    )
+    p.add_argument(
+        "--catalog-block", type=int, default=None, help="eval.catalog_block: catalog rows per block"
+    )
 
 
 def _add_tool_commands(sub: argparse._SubParsersAction) -> None:

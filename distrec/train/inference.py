@@ -16,6 +16,7 @@ import yaml
 
 from distrec.config import ConfigError, load_config
 from distrec.data.collate import history_batch
+from distrec.eval.beyond import top_items
 from distrec.heads.base import target_heads
 from distrec.models.io import UserQuery
 from distrec.train.domains import check_graph_record
@@ -24,10 +25,16 @@ from distrec.train.workspace import Workspace
 from distrec.utils.hashing import sha256_file
 
 
-def load_run(run_dir: str | Path, domain: str | None, export: str | None = None):
+def load_run(
+    run_dir: str | Path,
+    domain: str | None,
+    export: str | None = None,
+    overrides: list[str] | None = None,
+):
     """(workspace, model, domain) with the domain's adapter active when it has one; with
     `export`, the model exported with its own model section under export/<domain>-<export>/
-    (a distilled student: `distill`, `distill_alone`)."""
+    (a distilled student: `distill`, `distill_alone`). `overrides`: eval.* settings for
+    this use (eval.catalog, eval.batch_size), never what the model is."""
     from peft import PeftModel
 
     from distrec.distributed.accelerator import build_accelerator
@@ -37,8 +44,12 @@ def load_run(run_dir: str | Path, domain: str | None, export: str | None = None)
     if not (run_dir / "config.yaml").exists():
         raise ConfigError(f"--run {str(run_dir)!r}: not a distrec run folder (no config.yaml)")
     # Inference runs in whatever process calls it, not under the training launcher.
+    bad = [o for o in overrides or [] if not o.startswith("eval.")]
+    if bad:
+        raise ConfigError(f"{bad}: only eval.* settings can change for a finished run")
     cfg = load_config(
-        run_dir / "config.yaml", [f"output.dir={run_dir}", "distributed.strategy=auto"]
+        run_dir / "config.yaml",
+        [f"output.dir={run_dir}", "distributed.strategy=auto", *(overrides or [])],
     )
     names = [*cfg.data.sources, *([cfg.data.target] if cfg.data.target else [])]
     domain = domain or cfg.data.target or names[0]
@@ -106,14 +117,23 @@ def check_adapter_base(adapter: Path, base_file: Path) -> None:
 
 
 def evaluate_run(
-    run_dir: str, domain: str | None = None, split: str = "test", export: str | None = None
+    run_dir: str,
+    domain: str | None = None,
+    split: str = "test",
+    export: str | None = None,
+    overrides: list[str] | None = None,
+    json_out: str | None = None,
 ) -> str:
     """Full-ranking metrics of a finished run's model (or its `export`, see load_run) on
     `domain`'s `split`, and the metrics of the heads trained for that domain
-    (stages.adapt.heads on the target, else model.heads), as text."""
-    ws, model, domain = load_run(run_dir, domain, export)
+    (stages.adapt.heads on the target, else model.heads), as text; with `json_out`, also
+    written there in full precision (rank 0)."""
+    ws, model, domain = load_run(run_dir, domain, export, overrides)
     heads = target_heads(ws.cfg) if domain == ws.cfg.data.target else ws.cfg.model.heads
     metrics = Evaluator(ws).metrics(model, [domain], split, list(heads))
+    if json_out and ws.shard().rank == 0:
+        record = {"domain": domain, "split": split, "catalog": ws.cfg.eval.catalog, **metrics}
+        Path(json_out).write_text(json.dumps(record, indent=2) + "\n")
     rows = [f"{domain} ({split}, {int(metrics['users'])} users, full ranking)"]
     rows += [f"  {k:10s} {v:.4f}" for k, v in metrics.items() if k != "users"]
     return "\n".join(rows)
@@ -140,20 +160,21 @@ def recommend(
     limit = ws.cfg.data.max_history
     if len(history) > limit:
         lines.append(
-            f"history has {len(history)} items; the model reads the last {limit} (oldest dropped)"
+            f"history has {len(history)} items; the model reads the last {limit} (all of them "
+            f"are masked from the recommendations)"
         )
-        history = history[-limit:]
     catalog = Evaluator(ws).catalog(model, d)
-    hist, last = history_batch([history], limit)
+    hist, last = history_batch([history], limit)  # keeps the newest `limit`
     user = model(UserQuery(domain, hist, last, catalog.vectors))
-    scores = model.score(user, catalog)[0]
-    scores[0] = float("-inf")
-    scores[history] = float("-inf")
-    top = torch.topk(scores, min(k, d.num_items - len(set(history))))
+    scores = model.score(user, catalog).float().cpu()
+    seen = torch.zeros_like(scores, dtype=torch.bool)
+    seen[0, history] = True
+    # top_items: ties to the lower catalog index, as batch inference ranks them.
+    top = top_items(scores, seen, k)[0]
+    top = top[top > 0]
     names = d.catalog.set_index("item_index")["item_id"]
-    lines.append(f"top {len(top.indices)} for {domain}:")
+    lines.append(f"top {len(top)} for {domain}:")
     lines += [
-        f"{r + 1:3d}. {names[int(i)]}  ({float(s):.4f})"
-        for r, (s, i) in enumerate(zip(top.values, top.indices, strict=True))
+        f"{r + 1:3d}. {names[int(i)]}  ({float(scores[0, i]):.4f})" for r, i in enumerate(top)
     ]
     return "\n".join(lines)
