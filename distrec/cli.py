@@ -83,6 +83,7 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
         rule=args.rule,
         catalog_seed=args.catalog_seed,
         ratings=args.ratings,
+        feature_dim=args.feature_dim,
     )
     print(f"wrote {synth_domain(spec, args.out, overwrite=args.overwrite)}")
     return 0
@@ -277,6 +278,13 @@ def _add_synth_command(data_sub: argparse._SubParsersAction) -> None:
         "--ratings",
         action="store_true",
         help="planted 1-5 ratings (user bias + item bias + genre taste + noise) for rating heads",
+    )
+    p.add_argument(
+        "--feature-dim",
+        type=int,
+        default=0,
+        help="write generated item features [items, D] (a genre-seeded Gaussian mixture) that "
+        "cached-mode training reads instead of encoding item texts with the LM (0 = none)",
     )
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_data_synth)

@@ -28,6 +28,9 @@ def inspect_manifest(path: str | Path, verify: bool = True) -> tuple[str, bool]:
         catalog = m.data["catalog"]
         if sha256_file(m.root / catalog["file"]) != catalog["sha256"]:
             problems.append(f"{catalog['file']}: sha256 mismatch")
+        features = m.data.get("features")
+        if features and sha256_file(m.root / features["file"]) != features["sha256"]:
+            problems.append(f"{features['file']}: sha256 mismatch")
         ok = not problems
         lines.append("  integrity: ok" if ok else "  integrity: FAILED")
         lines.extend(f"    - {p}" for p in problems)

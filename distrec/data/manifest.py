@@ -12,6 +12,7 @@ from distrec.config.errors import ConfigError
 SCHEMA_VERSION = 3  # 2: packed binary samples (seq.bin) in USTAR tars; 3: per-user lengths
 MANIFEST = "manifest.json"
 CATALOG = "catalog.parquet"
+FEATURES = "features.safetensors"  # generated item features [N, D] (synth --feature-dim)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,18 @@ class Manifest:
     def catalog_path(self) -> Path:
         """The domain's catalog.parquet (one row per item, in index order)."""
         return self.root / CATALOG
+
+    @property
+    def feature_dim(self) -> int:
+        """D of the domain's generated item features (synth --feature-dim); 0 without them."""
+        entry = self.data.get("features")
+        return int(entry["dim"]) if entry else 0
+
+    @property
+    def features_path(self) -> Path | None:
+        """The generated item features' safetensors file ([N, D] float32), or None."""
+        entry = self.data.get("features")
+        return self.root / entry["file"] if entry else None
 
 
 def load_manifest(path: str | Path) -> Manifest:

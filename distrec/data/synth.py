@@ -9,6 +9,12 @@ catalog: structure a sequential model must find and popularity cannot. Two
 domains with the same `catalog_seed` share item texts and the chain (but not
 users or ID tables), so the rule can only transfer from one to the other through
 the items' text: the quality tests' source/target pair.
+
+Generated item features (`feature_dim` > 0) stand in for LM features at scales where
+encoding every item text with the LM would take hours: a seeded Gaussian mixture with
+one component per genre, unit-normed like pooled sentence embeddings, so items of a
+genre lie near each other and every item is still its own point. They are drawn from
+`catalog_seed` too, so domains sharing a catalog share their items' features.
 """
 
 from __future__ import annotations
@@ -84,12 +90,16 @@ class SynthSpec:
     rule: float = 0.0  # probability that the next item is the previous one's successor
     catalog_seed: int | None = None  # item texts and chain; None = seed
     ratings: bool = False  # planted 1-5 ratings: user bias + item bias + genre taste + noise
+    feature_dim: int = (
+        0  # generated item features [items, feature_dim] instead of LM ones; 0 = none
+    )
 
     def fingerprint(self) -> str:
-        """Hash of the spec; the rule and rating fields enter only when set, so domains made
-        before they existed stay current."""
+        """Hash of the spec; the rule, rating and feature fields enter only when set, so
+        domains made before they existed stay current."""
         spec = asdict(self)
-        for key, default in (("rule", 0.0), ("catalog_seed", None), ("ratings", False)):
+        defaults = (("rule", 0.0), ("catalog_seed", None), ("ratings", False), ("feature_dim", 0))
+        for key, default in defaults:
             if spec[key] == default:
                 del spec[key]
         return sha256_json({"synth": spec})
@@ -105,6 +115,8 @@ class SynthSpec:
             raise ValueError(f"synth: zipf={self.zipf} must be > 0")
         if not 0.0 <= self.rule < 1.0:
             raise ValueError(f"synth: rule={self.rule} must be in [0, 1)")
+        if self.feature_dim < 0:
+            raise ValueError(f"synth: feature_dim={self.feature_dim} must be >= 0 (0 = none)")
 
 
 def synth_domain(spec: SynthSpec, out_dir: str | Path, overwrite: bool = False) -> Path:
@@ -141,6 +153,10 @@ def synth_domain(spec: SynthSpec, out_dir: str | Path, overwrite: bool = False) 
     )
     if spec.ratings:
         sequences = _rated(sequences, catalog, np.random.default_rng([spec.seed, 0x5A7E]))
+    features = None
+    if spec.feature_dim:
+        genres = catalog["field.genre"].tolist()
+        features = generated_features(genres, spec.feature_dim, catalog_seed)
     dataset = DomainDataset(
         domain=spec.name,
         fingerprint=fingerprint,
@@ -153,6 +169,7 @@ def synth_domain(spec: SynthSpec, out_dir: str | Path, overwrite: bool = False) 
             "text_fields": ["title", "genre"],
             "has_ratings": spec.ratings,
         },
+        features=features,
     )
     return write_domain(root, dataset, users_per_shard=spec.users_per_shard)
 
@@ -172,6 +189,26 @@ def _rated(
         raw = raw + rng.normal(0.0, 0.4, size=len(items))
         seq.ratings = np.clip(np.round(raw), 1, 5).astype(float).tolist()
         yield seq
+
+
+ITEM_SPREAD = 1.0  # per-coordinate std of an item around its genre's centre (centres: 1)
+FEATURE_CHUNK = 1 << 16  # rows drawn at once: 10^6 items never hold a float64 copy
+
+
+def generated_features(genres: list[str], dim: int, seed: int) -> np.ndarray:
+    """[len(genres), dim] float32 unit vectors: the genre's centre plus per-item noise
+    (ITEM_SPREAD), from its own generator so the rest of the domain is unchanged."""
+    rng = np.random.default_rng([seed, 0xFEA7])
+    centres = rng.standard_normal((len(GENRES), dim), dtype=np.float32)
+    index = {g: i for i, g in enumerate(GENRES)}
+    codes = np.array([index[g] for g in genres], dtype=np.int64)
+    out = np.empty((len(genres), dim), dtype=np.float32)
+    for start in range(0, len(genres), FEATURE_CHUNK):
+        rows = codes[start : start + FEATURE_CHUNK]
+        noise = rng.standard_normal((len(rows), dim), dtype=np.float32)
+        block = centres[rows] + np.float32(ITEM_SPREAD) * noise
+        out[start : start + len(rows)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
 
 
 def _catalog(spec: SynthSpec, rng: np.random.Generator) -> pd.DataFrame:

@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from safetensors.numpy import save_file
 
 from distrec import __version__
 from distrec.config.errors import ConfigError
-from distrec.data.manifest import CATALOG, MANIFEST, SCHEMA_VERSION
+from distrec.data.manifest import CATALOG, FEATURES, MANIFEST, SCHEMA_VERSION
 from distrec.data.shards import UserSequence, write_shards
 from distrec.utils.hashing import sha256_file
 from distrec.utils.progress import log
@@ -62,7 +63,9 @@ class DomainDataset:
 
     `catalog` has `item_index` 1..N, `item_id`, `text` and `field.*` columns; `sequences`
     are the users in index order; `counts` and `extra` (producer-specific fields such as
-    sources or the synth spec) go into the manifest as they are.
+    sources or the synth spec) go into the manifest as they are; `features` [N, D] float32
+    are generated item features (synth `feature_dim`) that training reads instead of
+    encoding the item texts with the LM, or None.
     """
 
     domain: str
@@ -71,6 +74,7 @@ class DomainDataset:
     sequences: Iterable[UserSequence]
     counts: dict[str, Any]
     extra: dict[str, Any]
+    features: np.ndarray | None = None
 
 
 def write_domain(root: Path, dataset: DomainDataset, *, users_per_shard: int) -> Path:
@@ -85,6 +89,7 @@ def write_domain(root: Path, dataset: DomainDataset, *, users_per_shard: int) ->
         # Training-part popularity: the popularity baseline and logQ correction read it.
         catalog = dataset.catalog.assign(train_count=train_counts[1:])
         catalog.to_parquet(staging / CATALOG, index=False)
+        features = _write_features(staging, dataset)
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "domain": dataset.domain,
@@ -96,6 +101,7 @@ def write_domain(root: Path, dataset: DomainDataset, *, users_per_shard: int) ->
             "interactions are train-only",
             "catalog": {"file": CATALOG, "sha256": sha256_file(staging / CATALOG)},
             "shards": shards,
+            **({"features": features} if features else {}),
             **dataset.extra,
         }
         # The manifest is written last: its presence marks a complete dataset.
@@ -105,6 +111,25 @@ def write_domain(root: Path, dataset: DomainDataset, *, users_per_shard: int) ->
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return root / MANIFEST
+
+
+def _write_features(staging: Path, dataset: DomainDataset) -> dict[str, Any] | None:
+    """Write the generated item features (if any) as safetensors; their manifest entry."""
+    if dataset.features is None:
+        return None
+    rows, dim = dataset.features.shape
+    if rows != len(dataset.catalog):
+        raise ValueError(
+            f"{dataset.domain}: {rows} feature rows for {len(dataset.catalog)} catalog items"
+        )
+    values = np.ascontiguousarray(dataset.features, dtype=np.float32)
+    save_file({"features": values}, str(staging / FEATURES))
+    return {
+        "file": FEATURES,
+        "dim": int(dim),
+        "source": "generated",
+        "sha256": sha256_file(staging / FEATURES),
+    }
 
 
 def train_length(length: int) -> int:

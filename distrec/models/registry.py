@@ -25,9 +25,9 @@ from distrec.utils.registry import Registry
 class ModelSpec:
     """What a model is built from.
 
-    domain_items: items per domain (ID tables, domain embeddings); feature_dim: the LM's
-    hidden size (0 when no LM was loaded); lm: the LM itself in end-to-end mode, else None;
-    dropout: the user tower's dropout when it differs from model.user_tower.dropout;
+    domain_items: items per domain (ID tables, domain embeddings); feature_dim: the item
+    features' width, the LM's hidden size or the generated features' (0 without item text);
+    lm: the LM itself in end-to-end mode, else None; dropout: the user tower's dropout when it differs from model.user_tower.dropout;
     heads: the head modules the model runs on its (user, item) pairs (distrec.heads);
     graph: the item knowledge graph (model.kg; distrec.data.kg), else None.
     """

@@ -1,5 +1,6 @@
 """A domain as training sees it: manifest, catalog, popularity, and its item text (LM features
-in cached mode, a token table end to end)."""
+in cached mode, a token table end to end, or the generated features a synthetic domain
+carries instead: `distrec data synth --feature-dim`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from safetensors.torch import load_file
 
 from distrec.config import ConfigError, RunConfig
 from distrec.data.kg import ItemGraph, build_graph
@@ -226,6 +228,51 @@ def attach_text(cfg: RunConfig, d: DomainData, text: ItemText, shard: Shard) -> 
             text.tokenizer, d.texts, m.max_text_tokens, cfg.cache_dir, m.item_encoder, catalog_sha
         )
     log(f"{d.name}: {d.num_items} items ready ({m.mode} mode)")
+
+
+def generated_feature_dim(cfg: RunConfig, domains: dict[str, DomainData]) -> int:
+    """D of the generated item features every domain carries (`distrec data synth
+    --feature-dim`), used instead of encoding item texts with the LM; 0 when none carries
+    them. A mix, differing widths, or end-to-end mode are ConfigErrors naming the fix."""
+    dims = {name: d.manifest.feature_dim for name, d in domains.items()}
+    have = {name: dim for name, dim in dims.items() if dim}
+    if not have:
+        return 0
+    if cfg.model.mode == "end_to_end":
+        raise ConfigError(
+            f"model.mode='end_to_end' tokenizes item texts for the LM, but domains "
+            f"{sorted(have)} carry generated item features (synth --feature-dim) in place of "
+            f"LM ones; set model.mode=cached, or re-synthesise them without --feature-dim"
+        )
+    lacking = sorted(set(dims) - set(have))
+    if lacking:
+        raise ConfigError(
+            f"domains {sorted(have)} carry generated item features (synth --feature-dim) but "
+            f"{lacking} do not and would be encoded by model.item_encoder="
+            f"{cfg.model.item_encoder!r}: one item tower cannot read both; synthesise {lacking} "
+            f"with --feature-dim {max(have.values())} too, or the others without it"
+        )
+    if len(set(have.values())) > 1:
+        raise ConfigError(
+            f"the domains' generated item features differ in width {have}: the item tower has "
+            f"one input width; re-synthesise them with the same --feature-dim"
+        )
+    return next(iter(have.values()))
+
+
+def attach_generated_features(d: DomainData) -> None:
+    """Cached mode over a synthetic domain with generated features: [N+1, D] (row 0 =
+    padding) read from its folder; no LM is loaded and nothing is encoded."""
+    path = d.manifest.features_path
+    features = load_file(str(path))["features"]
+    if features.shape != (d.num_items, d.manifest.feature_dim):
+        raise ConfigError(
+            f"domain {d.name!r}: {path} holds {tuple(features.shape)} features for "
+            f"{d.num_items} items of width {d.manifest.feature_dim}; re-synthesise it with "
+            f"--overwrite"
+        )
+    d.features = torch.cat([torch.zeros(1, features.shape[1]), features.float()])
+    log(f"{d.name}: {d.num_items} items ready (generated features, width {features.shape[1]})")
 
 
 def item_graph(cfg: RunConfig, opened: dict[str, DomainData]) -> ItemGraph | None:

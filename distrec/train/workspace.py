@@ -1,8 +1,9 @@
 """`Workspace`: what every stage of a run shares, complete from construction.
 
 Config, accelerator, precision, output folder, the domains' data and (when a
-stage reads item text) the LM. Built once by `Workspace.open`; nothing is
-filled in later.
+stage reads item text) the LM, unless the domains carry generated item features
+(`distrec data synth --feature-dim`), which stand in for the LM's. Built once by
+`Workspace.open`; nothing is filled in later.
 """
 
 from __future__ import annotations
@@ -20,14 +21,23 @@ from distrec.data.kg import ItemGraph
 from distrec.distributed.collectives import barrier, gather_tensors
 from distrec.distributed.env import rank_and_world
 from distrec.models.encoder import hidden_size, load_encoder
-from distrec.train.domains import DomainData, ItemText, attach_text, item_graph, read_domain
+from distrec.train.domains import (
+    DomainData,
+    ItemText,
+    attach_generated_features,
+    attach_text,
+    generated_feature_dim,
+    item_graph,
+    read_domain,
+)
 from distrec.utils.sharding import Shard
 
 
 @dataclass(frozen=True)
 class Workspace:
     """A run's shared, typed state. `text` is None when no stage reads item text (only the
-    popularity and ID-only baselines run); `graph` is the item knowledge graph (model.kg)."""
+    popularity and ID-only baselines run) or the domains carry generated features in place
+    of the LM's; `graph` is the item knowledge graph (model.kg)."""
 
     cfg: RunConfig
     accelerator: Accelerator
@@ -54,8 +64,12 @@ class Workspace:
         if names is None:
             names = [*cfg.data.sources, *([cfg.data.target] if cfg.data.target else [])]
         domains = {name: read_domain(cfg, name) for name in names}
-        text = load_item_text(cfg, accelerator.device, precision) if needs_text(cfg) else None
-        if text is not None:
+        text = None
+        if needs_text(cfg) and generated_feature_dim(cfg, domains):
+            for d in domains.values():
+                attach_generated_features(d)
+        elif needs_text(cfg):
+            text = load_item_text(cfg, accelerator.device, precision)
             for d in domains.values():
                 attach_text(cfg, d, text, collective_shard())
         out = Path(cfg.output.dir) if out is None else out
@@ -80,8 +94,12 @@ class Workspace:
 
     @property
     def feature_dim(self) -> int:
-        """The LM's hidden size (0 without item text)."""
-        return self.text.feature_dim if self.text is not None else 0
+        """The item features' width: the LM's hidden size, or the domains' generated features'
+        (0 without item text)."""
+        if self.text is not None:
+            return self.text.feature_dim
+        widths = [d.features.shape[1] for d in self.domains.values() if d.features is not None]
+        return widths[0] if widths else 0
 
     def shard(self) -> Shard:
         """This process's slice of sharded work, with the real collectives."""
