@@ -73,7 +73,8 @@ def recommend_all(
         else:
             catalog = evaluator.catalog(model, d)
             mine = itertools.islice(d.stream_sequences(), shard.rank, None, shard.world)
-            batches = -(-(-(-users // shard.world)) // size)
+            per_rank = -(-users // shard.world)
+            batches = -(-per_rank // size)
         stream = iter(mine)
         for _ in progress(range(batches), f"{domain}: recommend (batches)"):
             chunk = list(itertools.islice(stream, size))
