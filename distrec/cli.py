@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from distrec.config import ConfigError
 
@@ -139,19 +140,19 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     from distrec.train.inference import recommend
 
     if args.all_users:
-        from distrec.train.batch_inference import recommend_all
+        from distrec.train.batch_inference import AllUsers, recommend_all
 
         if args.history or not args.out:
             raise ConfigError("--all-users writes --out FILE.parquet and takes no --history")
-        recommend_all(
-            args.run,
+        ask = AllUsers(
+            Path(args.out),
             args.domain,
-            args.out,
-            k=args.k,
-            export=args.export,
-            overwrite=args.overwrite,
-            overrides=_catalog_overrides(args),
+            args.k,
+            args.export,
+            args.overwrite,
+            tuple(_catalog_overrides(args)),
         )
+        recommend_all(args.run, ask)
         return 0
     if not args.history:
         raise ConfigError("recommend: give --history ITEM ... or --all-users --out FILE.parquet")

@@ -337,70 +337,88 @@ def load_parts(out: Path) -> dict:
 
 def markdown(result: dict) -> str:
     lines = ["# Cost curves at scale (synthetic domains, generated item features)", ""]
-    f = result["fits"]
-    if result.get("train"):
-        lines += [
-            "## Training step vs catalog size (cached, batch 16 x 20 positions)",
-            "",
-            "| items | loss | step s (median) | step s (fastest) | peak RSS MiB |",
-            "|---|---|---|---|---|",
-        ]
-        for r in result["train"]:
-            lines.append(
-                f"| {r['items']:,} | {r['loss']} | {r['step_s_median']:.4f} | "
-                f"{r['step_s_fastest']:.4f} | {r['peak_rss_mib']:.0f} |"
-            )
-        lines += [
-            "",
-            f"Growth exponent 10^4..10^6 (median): full {fmt(f['train_step_full_exponent_1e4_1e6'])}, "
-            f"sampled {fmt(f['train_step_sampled_exponent_1e4_1e6'])} (goal <= 0.2); fastest "
-            f"window: full {fmt(f['train_step_full_exponent_1e4_1e6_fastest'])}, sampled "
-            f"{fmt(f['train_step_sampled_exponent_1e4_1e6_fastest'])}.",
-            "",
-        ]
-    if result.get("eval"):
-        lines += [
-            "## Evaluation vs catalog size: 1 process (replicated) vs 2 ranks (sharded)",
-            "",
-            "| items | ranks | users | users/s | peak RSS MiB per rank | ratio to 1 process | metrics equal |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for r in result["eval"]:
-            ratio = r.get("peak_ratio_to_one_process")
-            lines.append(
-                f"| {r['items']:,} | {r['ranks']} | {r['users']} | {r['users_per_s']:.1f} | "
-                f"{', '.join(f'{m:.0f}' for m in r['peak_rss_mib_per_rank'])} | "
-                f"{'' if ratio is None else f'{ratio:.2f}'} | "
-                f"{r.get('metrics_equal_one_process', '')} |"
-            )
-        lines.append("")
-    if result.get("infer"):
-        r = result["infer"][0]
-        lines += [
-            "## Batch inference",
-            "",
-            f"{r['users']:,} users x {r['items']:,} items on 2 ranks: {r['seconds_with_start_up']:.0f} s "
-            f"with start-up ({r['users_per_s']:.0f} users/s), {r['rows']:,} rows for "
-            f"{r['users_written']:,} users; top-10 equal to `distrec recommend` for "
-            f"{r['sampled_users_equal_to_recommend']}/{r['sampled_users']} sampled users.",
-            "",
-        ]
-    if result.get("prep"):
-        lines += [
-            "## Preparation vs interactions",
-            "",
-            "| engine | workers | interactions | seconds | rows/s | driver peak MiB |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in result["prep"]:
-            lines.append(
-                f"| {r['engine']} | {r.get('workers', '')} | {r['interactions']:,} | "
-                f"{r['seconds']:.1f} | {r['rows_per_s']:,.0f} | {r['driver_peak_rss_mib']:.0f} |"
-            )
-        lines.append("")
+    for part, section in (
+        ("train", train_section),
+        ("eval", eval_section),
+        ("infer", infer_section),
+        ("prep", prep_section),
+    ):
+        if result.get(part):
+            lines += section(result[part], result["fits"])
     lines += ["## Fitted growth exponents", "", "| curve | exponent |", "|---|---|"]
-    lines += [f"| {k} | {fmt(v)} |" for k, v in f.items()]
+    lines += [f"| {k} | {fmt(v)} |" for k, v in result["fits"].items()]
     return "\n".join(lines) + "\n"
+
+
+def train_section(rows: list[dict], f: dict) -> list[str]:
+    lines = [
+        "## Training step vs catalog size (cached, batch 16 x 20 positions)",
+        "",
+        "| items | loss | step s (median) | step s (fastest) | peak RSS MiB |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['items']:,} | {r['loss']} | {r['step_s_median']:.4f} | "
+            f"{r['step_s_fastest']:.4f} | {r['peak_rss_mib']:.0f} |"
+        )
+    return [
+        *lines,
+        "",
+        f"Growth exponent 10^4..10^6 (median): full {fmt(f['train_step_full_exponent_1e4_1e6'])}, "
+        f"sampled {fmt(f['train_step_sampled_exponent_1e4_1e6'])} (goal <= 0.2); fastest "
+        f"window: full {fmt(f['train_step_full_exponent_1e4_1e6_fastest'])}, sampled "
+        f"{fmt(f['train_step_sampled_exponent_1e4_1e6_fastest'])}.",
+        "",
+    ]
+
+
+def eval_section(rows: list[dict], f: dict) -> list[str]:
+    lines = [
+        "## Evaluation vs catalog size: 1 process (replicated) vs 2 ranks (sharded)",
+        "",
+        "| items | ranks | users | users/s | peak RSS MiB per rank | ratio to 1 process "
+        "| metrics equal |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = r.get("peak_ratio_to_one_process")
+        lines.append(
+            f"| {r['items']:,} | {r['ranks']} | {r['users']} | {r['users_per_s']:.1f} | "
+            f"{', '.join(f'{m:.0f}' for m in r['peak_rss_mib_per_rank'])} | "
+            f"{'' if ratio is None else f'{ratio:.2f}'} | "
+            f"{r.get('metrics_equal_one_process', '')} |"
+        )
+    return [*lines, ""]
+
+
+def infer_section(rows: list[dict], f: dict) -> list[str]:
+    r = rows[0]
+    return [
+        "## Batch inference",
+        "",
+        f"{r['users']:,} users x {r['items']:,} items on 2 ranks: "
+        f"{r['seconds_with_start_up']:.0f} s with start-up ({r['users_per_s']:.0f} users/s), "
+        f"{r['rows']:,} rows for {r['users_written']:,} users; top-10 equal to `distrec "
+        f"recommend` for {r['sampled_users_equal_to_recommend']}/{r['sampled_users']} sampled "
+        "users.",
+        "",
+    ]
+
+
+def prep_section(rows: list[dict], f: dict) -> list[str]:
+    lines = [
+        "## Preparation vs interactions",
+        "",
+        "| engine | workers | interactions | seconds | rows/s | driver peak MiB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['engine']} | {r.get('workers', '')} | {r['interactions']:,} | "
+            f"{r['seconds']:.1f} | {r['rows_per_s']:,.0f} | {r['driver_peak_rss_mib']:.0f} |"
+        )
+    return [*lines, ""]
 
 
 def fmt(v: float | None) -> str:

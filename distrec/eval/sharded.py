@@ -58,6 +58,7 @@ class CatalogPart:
 
     @property
     def dim(self) -> int:
+        """The vectors' width (0 for a rank that owns no block)."""
         return self.vectors[0].shape[1] if self.vectors else 0
 
     def lookup(self, idx: torch.Tensor, shard: Shard = SINGLE) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -42,26 +43,32 @@ def check_output(out: Path, overwrite: bool) -> None:
         raise ConfigError(f"--out {out}: folder {out.parent} does not exist; create it first")
 
 
+@dataclass(frozen=True)
+class AllUsers:
+    """What `distrec recommend --all-users` asks for: `k` items per user of `domain` (default
+    the target) from the run's model (or its `export`), written to `out`; `overrides`:
+    eval.* settings (eval.catalog, eval.batch_size)."""
+
+    out: Path
+    domain: str | None = None
+    k: int = 100
+    export: str | None = None
+    overwrite: bool = False
+    overrides: tuple[str, ...] = ()
+
+
 @torch.no_grad()
-def recommend_all(
-    run_dir: str,
-    domain: str | None,
-    out: str | Path,
-    k: int = 100,
-    export: str | None = None,
-    overwrite: bool = False,
-    overrides: list[str] | None = None,
-) -> Path:
-    """Write the top `k` items (history masked) of every user of `domain` to `out` (Parquet:
-    user, rank 1..k, item, score), sharded across the launched ranks."""
-    out = Path(out)
-    check_output(out, overwrite)
+def recommend_all(run_dir: str, ask: AllUsers) -> Path:
+    """Write the top `ask.k` items (history masked) of every user of the domain to `ask.out`
+    (Parquet: user, rank 1..k, item, score), sharded across the launched ranks."""
+    out, k = Path(ask.out), ask.k
+    check_output(out, ask.overwrite)
     if k < 1:
         raise ConfigError(f"-k {k}: must be at least 1")
-    ws, model, domain = load_run(run_dir, domain, export, overrides)
+    ws, model, domain = load_run(run_dir, ask.domain, ask.export, list(ask.overrides))
     d, evaluator, shard = ws.domains[domain], Evaluator(ws), ws.shard()
     names = d.catalog["item_id"].to_numpy()
-    size, limit = ws.cfg.eval.batch_size, ws.cfg.data.max_history
+    size = ws.cfg.eval.batch_size
     users = int(d.manifest.counts["users"])
     sharded = evaluator.sharded_catalog(d)
     part_file = out.with_name(f".{out.name}.part-{shard.rank:05d}")
@@ -82,7 +89,7 @@ def recommend_all(
             if sharded:
                 scores, top = sharded_top(evaluator, model, d, catalog, histories, k)
             else:
-                scores, top = replicated_top(ws, model, catalog, d.name, histories, k, limit)
+                scores, top = replicated_top(ws, model, catalog, d.name, histories, k)
             if chunk and (not sharded or shard.rank == 0):
                 writer.write_table(rows_table(chunk, scores, top, names))
     writer.close()
@@ -94,11 +101,11 @@ def recommend_all(
     return out
 
 
-def replicated_top(ws, model, catalog: ItemVectors, domain: str, histories, k: int, limit: int):
+def replicated_top(ws, model, catalog: ItemVectors, domain: str, histories, k: int):
     """([B, k] scores, [B, k] items) against the whole catalog this rank holds, the whole
     history masked (not only the part the model reads)."""
     plain = ws.accelerator.unwrap_model(model)
-    history, last = history_batch(histories, limit)
+    history, last = history_batch(histories, ws.cfg.data.max_history)
     device = ws.device
     query = UserQuery(domain, history.to(device), last.to(device), catalog.vectors)
     scores = plain.score(model(query), catalog).float().cpu()
