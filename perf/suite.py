@@ -47,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--skip",
         action="append",
         default=[],
-        choices=["baseline", "eval", "data", "memory", "scaling"],
+        choices=["baseline", "eval", "data", "memory", "scaling", "scale"],
         help="leave a benchmark out (recorded as skipped in summary.json)",
     )
     p.add_argument("overrides", nargs="*", help="run-config overrides, e.g. data.prepared_dir=X")
@@ -148,6 +148,8 @@ class Suite:
         data = self.data(e2e_ws) if "data" not in a.skip else None
         memory = self.memory(train, baseline) if "memory" not in a.skip else None
         scaling = self.scaling() if "scaling" not in a.skip else None
+        if "scale" not in a.skip:
+            self.cost_curves()
         results = SuiteResults(peak, train, baseline, equal, evaluation, data, memory, scaling)
         summary = summarize(
             results, suite=a.suite, workload=w, skipped=self.skipped, load_start=load_start
@@ -286,6 +288,19 @@ class Suite:
             )
             result["zero"] = json.loads(path.read_text())
         return self.save("memory", result)
+
+    def cost_curves(self) -> None:
+        """perf/bench_scale.py's cost curves (full suite: ~1 h on 2 CPU cores) into scale/."""
+        if self.args.suite == "quick":
+            self.skipped["scale"] = (
+                "quick suite: the cost curves train and evaluate up to 10^6-item catalogs and "
+                "prepare up to 10^7 interactions; run --suite full or perf/bench_scale.py all"
+            )
+            return
+        from perf.bench_scale import main as bench_scale
+
+        bench_scale(["all", "--out", str(self.out / "scale"), "--work", str(self.work / "scale")])
+        self.files += ["scale/scale.json", "scale/scale.md", "scale/scale.png"]
 
     def scaling(self) -> dict:
         """The scaling model's 7B table and its check against a 1-vs-2 process measurement."""
