@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from distrec.cli import main
 from distrec.config import ConfigError
 from distrec.models.serving import load_serving
 from distrec.train.batch_inference import export_serving
@@ -129,12 +130,12 @@ def test_serving_export_recommends_what_the_run_recommends(run_dir, tmp_path):
         load_serving(tmp_path)
 
 
-def test_batch_inference_refuses_to_overwrite_and_needs_an_output(run_dir, tmp_path):
+def test_batch_inference_refuses_to_overwrite_and_needs_an_output(run_dir, tmp_path, capsys):
     out = tmp_path / "recs.parquet"
     out.write_text("precious")
     args = ["recommend", "--run", str(run_dir), "--domain", "tiny-b", "--all-users"]
-    refused = cli(*args, "--out", str(out))
-    assert refused.returncode != 0 and "--overwrite" in refused.stderr
+    assert main([*args, "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
     assert out.read_text() == "precious"
-    missing = cli("recommend", "--run", str(run_dir), "--domain", "tiny-b")
-    assert missing.returncode != 0 and "--all-users" in missing.stderr
+    assert main(["recommend", "--run", str(run_dir), "--domain", "tiny-b"]) == 2
+    assert "--all-users" in capsys.readouterr().err
