@@ -12,10 +12,11 @@ from distrec.config.model import check_head_weights
 
 STAGES = ("pretrain", "zero_shot", "adapt")
 BASELINES = ("popularity", "id_target_only", "text_target_only")
-# train.loss=auto: catalogs above this many items train with the sampled softmax. Below it
-# a full-softmax step costs less than twice a sampled one (perf/results/scale/train.json),
-# and the exact loss is worth that.
-SAMPLED_ABOVE = 50_000
+# train.loss=auto: catalogs above this many items train with the sampled softmax. The full
+# softmax's step reaches about twice the sampled one's at 10^4 items (1.5x median, 1.9x
+# fastest window) and 47x at 10^5 (perf/results/scale/train.json); below that the exact
+# loss is worth its cost.
+SAMPLED_ABOVE = 10_000
 # eval.catalog=auto: several ranks split catalogs above this many items. Below it one rank's
 # copy of the vectors (N x dim floats) is small next to the model, and splitting users
 # instead avoids encoding every user on every rank.
@@ -265,8 +266,8 @@ class TrainConfig(Section):
             "encoded every step); `sampled` = softmax over the batch's own items plus "
             "`num_negatives` shared negatives, logQ-corrected (model.logq_correction), so a step "
             "costs the same at any catalog size; `auto` = sampled above "
-            f"{SAMPLED_ABOVE:,} items (perf/results/scale/train.json: where full softmax's "
-            "step time passes twice the sampled one's). End-to-end mode always samples: its "
+            f"{SAMPLED_ABOVE:,} items (perf/results/scale/train.json: where a full-softmax "
+            "step reaches twice a sampled one). End-to-end mode always samples: its "
             "candidates are the batch's items."
         ),
     )
