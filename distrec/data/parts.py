@@ -140,23 +140,27 @@ def log_digest(uri: str, parts: list[str], hashes: list[str]) -> str:
     return sha256_json([[p[prefix:], h] for p, h in zip(parts, hashes, strict=True)])
 
 
-def plan_chunks(parts: list[str], fmt: str) -> list[Chunk]:
-    """Read tasks for `parts`: one per part, Parquet parts split by row groups."""
-    chunks: list[Chunk] = []
-    for number, part in enumerate(parts):
-        if fmt != "parquet":
-            chunks.append(Chunk(part, number, fmt))
-            continue
+def plan_chunks(parts: list[str], fmt: str, tasks: int) -> list[Chunk]:
+    """Read tasks for `parts`: one per part; Parquet parts split by row groups into about
+    `tasks` chunks overall (at most `ROWS_PER_CHUNK` rows each, at least one row group)."""
+    if fmt != "parquet":
+        return [Chunk(part, number, fmt) for number, part in enumerate(parts)]
+    metas = []
+    for part in parts:
         fs, path = _filesystem(part)
         try:
-            meta = pq.read_metadata(path, filesystem=fs)
+            metas.append(pq.read_metadata(path, filesystem=fs))
         except Exception as err:
             raise DataError(f"{part}: not a readable Parquet file: {err}") from err
+    total = sum(meta.num_rows for meta in metas)
+    target = max(1, min(ROWS_PER_CHUNK, -(-total // max(tasks, 1))))
+    chunks: list[Chunk] = []
+    for number, (part, meta) in enumerate(zip(parts, metas, strict=True)):
         group, rows, first = [], 0, 1
         for g in range(meta.num_row_groups):
             group.append(g)
             rows += meta.row_group(g).num_rows
-            if rows >= ROWS_PER_CHUNK or g == meta.num_row_groups - 1:
+            if rows >= target or g == meta.num_row_groups - 1:
                 chunks.append(Chunk(part, number, fmt, tuple(group), first))
                 group, first, rows = [], first + rows, 0
     return chunks
