@@ -153,6 +153,7 @@ def measure_preparation(interactions: int, engine: str, workers: int, workdir: P
         "engine_seconds": float(engine_s.group(1)) if engine_s else None,
         "users": manifest["counts"]["users"],
         "shards": len(manifest["shards"]),
+        "log": [line for line in output.splitlines() if line.startswith("[distrec]")],
     }
 
 

@@ -79,6 +79,8 @@ def ray_session(address: str | None, workers: int | None) -> Iterator[None]:
     from ray.data.context import DataContext, ShuffleStrategy
 
     started = not ray.is_initialized()
+    if workers is not None and (address is not None or not started):
+        log(f"--workers {workers} ignored: the Ray cluster in use decides its CPUs")
     if started and address is not None:
         ray.init(address=address, log_to_driver=False)
     elif started:
