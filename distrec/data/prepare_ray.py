@@ -104,19 +104,13 @@ def prepare_domain_ray(cfg: RunConfig, domain: DomainConfig, overwrite: bool = F
     if domain.format == PREPARED:
         return load_manifest(root).root / MANIFEST
     source = resolve_source(cfg, domain)
-    log_uri = _log_uri(domain, source)
-    parts = list_parts(log_uri)
-    hashes = _get([_remote(sha256_uri).remote(p) for p in parts])
-    sources = [
-        {"path": log_uri, "sha256": log_digest(log_uri, parts, hashes)},
-        {"path": str(source.items), "sha256": sha256_file(source.items)},
-    ]
+    parts, sources = _log_sources(domain, source)
     fingerprint = domain_fingerprint(domain, source, sources)
     if existing_is_current(root, fingerprint, overwrite):
         log(f"{domain.name}: {root} is up to date")
         return root / MANIFEST
 
-    log(f"{domain.name}: importing {len(parts)} part file(s) of {log_uri} on Ray")
+    log(f"{domain.name}: importing {len(parts)} part file(s) of {sources[0]['path']} on Ray")
     items, bad_items = import_items(domain, source)
     stage = time.perf_counter()
     rows, bad_inter, has_ratings = _read_log(domain, source, parts, items)
@@ -163,12 +157,19 @@ def prepare_domain_ray(cfg: RunConfig, domain: DomainConfig, overwrite: bool = F
     return manifest
 
 
-def _log_uri(domain: DomainConfig, source: DomainSource) -> str:
+def _log_sources(domain: DomainConfig, source: DomainSource) -> tuple[list[str], list[dict]]:
+    """The log's part files, and the manifest's `sources` (the local engine's for a single
+    file: a folder's hash covers its parts' names and contents)."""
     # The configured string, not a Path: Path("s3://b/k") would lose a slash.
     uri = domain.interactions if domain.embedded is None else None
     if uri is None or "://" not in uri:
-        return str(source.interactions)
-    return uri
+        uri = str(source.interactions)
+    parts = list_parts(uri)
+    hashes = _get([_remote(sha256_uri).remote(p) for p in parts])
+    return parts, [
+        {"path": uri, "sha256": log_digest(uri, parts, hashes)},
+        {"path": str(source.items), "sha256": sha256_file(source.items)},
+    ]
 
 
 def _remote(fn: Any, **options: Any) -> Any:

@@ -17,6 +17,7 @@ from distrec.data.prepare_ray import prepare_domains_ray
 from distrec.data.shards import read_sequences
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.integration  # starts a Ray cluster (2 CPUs) for the module
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -175,6 +176,20 @@ def test_a_folder_of_parts_is_one_log(tmp_path):
         match=rf"^{folder}/part-1\.parquet:10 column 'timestamp': timestamp 'whenever' is not",
     ):
         prepare_domains_ray(_config(tmp_path / "ray2", strict))
+
+
+def test_the_command_line_runs_the_ray_engine_and_reports_driver_memory(tmp_path, capsys):
+    from distrec.cli import main
+
+    log, table = synthetic_log(np.random.default_rng(3), rows=400)
+    inter, items = _write_inputs(tmp_path, log, table)
+    config = tmp_path / "run.json"  # JSON is YAML
+    cfg = _config(tmp_path / "out", _domain(inter, items, on_bad_rows="skip"))
+    config.write_text(json.dumps(cfg.model_dump(mode="json")))
+    assert main(["data", "prepare", "--config", str(config), "--engine", "ray"]) == 0
+    printed = capsys.readouterr().out
+    assert "prepared on Ray in" in printed and "driver peak RSS" in printed
+    assert load_manifest(tmp_path / "out" / "d").counts["users"] > 0
 
 
 def test_a_failed_ray_prepare_leaves_the_previous_domain_intact(tmp_path, monkeypatch):
