@@ -180,6 +180,22 @@ def goals(runs: list[dict]) -> dict:
     return out
 
 
+def markdown_table(runs: list[dict]) -> str:
+    """The runs as a Markdown table (for the README)."""
+    lines = [
+        "| interactions | engine | workers | seconds (engine only) | rows/s | driver peak RSS |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        engine_s = f" ({r['engine_seconds']:.0f})" if r.get("engine_seconds") else ""
+        lines.append(
+            f"| {r['interactions']:,} | {r['engine']} | {r['workers']} | "
+            f"{r['seconds']:.0f}{engine_s} | {r['rows_per_s']:,.0f} | "
+            f"{r['driver_peak_rss_mib']:,.0f} MiB |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     from perf.common import write_result
 
@@ -203,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
                 runs.append(run)
     runs.sort(key=lambda r: (r["interactions"], r["engine"], r["workers"]))
     write_result(out, {"runs": runs, "goals": goals(runs)})
+    print(markdown_table(runs))
     print(f"wrote {out}")
 
 
