@@ -283,7 +283,8 @@ def _as_number(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """float64 values and a bad mask, as `float(str(value))` would take them."""
     kind = column.type
     if pa.types.is_integer(kind) or pa.types.is_floating(kind):
-        values = pc.fill_null(column.cast(pa.float64()), np.nan).to_numpy()
+        # unsafe: int64 beyond 2**53 (nanosecond stamps) rounds to nearest, as float() does
+        values = pc.fill_null(column.cast(pa.float64(), safe=False), np.nan).to_numpy()
         return values, column.is_null().to_numpy(zero_copy_only=False)
     text = _as_text(column)
     try:

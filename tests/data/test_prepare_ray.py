@@ -132,6 +132,35 @@ def test_a_synthetic_log_matches_the_local_engine(tmp_path, monkeypatch):
     assert_same_domain(local_manifest, ray_manifest)
 
 
+def test_typed_parquet_columns_match_the_local_engine(tmp_path):
+    """Integer ids, nanosecond stamps (beyond 2**53), float32 ratings, nulls: Arrow types
+    them column-wise as the local importer's str()/float() does row by row."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(4)
+    rows = 800
+    stamps = 1_600_000_000_000_000_000 + rng.integers(0, 40, rows) * 1_000_000_001
+    log = pa.table(
+        {
+            "user_id": pa.array(rng.integers(0, 60, rows)),
+            "item_id": pa.array(rng.integers(0, 90, rows)),
+            "timestamp": pa.array([None if k % 97 == 5 else int(t) for k, t in enumerate(stamps)]),
+            "rating": pa.array(rng.random(rows).astype(np.float32) * 5),
+        }
+    )
+    inter, items = tmp_path / "log.parquet", tmp_path / "items.parquet"
+    pq.write_table(log, inter, row_group_size=100)
+    ids = np.arange(80)  # items 80..89 are unknown
+    pq.write_table(pa.table({"item_id": ids, "title": [f"t{i}" for i in ids]}), items)
+    domain = _domain(inter, items, on_bad_rows="skip")
+    (local_manifest,) = prepare_domains(_config(tmp_path / "local", domain))
+    (ray_manifest,) = prepare_domains_ray(_config(tmp_path / "ray", domain))
+    skipped = load_manifest(ray_manifest).counts["bad_rows_skipped"]["interactions"]
+    assert skipped["timestamp '' is not a number"] > 0
+    assert_same_domain(local_manifest, ray_manifest)
+
+
 def test_a_bad_row_is_the_same_located_error(tmp_path):
     inter, items = tmp_path / "log.csv", tmp_path / "items.csv"
     inter.write_text("user_id,item_id,timestamp\nu1,A,1\nu1,B,2\nu2,A,later\nu2,C,3\n")
