@@ -184,7 +184,14 @@ def read_chunk(
     return typed.filter(pa.array(known)), report
 
 
-def _typed_table(users, items, stamps, ratings, lines, part: int) -> pa.Table:
+def _typed_table(
+    users: pa.Array,
+    items: pa.Array,
+    stamps: np.ndarray,
+    ratings: np.ndarray | None,
+    lines: np.ndarray,
+    part: int,
+) -> pa.Table:
     columns = {"user": users, "item": items, "ts": pa.array(stamps, pa.float64())}
     if ratings is not None:
         columns["rating"] = pa.array(np.asarray(ratings, dtype=np.float32), pa.float32())
