@@ -66,7 +66,11 @@ class DomainConfig(Section):
         ),
     )
     interactions: str | None = Field(
-        default=None, description="Path of the interaction log (user data; relative to the cwd)."
+        default=None,
+        description=(
+            "Path of the interaction log (user data; relative to the cwd): a file, or for "
+            "`data prepare --engine ray` also a folder of part files or a pyarrow URI (s3://...)."
+        ),
     )
     items: str | None = Field(
         default=None, description="Path of the item table (user data; relative to the cwd)."

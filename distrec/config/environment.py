@@ -23,11 +23,13 @@ def check_environment(cfg: RunConfig, base: Path | None = None) -> list[str]:
 
 
 def check_data_files(cfg: RunConfig, base: Path) -> None:
-    """Every domain's `interactions` and `items` file exists."""
+    """Every domain's `interactions` and `items` file (or folder of parts) exists.
+
+    URIs (`s3://...`, read by the Ray engine through pyarrow) are left to the reader."""
     for i, d in enumerate(cfg.data.domains):
         for field in ("interactions", "items"):
             value = getattr(d, field)
-            if value is not None and not (base / value).exists():
+            if value is not None and "://" not in value and not (base / value).exists():
                 raise ConfigError(
                     f"data.domains.{i}.{field}={value!r}: no such file (looked in {base / value}); "
                     f"fix the path or use `embedded:` for the bundled MovieLens data"

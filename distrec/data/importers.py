@@ -25,10 +25,15 @@ __all__ = [
     "ItemTable",
     "Policy",
     "Table",
+    "decode_bytes",
     "decode_lines",
     "parse_interactions",
     "parse_items",
     "read_table",
+    "report_bad_number",
+    "report_empty_id",
+    "report_unknown_item",
+    "split_line_table",
 ]
 
 
@@ -40,13 +45,23 @@ def read_table(path: str | Path, fmt: str, bad: BadRows) -> Table:
 @FORMATS.register("recbole")
 def read_recbole(path: Path, bad: BadRows) -> Table:
     """A RecBole atomic file: tab-separated, `name:type` header (the type is dropped)."""
-    return _split_rows(path, _nonempty_lines(path, bad), bad, _split_tab, recbole=True)
+    return split_line_table(path, path.read_bytes(), bad, recbole=True)
 
 
 @FORMATS.register("csv")
 def read_csv(path: Path, bad: BadRows) -> Table:
     """A CSV file with a header line; quoted fields may hold commas."""
-    return _split_rows(path, _nonempty_lines(path, bad), bad, _split_csv)
+    return split_line_table(path, path.read_bytes(), bad)
+
+
+def split_line_table(path: Path | str, raw: bytes, bad: BadRows, *, recbole: bool = False) -> Table:
+    """A line format's `Table` from the file's bytes (CSV, or RecBole's tab-separated atomic
+    file); `path` (a local path or a URI) names the file in every bad-row report."""
+    lines = decode_bytes(path, raw, bad)
+    if not lines:
+        raise DataError(f"{path}: file is empty; expected a header line")
+    split = _split_tab if recbole else _split_csv
+    return _split_rows(path, lines, bad, split, recbole)
 
 
 @FORMATS.register("parquet")
@@ -71,7 +86,11 @@ def read_parquet(path: Path, bad: BadRows) -> Table:
 
 def decode_lines(path: Path, bad: BadRows) -> list[tuple[int, str]]:
     """(line number, text) per non-empty line; non-UTF-8 lines are bad rows (for line formats)."""
-    raw = path.read_bytes()
+    return decode_bytes(path, path.read_bytes(), bad)
+
+
+def decode_bytes(path: Path | str, raw: bytes, bad: BadRows) -> list[tuple[int, str]]:
+    """`decode_lines` of bytes already read; `path` names the file in reports."""
     try:
         text = raw.decode("utf-8")
         return [(i + 1, ln.rstrip("\r")) for i, ln in enumerate(text.split("\n")) if ln.strip()]
@@ -94,13 +113,6 @@ def decode_lines(path: Path, bad: BadRows) -> list[tuple[int, str]]:
     return out
 
 
-def _nonempty_lines(path: Path, bad: BadRows) -> list[tuple[int, str]]:
-    lines = decode_lines(path, bad)
-    if not lines:
-        raise DataError(f"{path}: file is empty; expected a header line")
-    return lines
-
-
 def _split_tab(text: str) -> list[str]:
     return text.split("\t")
 
@@ -110,7 +122,7 @@ def _split_csv(text: str) -> list[str]:
 
 
 def _split_rows(
-    path: Path,
+    path: Path | str,
     lines: list[tuple[int, str]],
     bad: BadRows,
     split: Callable[[str], list[str]],
@@ -161,28 +173,18 @@ def parse_interactions(
         where = f"{table.path}:{number}"
         if not row[user_col].strip() or not row[item_col].strip():
             empty = table.header[user_col] if not row[user_col].strip() else table.header[item_col]
-            bad.report(
-                f"{where} column {empty!r}", "empty id", "every row needs a user and an item"
-            )
+            report_empty_id(bad, where, empty)
             continue
         try:
             stamp = float(row[time_col])
         except ValueError:
-            bad.report(
-                f"{where} column {timestamp!r}",
-                f"timestamp {row[time_col]!r} is not a number",
-                "timestamps must be numeric (e.g. unix seconds)",
-            )
+            report_bad_number(bad, where, "timestamp", timestamp, row[time_col])
             continue
         if rating_col is not None:
             try:
                 rates.append(float(row[rating_col]))
             except ValueError:
-                bad.report(
-                    f"{where} column {rating!r}",
-                    f"rating {row[rating_col]!r} is not a number",
-                    "ratings must be numeric",
-                )
+                report_bad_number(bad, where, "rating", rating, row[rating_col])
                 continue
         users.append(row[user_col])
         items.append(row[item_col])
@@ -194,6 +196,33 @@ def parse_interactions(
         timestamps=np.array(stamps, dtype=np.float64),
         ratings=np.array(rates, dtype=np.float32) if rating_col is not None else None,
         lines=np.array(lines, dtype=np.int64),
+    )
+
+
+_NUMBER_FIXES = {
+    "timestamp": "timestamps must be numeric (e.g. unix seconds)",
+    "rating": "ratings must be numeric",
+}
+
+
+def report_empty_id(bad: BadRows, where: str, column: str) -> None:
+    """Report a log row (`where` = `file:line`) whose user or item id `column` is empty."""
+    bad.report(f"{where} column {column!r}", "empty id", "every row needs a user and an item")
+
+
+def report_bad_number(bad: BadRows, where: str, role: str, column: str, value: str) -> None:
+    """Report a log row whose `role` ("timestamp" or "rating") value is not a number."""
+    bad.report(
+        f"{where} column {column!r}", f"{role} {value!r} is not a number", _NUMBER_FIXES[role]
+    )
+
+
+def report_unknown_item(bad: BadRows, where: str, item: str) -> None:
+    """Report a log row (`where` = `file:line`) whose item is not in the item table."""
+    bad.report(
+        f"{where} column 'item'",
+        f"item {item!r} is not in the item table",
+        "add the item to the item table",
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from distrec.data.importers import (  # also registers recbole, csv, parquet
     ItemTable,
     parse_interactions,
     parse_items,
+    report_unknown_item,
 )
 from distrec.data.manifest import MANIFEST, load_manifest
 from distrec.data.shards import UserSequence
@@ -102,13 +103,17 @@ def prepare_domains(
     cfg: RunConfig, overwrite: bool = False, only: list[str] | None = None
 ) -> list[Path]:
     """Prepare every domain of `cfg` (or those in `only`); returns their manifest paths."""
+    return [prepare_domain(cfg, d, overwrite) for d in select_domains(cfg, only)]
+
+
+def select_domains(cfg: RunConfig, only: list[str] | None) -> list[DomainConfig]:
+    """The domains of `cfg` to prepare (all, or those named in `only`), names checked."""
     check_data_names(cfg)
     names = [d.name for d in cfg.data.domains]
     for name in only or []:
         if name not in names:
             raise DataError(f"--domain {name!r}: not in data.domains (known: {names})")
-    chosen = [d for d in cfg.data.domains if not only or d.name in only]
-    return [prepare_domain(cfg, d, overwrite) for d in chosen]
+    return [d for d in cfg.data.domains if not only or d.name in only]
 
 
 def prepare_domain(cfg: RunConfig, domain: DomainConfig, overwrite: bool = False) -> Path:
@@ -126,30 +131,61 @@ def prepare_domain(cfg: RunConfig, domain: DomainConfig, overwrite: bool = False
         return root / MANIFEST
 
     imported = import_domain(domain, source)
-    catalog, item_index = build_catalog(imported.interactions, imported.items, source.template)
-    sequences = list(build_sequences(imported.interactions, item_index))
-    counts = domain_counts(imported, catalog, sequences)
-    log(
-        f"{domain.name}: {counts['users']} users, {counts['items']} items, "
-        f"{counts['interactions']} interactions; writing shards"
+    catalog, item_index = build_catalog(
+        imported.interactions.items, imported.items, source.template
     )
-    bad_inter, bad_items = imported.bad_interactions, imported.bad_items
+    sequences = list(build_sequences(imported.interactions, item_index))
+    counts = domain_counts(
+        imported.items,
+        catalog,
+        lengths=np.array([len(s.items) for s in sequences], dtype=np.int64),
+        repeated=repeated_pairs(imported.interactions),
+        bad_interactions=imported.bad_interactions,
+        bad_items=imported.bad_items,
+    )
+    log_counts(domain.name, counts)
     dataset = DomainDataset(
         domain=domain.name,
         fingerprint=fingerprint,
         catalog=catalog,
         sequences=progress(sequences, f"{domain.name}: shards (users)"),
         counts=counts,
-        extra={
-            "sources": sources,
-            "template": source.template,
-            "text_fields": source.text_fields,
-            "has_ratings": imported.interactions.ratings is not None,
-            "bad_row_examples": bad_inter.examples + bad_items.examples,
-            "config": domain.model_dump(mode="json"),
-        },
+        extra=manifest_extra(
+            domain,
+            source,
+            sources,
+            has_ratings=imported.interactions.ratings is not None,
+            bad=[imported.bad_interactions, imported.bad_items],
+        ),
     )
     return write_domain(root, dataset, users_per_shard=domain.users_per_shard)
+
+
+def manifest_extra(
+    domain: DomainConfig,
+    source: DomainSource,
+    sources: list[dict[str, str]],
+    *,
+    has_ratings: bool,
+    bad: list[BadRows],
+) -> dict[str, Any]:
+    """The manifest's fields beyond counts and shards: inputs, rendering, config."""
+    return {
+        "sources": sources,
+        "template": source.template,
+        "text_fields": source.text_fields,
+        "has_ratings": has_ratings,
+        "bad_row_examples": [example for rows in bad for example in rows.examples],
+        "config": domain.model_dump(mode="json"),
+    }
+
+
+def log_counts(name: str, counts: dict[str, Any]) -> None:
+    """One line of a domain's sizes, before its shards are written."""
+    log(
+        f"{name}: {counts['users']} users, {counts['items']} items, "
+        f"{counts['interactions']} interactions; writing shards"
+    )
 
 
 def domain_fingerprint(
@@ -174,10 +210,8 @@ def import_domain(domain: DomainConfig, source: DomainSource) -> ImportedDomain:
     """Read both files with the domain's format, type them, drop unknown items, k-core."""
     log(f"{domain.name}: importing {source.interactions.name} and {source.items.name}")
     read = FORMATS.get(source.format)
-    bad_items, bad_inter = BadRows(domain.on_bad_rows), BadRows(domain.on_bad_rows)
-    items = parse_items(
-        read(source.items, bad_items), domain.item_id_column, source.text_fields, bad_items
-    )
+    items, bad_items = import_items(domain, source)
+    bad_inter = BadRows(domain.on_bad_rows)
     columns = domain.columns
     inter = parse_interactions(
         read(source.interactions, bad_inter),
@@ -195,26 +229,43 @@ def import_domain(domain: DomainConfig, source: DomainSource) -> ImportedDomain:
     return ImportedDomain(inter, items, bad_interactions=bad_inter, bad_items=bad_items)
 
 
+def import_items(domain: DomainConfig, source: DomainSource) -> tuple[ItemTable, BadRows]:
+    """Read and type a domain's item table; returns it with its bad rows."""
+    bad = BadRows(domain.on_bad_rows)
+    table = FORMATS.get(source.format)(source.items, bad)
+    return parse_items(table, domain.item_id_column, source.text_fields, bad), bad
+
+
 def domain_counts(
-    imported: ImportedDomain, catalog: pd.DataFrame, sequences: list[UserSequence]
+    items: ItemTable,
+    catalog: pd.DataFrame,
+    *,
+    lengths: np.ndarray,
+    repeated: int,
+    bad_interactions: BadRows,
+    bad_items: BadRows,
 ) -> dict[str, Any]:
-    """The manifest's `counts`: sizes, what import merged or dropped, and the split."""
-    inter, items = imported.interactions, imported.items
+    """The manifest's `counts`: sizes, what import merged or dropped, and the split.
+
+    `lengths` are the users' sequence lengths (in any order), `repeated` the rows whose
+    (user, item) pair occurred before.
+    """
+    eval_users = int((lengths >= 3).sum())
     return {
-        "users": len(sequences),
+        "users": len(lengths),
         "items": len(catalog),
-        "interactions": len(inter.users),
+        "interactions": int(lengths.sum()),
         "item_table_rows": len(items.rows)
         + items.duplicate_rows_merged
         + items.conflicting_duplicates,
         "items_without_interactions": len(items.rows) - len(catalog),
         "duplicate_item_rows_merged": items.duplicate_rows_merged,
-        "repeated_user_item_pairs": repeated_pairs(inter),
-        "eval_users": sum(len(s.items) >= 3 for s in sequences),
-        "train_only_users": sum(len(s.items) < 3 for s in sequences),
+        "repeated_user_item_pairs": repeated,
+        "eval_users": eval_users,
+        "train_only_users": len(lengths) - eval_users,
         "bad_rows_skipped": {
-            "interactions": imported.bad_interactions.counts,
-            "items": imported.bad_items.counts,
+            "interactions": bad_interactions.counts,
+            "items": bad_items.counts,
         },
     }
 
@@ -224,11 +275,7 @@ def _drop_unknown_items(
 ) -> Interactions:
     known = np.fromiter((i in items.rows for i in inter.items), dtype=bool, count=len(inter.items))
     for pos in np.flatnonzero(~known):
-        bad.report(
-            f"{path}:{inter.lines[pos]} column 'item'",
-            f"item {inter.items[pos]!r} is not in the item table",
-            "add the item to the item table",
-        )
+        report_unknown_item(bad, f"{path}:{inter.lines[pos]}", inter.items[pos])
     return _select(inter, known)
 
 
@@ -258,10 +305,11 @@ def k_core(inter: Interactions, k: int) -> Interactions:
 
 
 def build_catalog(
-    inter: Interactions, items: ItemTable, template: str
+    interacted: Iterable[str], items: ItemTable, template: str
 ) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Ranking catalog = items with at least one interaction, indexed 1..N by sorted id."""
-    ids = sorted(set(inter.items.tolist()))
+    """Ranking catalog = items with at least one interaction (the ids in `interacted`, in
+    any order, repeats allowed), indexed 1..N by sorted id."""
+    ids = sorted(set(interacted))
     index = {item_id: i + 1 for i, item_id in enumerate(ids)}
     fields = items.fields
     texts = [

@@ -82,26 +82,27 @@ def write_shards(
 ) -> list[dict]:
     """Write shards of `users_per_shard` users; returns [{name, users, lengths, sha256, bytes}]."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    infos: list[dict] = []
-    for number, chunk in enumerate(_chunks(sequences, users_per_shard)):
-        name = SHARD_PATTERN.format(number)
-        path = out_dir / name
-        # A fixed mtime makes shards byte-reproducible: same inputs, same sha256.
-        # USTAR headers: no per-member PAX records to parse when reading.
-        with wds.TarWriter(str(path), mtime=0.0, format=tarfile.USTAR_FORMAT) as sink:
-            for seq in chunk:
-                sink.write(seq.to_sample())
-        infos.append(
-            {
-                "name": name,
-                "users": len(chunk),
-                # Whole-sequence lengths: the stream sizes epochs of any train window from them.
-                "lengths": [len(seq.items) for seq in chunk],
-                "sha256": sha256_file(path),
-                "bytes": path.stat().st_size,
-            }
-        )
-    return infos
+    return [
+        write_shard(out_dir / SHARD_PATTERN.format(number), chunk)
+        for number, chunk in enumerate(_chunks(sequences, users_per_shard))
+    ]
+
+
+def write_shard(path: Path, chunk: list[UserSequence]) -> dict:
+    """Write one shard file of `chunk`'s users; returns its manifest entry (see `write_shards`)."""
+    # A fixed mtime makes shards byte-reproducible: same inputs, same sha256.
+    # USTAR headers: no per-member PAX records to parse when reading.
+    with wds.TarWriter(str(path), mtime=0.0, format=tarfile.USTAR_FORMAT) as sink:
+        for seq in chunk:
+            sink.write(seq.to_sample())
+    return {
+        "name": path.name,
+        "users": len(chunk),
+        # Whole-sequence lengths: the stream sizes epochs of any train window from them.
+        "lengths": [len(seq.items) for seq in chunk],
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+    }
 
 
 def _chunks(items: Iterable[UserSequence], size: int) -> Iterator[list[UserSequence]]:

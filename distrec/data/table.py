@@ -52,7 +52,7 @@ class Table:
     (or row number, for formats without lines), used in every error about that row.
     """
 
-    path: Path
+    path: Path | str  # a URI for a file read through a pyarrow filesystem
     header: list[str]
     rows: list[list[str]]
     lines: list[int]

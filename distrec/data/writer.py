@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -62,10 +62,11 @@ class DomainDataset:
     """What a prepared domain folder will hold, as its producer (prepare, synth) built it.
 
     `catalog` has `item_index` 1..N, `item_id`, `text` and `field.*` columns; `sequences`
-    are the users in index order; `counts` and `extra` (producer-specific fields such as
-    sources or the synth spec) go into the manifest as they are; `features` [N, D] float32
-    are generated item features (synth `feature_dim`) that training reads instead of
-    encoding the item texts with the LM, or None.
+    are the users in index order (`write_domain` writes them; `write_staged` leaves the
+    shards to its writer and does not read them); `counts` and `extra` (producer-specific
+    fields such as sources or the synth spec) go into the manifest as they are; `features`
+    [N, D] float32 are generated item features (synth `feature_dim`) that training reads
+    instead of encoding the item texts with the LM, or None.
     """
 
     domain: str
@@ -77,15 +78,34 @@ class DomainDataset:
     features: np.ndarray | None = None
 
 
+ShardWriter = Callable[[Path], tuple[list[dict], np.ndarray]]
+"""Writes a domain's shards into the folder it is given; returns their manifest entries (in
+shard order) and the training-part interactions per catalog index (0 = padding, unused)."""
+
+
 def write_domain(root: Path, dataset: DomainDataset, *, users_per_shard: int) -> Path:
     """Write catalog + shards + manifest into `root` atomically; returns the manifest path."""
+
+    def write(shards_dir: Path) -> tuple[list[dict], np.ndarray]:
+        train_counts = np.zeros(len(dataset.catalog) + 1, dtype=np.int64)
+        shards = write_shards(
+            _counting(dataset.sequences, train_counts), shards_dir, users_per_shard
+        )
+        return shards, train_counts
+
+    return write_staged(root, dataset, write)
+
+
+def write_staged(root: Path, dataset: DomainDataset, write_shards_into: ShardWriter) -> Path:
+    """`write_domain` with the shards written by `write_shards_into(staging / "shards")` (in
+    this process, or by a cluster's tasks) instead of from `dataset.sequences`.
+
+    `dataset.counts` is read after the writer returns, so a writer may complete counts it
+    only learns while writing (the Ray engine's repeated pairs)."""
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        train_counts = np.zeros(len(dataset.catalog) + 1, dtype=np.int64)
-        shards = write_shards(
-            _counting(dataset.sequences, train_counts), staging / "shards", users_per_shard
-        )
+        shards, train_counts = write_shards_into(staging / "shards")
         # Training-part popularity: the popularity baseline and logQ correction read it.
         catalog = dataset.catalog.assign(train_count=train_counts[1:])
         catalog.to_parquet(staging / CATALOG, index=False)
