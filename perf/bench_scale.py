@@ -341,7 +341,8 @@ def load_parts(out: Path) -> dict:
     for part in ("train", "eval", "infer", "prep"):
         path = out / f"{part}.json"
         if path.exists():
-            result[part] = json.loads(path.read_text())["rows"]
+            found = json.loads(path.read_text())
+            result[part] = found["runs"] if part == "prep" else found["rows"]
     return result
 
 
@@ -510,10 +511,13 @@ def main(argv: list[str] | None = None) -> int:
             rows = bench_eval(a.work, a.eval_sizes)
         elif part == "infer":
             rows = [bench_infer(a.work, a.infer_users, a.infer_items, sample=8)]
-        elif part == "prep":
-            from perf.scale_prep import measure_all
+        elif part == "prep":  # perf/scale_prep.py writes prep.json (runs + goals) itself
+            from perf.scale_prep import main as prep_main
 
-            rows = measure_all([int(s) for s in a.prep_sizes], a.work / "prep")
+            sizes = [str(s) for s in a.prep_sizes]
+            out = str(a.out / "prep.json")
+            prep_main(["--sizes", *sizes, "--workdir", str(a.work / "prep"), "--out", out])
+            continue
         else:
             continue
         write_result(a.out / f"{part}.json", {"rows": rows})
