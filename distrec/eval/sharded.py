@@ -48,24 +48,21 @@ class Blocks:
 @dataclass
 class CatalogPart:
     """This rank's blocks of a catalog of `rows` table rows (N + 1): `vectors[i]` [n_i, d]
-    and `bias[i]` [n_i] of rows `blocks[i]` = [start, stop), and the catalog's `scale` [1]."""
+    and `bias[i]` [n_i] of rows `blocks[i]` = [start, stop), the catalog's `scale` [1] and
+    the vectors' width `dim`. With fewer blocks than ranks some ranks own none: keep
+    eval.catalog_block at most N / world so that every rank holds a share."""
 
     rows: int
     blocks: list[tuple[int, int]]
     vectors: list[torch.Tensor]
     bias: list[torch.Tensor]
     scale: torch.Tensor
-
-    @property
-    def dim(self) -> int:
-        """The vectors' width (0 for a rank that owns no block)."""
-        return self.vectors[0].shape[1] if self.vectors else 0
+    dim: int  # the vectors' width, known also to a rank that owns no block
 
     def lookup(self, idx: torch.Tensor, shard: Shard = SINGLE) -> tuple[torch.Tensor, torch.Tensor]:
         """(vectors [M, d], bias [M]) of catalog rows `idx` [M] (the same on every rank):
         each rank fills the rows it owns and the parts are summed (x + 0 = x exactly)."""
-        dim = max(self.dim, 1)
-        out = torch.zeros(len(idx), dim + 1)
+        out = torch.zeros(len(idx), self.dim + 1)
         for (start, stop), v, b in zip(self.blocks, self.vectors, self.bias, strict=True):
             inside = (idx >= start) & (idx < stop)
             if inside.any():

@@ -227,7 +227,7 @@ class Evaluator:
             return sum(-(-(b - max(a, 1)) // size) for a, b in owned if b > max(a, 1))
 
         busiest = max(calls(blocks.owned(Shard(r, shard.world))) for r in range(shard.world))
-        part = CatalogPart(d.num_items + 1, [], [], [], torch.ones(1))
+        part = CatalogPart(d.num_items + 1, [], [], [], torch.ones(1), 0)
         made = 0
         for a, b in blocks.owned(shard):
             rows = [torch.zeros(1, 0)] if a == 0 else []
@@ -236,6 +236,7 @@ class Evaluator:
                 out = model(self.item_batch(d, idx, text, e2e))
                 rows.append(torch.cat([out.vectors.float(), out.bias.float()[:, None]], 1).cpu())
                 part.scale, made = out.scale.float().reshape(-1)[:1].cpu(), made + 1
+                part.dim = out.vectors.shape[1]
             if a == 0:
                 rows[0] = torch.zeros(1, rows[1].shape[1] if len(rows) > 1 else 1)
             table = torch.cat(rows)
@@ -244,7 +245,7 @@ class Evaluator:
             part.bias.append(table[:, -1])
         for _ in range(busiest - made):
             out = model(self.item_batch(d, torch.tensor([1]), text, e2e))
-            part.scale = out.scale.float().reshape(-1)[:1].cpu()
+            part.scale, part.dim = out.scale.float().reshape(-1)[:1].cpu(), out.vectors.shape[1]
         return part
 
     def held_out(self, d: DomainData, split: str) -> HeldOutSet:

@@ -43,6 +43,7 @@ def part_of(vectors: torch.Tensor, bias: torch.Tensor, blocks: Blocks, shard: Sh
         [vectors[a:b] for a, b in owned],
         [bias[a:b] for a, b in owned],
         torch.ones(1),
+        vectors.shape[1],
     )
 
 
@@ -85,7 +86,8 @@ def problem():
     return cases, users, vectors, bias, ranks_from_scores(scores, targets, seen), (scores, seen)
 
 
-@pytest.mark.parametrize(("size", "world"), [(1000, 1), (5, 1), (5, 2), (7, 3), (38, 2)])
+# (38, 2) and (20, 3): ranks that own no block still take part in every collective.
+@pytest.mark.parametrize(("size", "world"), [(1000, 1), (5, 1), (5, 2), (7, 3), (38, 2), (20, 3)])
 def test_block_counts_and_merged_tops_equal_whole_row_ranking(problem, size, world):
     cases, users, vectors, bias, ranks, (scores, seen) = problem
     k = 10
