@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from distrec.models.alignment import DomainCritic, reversal_strength, reverse_gradient
-from distrec.train.alignment import balanced_accuracy, probe_accuracy
+from distrec.train.alignment import balanced_accuracy
 
 
 def critic_loss(encoder, critic, x, y, reversal):
@@ -53,42 +53,45 @@ def test_schedules():
     assert reversal_strength("dann", 2.0) == reversal_strength("dann", 1.0)
 
 
-def test_adversarial_training_makes_shifted_domains_inseparable():
-    """Two domains whose features differ by a shift the task does not need: an encoder
-    trained through the reversal layer removes it, so a fresh probe falls toward chance;
-    without reversal (the plain encoder) the probe separates them."""
-    gen = torch.Generator().manual_seed(0)
+def test_the_reversed_gradient_makes_the_encoder_fight_the_critic():
+    """Two domains whose features differ by a shift the task does not need. Through the
+    reversal layer the encoder works against the critic, so the critic's loss stays far
+    above what it reaches when the encoder ignores it (reversal 0), while the task is
+    still solved.
+
+    Averaged over seeds: the min-max game oscillates (the encoder can also flip the shift
+    rather than remove it), and a single trajectory depends on the CPU's float rounding. A
+    fresh probe fitted afterwards still separates the domains in most runs, as it does on
+    the demo (README "Transfer techniques"), so that is not claimed here."""
+    control = [late_critic_loss(0.0, seed) for seed in range(4)]
+    reversed_ = [late_critic_loss(1.0, seed) for seed in range(4)]
+    # Recorded (AMD EPYC): control 0.013-0.099 (mean 0.056), reversed 0.13-0.63 (mean 0.42).
+    fought, ignored = sum(c for c, _ in reversed_), sum(c for c, _ in control)
+    assert fought > 3.0 * ignored, (reversed_, control)
+    assert max(task for _, task in [*control, *reversed_]) < 0.05  # the task is solved
+
+
+def late_critic_loss(reversal: float, seed: int) -> tuple[float, float]:
+    """(the critic's mean loss over the last 200 of 1,000 joint steps, the final task loss)."""
+    gen = torch.Generator().manual_seed(seed)
     shift = torch.zeros(6)
     shift[0] = 3.0
-
-    def domain(n, shifted):
-        return torch.randn(n, 6, generator=gen) + (shift if shifted else 0.0)
-
-    train = {"s": domain(400, False), "t": domain(400, True)}
-    held = {"s": domain(200, False), "t": domain(200, True)}
-    torch.manual_seed(0)
+    x = torch.cat([torch.randn(400, 6, generator=gen), torch.randn(400, 6, generator=gen) + shift])
+    y = torch.cat([torch.zeros(400), torch.ones(400)])
+    torch.manual_seed(seed)
     encoder, critic, head = torch.nn.Linear(6, 6), DomainCritic(6), torch.nn.Linear(6, 1)
-    before = probe(encoder, train, held)
     params = [*encoder.parameters(), *critic.parameters(), *head.parameters()]
     opt = torch.optim.Adam(params, lr=1e-2)
-    x = torch.cat([train["s"], train["t"]])
-    y = torch.cat([torch.zeros(400), torch.ones(400)])
     wanted = x[:, 1:].sum(1, keepdim=True)  # the task reads every feature but the shifted one
+    losses = []
     for _ in range(1000):
         opt.zero_grad()
         task = (head(encoder(x)) - wanted).pow(2).mean()
-        (task + critic_loss(encoder, critic, x, y, 3.0)).backward()
+        domain = critic_loss(encoder, critic, x, y, reversal)
+        (task + domain).backward()
         opt.step()
-    after = probe(encoder, train, held)
-    assert before > 0.9, before
-    assert after < 0.6, after
-    assert task.item() < 0.05  # and the task is still solved
-
-
-def probe(encoder, train, held):
-    with torch.no_grad():
-        reps = [{k: encoder(v) for k, v in part.items()} for part in (train, held)]
-    return probe_accuracy(*reps, target="t", seed=0)
+        losses.append(domain.item())
+    return sum(losses[-200:]) / 200, task.item()
 
 
 def test_balanced_accuracy_is_chance_for_a_constant_guess():
