@@ -331,9 +331,13 @@ def fits(result: dict) -> dict:
         ]
         out[f"eval_seconds_per_user_exponent_{ranks}_ranks"] = growth_exponent(pts)
     prep = result.get("prep", [])
-    for engine in sorted({r["engine"] for r in prep}):
-        pts = [(r["interactions"], r["seconds"]) for r in prep if r["engine"] == engine]
-        out[f"prep_seconds_exponent_{engine}"] = growth_exponent(pts)
+    for engine, workers in sorted({(r["engine"], r.get("workers", 1)) for r in prep}):
+        pts = [
+            (r["interactions"], r["seconds"])
+            for r in prep
+            if (r["engine"], r.get("workers", 1)) == (engine, workers)
+        ]
+        out[f"prep_seconds_exponent_{engine}_{workers}_workers"] = growth_exponent(pts)
     return out
 
 
