@@ -37,6 +37,7 @@ _RSS = re.compile(r"driver peak RSS ([0-9.]+) MiB")
 _ENGINE_S = re.compile(r"prepared on Ray in ([0-9.]+)s")
 
 
+# shape: the log's size and shape knobs, keyword-only and defaulted
 def write_raw_log(
     out_dir: Path,
     interactions: int,

@@ -66,6 +66,7 @@ class RecordedBadRows(BadRows):
         self.reports: list[tuple[str, str, str]] = []
 
     def report(self, where: str, reason: str, fix: str) -> None:
+        """Count the bad row, keeping the first ten reports for the driver to replay."""
         if len(self.reports) < 10:
             self.reports.append((where, reason, fix))
         super().report(where, reason, fix)
