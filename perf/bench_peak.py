@@ -44,8 +44,15 @@ def matmul_flops(n: int, dtype: torch.dtype, device: str, seconds: float) -> dic
     """Median FLOP/s of n x n @ n x n over repeated runs lasting about `seconds`."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    for _ in range(2):  # warm-up: kernel selection, page faults, oneDNN/cuBLAS init
-        a @ b
+    t0 = time.perf_counter()
+    a @ b  # warm-up: kernel selection, page faults, oneDNN/cuBLAS init
+    sync()
+    first = time.perf_counter() - t0
+    if first > seconds:
+        # A slow kernel (bf16 on a CPU without AVX-512/AMX runs ~1 GFLOP/s): one call says
+        # enough, and the repeats would take many minutes.
+        return {"n": n, "reps": 1, "median_s": first, "flops_per_s": 2 * n**3 / first}
+    a @ b
     sync()
     times = []
     deadline = time.perf_counter() + seconds
@@ -62,7 +69,11 @@ def measure_peak(sizes: list[int], seconds: float = 1.0) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     per_dtype = {}
     for name, dtype in DTYPES.items():
-        rows = [matmul_flops(n, dtype, device, seconds) for n in sizes]
+        rows = []
+        for n in sizes:
+            rows.append(matmul_flops(n, dtype, device, seconds))
+            if rows[-1]["reps"] == 1:  # already slow: a larger size would only be slower
+                break
         best = max(rows, key=lambda r: r["flops_per_s"])
         per_dtype[name] = {"flops_per_s": best["flops_per_s"], "best_n": best["n"], "sizes": rows}
         print(f"[perf] peak {name}: {best['flops_per_s'] / 1e9:,.0f} GFLOP/s (n={best['n']})")
