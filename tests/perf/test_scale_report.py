@@ -1,11 +1,11 @@
-"""perf/bench_scale.py's report: fitted growth exponents, the markdown and the plot, from
+"""perf/scale_report.py (bench_scale.py's report): fitted growth exponents, the markdown and the plot, from
 recorded rows (the measurements themselves are minutes long: perf/results/scale)."""
 
 from __future__ import annotations
 
 import pytest
 
-from perf.bench_scale import fits, growth_exponent, markdown, plot
+from perf.scale_report import fits, growth_exponent, markdown, plot
 
 
 def rows(exponent: float, loss: str) -> list[dict]:
