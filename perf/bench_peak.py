@@ -14,30 +14,39 @@ import torch
 
 from perf.common import load_average, sync, write_result
 
-# Dense (no sparsity) tensor-core peaks from the vendors' datasheets, FLOP/s.
+# Dense (no sparsity) tensor-core peaks from the vendors' datasheets, FLOP/s (the datasheets
+# print the 2:4-sparsity figure first: L4's "242 TFLOPS bf16" is 121 dense). fp32 is the
+# non-tensor-core rate. A GPU not listed (A10G, H100 NVL, ...) gets no vendor peak: MFU is then
+# stated against the peak measured in the same run only.
 VENDOR_PEAKS = {
     "H100 SXM": {"bf16": 989e12, "fp32": 67e12, "tf32": 494e12},
     "H100 PCIe": {"bf16": 756e12, "fp32": 51e12, "tf32": 378e12},
     "H200": {"bf16": 989e12, "fp32": 67e12, "tf32": 494e12},
     "A100": {"bf16": 312e12, "fp32": 19.5e12, "tf32": 156e12},
+    "L4": {"bf16": 121e12, "fp32": 30.3e12, "tf32": 60e12},
+    "A10": {"bf16": 125e12, "fp32": 31.2e12, "tf32": 62.5e12},
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def vendor_peak(device_name: str | None) -> dict | None:
-    """The datasheet entry for a GPU name as torch reports it ('NVIDIA H100 80GB HBM3')."""
-    if not device_name:
-        return None
-    name = device_name.upper()
-    if "H200" in name:
-        return {"model": "H200", **VENDOR_PEAKS["H200"]}
-    if "H100" in name:
+def vendor_model(device_name: str) -> str | None:
+    """The VENDOR_PEAKS key of a GPU name as torch reports it ('NVIDIA H100 80GB HBM3')."""
+    words = device_name.upper().replace("-", " ").split()
+    if "H200" in words:
+        return "H200"
+    if "H100" in words:
+        if "NVL" in words:
+            return None  # a different part (lower clocks); no datasheet entry here
         # torch names the SXM part '... HBM3' and the PCIe part '... PCIe'.
-        key = "H100 PCIe" if "PCIE" in name else "H100 SXM"
-        return {"model": key, **VENDOR_PEAKS[key]}
-    if "A100" in name:
-        return {"model": "A100", **VENDOR_PEAKS["A100"]}
-    return None
+        return "H100 PCIe" if "PCIE" in words else "H100 SXM"
+    # Whole words: 'A10' must match neither 'A100' nor AWS's 'A10G' (a different part).
+    return next((key for key in ("A100", "L4", "A10") if key in words), None)
+
+
+def vendor_peak(device_name: str | None) -> dict | None:
+    """The datasheet entry for a GPU name as torch reports it; None when not listed."""
+    key = vendor_model(device_name) if device_name else None
+    return {"model": key, **VENDOR_PEAKS[key]} if key else None
 
 
 def matmul_flops(n: int, dtype: torch.dtype, device: str, seconds: float) -> dict:

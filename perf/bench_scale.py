@@ -78,10 +78,10 @@ def run_config(work: Path, name: str, out: Path, **train) -> Path:
         },
         "model": {"dim": 64, "item_id_embeddings": False, "user_tower": {"layers": 1, "heads": 2}},
         "stages": {"zero_shot": False, "adapt": {"enabled": False}, "baselines": []},
-        "train": {"batch_size": 16, "precision": "fp32", **train},
+        "train": {"batch_size": 16, "precision": "fp32", "report_to": [], **train},
         # Blocks of 4,096 rows: 10^4 items already split into 3 (2 ranks own a share each).
         "eval": {"batch_size": 128, "max_users": 512, "ks": [10], "catalog_block": 4096},
-        "output": {"dir": str(out), "tensorboard": False},
+        "output": {"dir": str(out)},
     }
     path = out.parent / f"{out.name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)

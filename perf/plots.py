@@ -8,8 +8,9 @@ from pathlib import Path
 from distrec.utils.plotting import pyplot, save_figure
 
 
-def write_plots(out: Path, train, baseline, data, scaling, memory) -> list[str]:
-    names = [throughput(out / "throughput.png", train, baseline)]
+def write_plots(out: Path, train, baselines: dict[str, dict], data, scaling, memory) -> list[str]:
+    """Every plot the suite's results allow; `baselines`: {plot label: baseline result}."""
+    names = [throughput(out / "throughput.png", train, baselines)]
     if "profile" in train["end_to_end"]:
         names.append(step_profile(out / "e2e_step_profile.png", train["end_to_end"]))
     if data is not None:
@@ -24,18 +25,19 @@ def write_plots(out: Path, train, baseline, data, scaling, memory) -> list[str]:
     return names
 
 
-def throughput(path: Path, train, baseline) -> str:
+def throughput(path: Path, train, baselines: dict[str, dict]) -> str:
+    """Users/s of both distrec modes and of every baseline, side by side (log scale)."""
     plt = pyplot()
-    labels = ["cached", "end-to-end LoRA"]
+    labels = ["cached", "end-to-end LoRA", *baselines]
     values = [
         train["cached"]["median"]["users_per_s"],
         train["end_to_end"]["median"]["users_per_s"],
+        *(b["median"]["users_per_s"] for b in baselines.values()),
     ]
-    if baseline is not None:
-        labels.append("HF Trainer + PEFT")
-        values.append(baseline["median"]["users_per_s"])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    bars = ax.bar(labels, values, color=["#4c72b0", "#dd8452", "#8c8c8c"][: len(values)])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colors = ["#4c72b0", "#dd8452", "#8c8c8c", "#b0b0b0", "#555555"]
+    bars = ax.bar(labels, values, color=colors[: len(values)])
+    ax.tick_params(axis="x", labelsize=8)
     ax.set_yscale("log")
     ax.bar_label(bars, labels=[f"{v:,.1f}" for v in values])
     ax.set(ylabel="users / s (log)", title="training throughput, same model and batch")

@@ -18,6 +18,8 @@ from perf.common import ROOT, device_description, load_average, write_result
 from perf.summary import SuiteResults, summarize, summary_markdown
 
 SUITES = ("quick", "full")
+# The throughput plot's label of each baseline (perf.baselines.hf_trainer.BASELINES names).
+PLOT_LABELS = {"hf_trainer": "HF Trainer + PEFT", "hf_trainer_dedup": "HF Trainer + PEFT, dedup"}
 
 
 class BenchError(Exception):
@@ -40,15 +42,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--encoder",
         choices=["qwen2-1b"],
         default=None,
-        help="full suite: a random-init Qwen2-shaped ~1.2B item encoder instead of MiniLM "
+        help="full suite: a random-init Qwen2-shaped ~1.07B item encoder instead of MiniLM "
         "(meant for a GPU)",
     )
     p.add_argument(
         "--skip",
         action="append",
         default=[],
-        choices=["baseline", "eval", "data", "memory", "scaling", "scale"],
-        help="leave a benchmark out (recorded as skipped in summary.json)",
+        choices=["baseline", "eval", "data", "memory", "memory_zero", "scaling", "scale"],
+        help="leave a benchmark out (recorded as skipped in summary.json); memory_zero: only "
+        "the multi-process CPU ZeRO benchmark, per-mode peak memory is still measured",
     )
     p.add_argument("overrides", nargs="*", help="run-config overrides, e.g. data.prepared_dir=X")
 
@@ -137,25 +140,37 @@ class Suite:
         print(f"[perf] {a.suite} suite on {device_description()}, load {load_start}")
         peak = self.save("peak", measure_peak(default_sizes(), 1.0 if a.suite == "full" else 0.3))
         train, (cached_ws, cached_model), (e2e_ws, e2e_model) = self.training(peak)
-        baseline = equal = evaluation = None
+        baselines: dict[str, dict] = {}
+        equal = evaluation = None
         if "baseline" not in a.skip:
-            baseline, equal = self.baseline(e2e_ws)
+            baselines, equal = self.baseline(e2e_ws)
         if "eval" not in a.skip:
             from perf.bench_eval import bench_eval
 
             result = bench_eval(cached_ws, cached_model, e2e_ws, e2e_model, w.target)
             evaluation = self.save("eval", {**result, "config": w.describe()})
         data = self.data(e2e_ws) if "data" not in a.skip else None
-        memory = self.memory(train, baseline) if "memory" not in a.skip else None
+        memory = self.memory(train, baselines) if "memory" not in a.skip else None
         scaling = self.scaling() if "scaling" not in a.skip else None
         if "scale" not in a.skip:
             self.cost_curves()
-        results = SuiteResults(peak, train, baseline, equal, evaluation, data, memory, scaling)
+        results = SuiteResults(
+            peak,
+            train,
+            baselines.get("hf_trainer"),
+            equal,
+            evaluation,
+            data,
+            memory,
+            scaling,
+            baseline_dedup=baselines.get("hf_trainer_dedup"),
+        )
         summary = summarize(
             results, suite=a.suite, workload=w, skipped=self.skipped, load_start=load_start
         )
         summary["failures"] = self.failures
-        summary["plots"] = write_plots(self.out, train, baseline, data, scaling, memory)
+        plotted = {PLOT_LABELS[k]: v for k, v in baselines.items()}
+        summary["plots"] = write_plots(self.out, train, plotted, data, scaling, memory)
         summary["files"] = [*self.files, "summary.json", "summary.md", *summary["plots"]]
         return summary
 
@@ -186,20 +201,23 @@ class Suite:
         train = self.save("train", result)
         return train, (cached_ws, cached_model), (e2e_ws, e2e_model)
 
-    def baseline(self, e2e_ws):
-        """The HF Trainer baseline on a fresh end-to-end model, then the equal-loss check."""
-        from perf.baselines.hf_trainer import bench_baseline
+    def baseline(self, e2e_ws) -> tuple[dict[str, dict], dict]:
+        """Both HF Trainer baselines (per example, then de-duplicated), each on a fresh
+        end-to-end model, then the equal-loss check of both; ({name: result}, check)."""
+        from perf.baselines.hf_trainer import BASELINES, bench_baseline
         from perf.bench_train import end_to_end_model, train_plan
 
         w = self.workload
-        model = end_to_end_model(e2e_ws, e2e_ws.text.lm)
-        result = bench_baseline(
-            e2e_ws, model, train_plan(e2e_ws, w.source), w.steps.baseline, self.work
-        )
-        baseline = self.save(
-            "baseline_hf_trainer",
-            {"benchmark": "baseline_hf_trainer", **result, "config": w.describe()},
-        )
+        plan = train_plan(e2e_ws, w.source)
+        baselines = {}
+        for dedup, (name, _) in BASELINES.items():
+            model = end_to_end_model(e2e_ws, e2e_ws.text.lm)
+            result = bench_baseline(e2e_ws, model, plan, w.steps.baseline, self.work, dedup)
+            benchmark = f"baseline_{name}"
+            baselines[name] = self.save(
+                benchmark, {"benchmark": benchmark, **result, "config": w.describe()}
+            )
+            del model  # one end-to-end copy of the LM at a time (GPU memory)
         # Its own process: the check runs in fp32, and accelerate's state keeps one precision
         # per process.
         eq_path = self.work / "equal_loss.json"
@@ -217,7 +235,7 @@ class Suite:
             "equal-loss check",
         )
         equal = self.save("baseline_equal_loss", json.loads(eq_path.read_text()))
-        return baseline, equal
+        return baselines, equal
 
     def data(self, e2e_ws) -> dict:
         """Loader-only throughput and per-batch deduplication on the source domain."""
@@ -258,14 +276,15 @@ class Suite:
             },
         )
 
-    def memory(self, train: dict, baseline: dict | None) -> dict:
-        """Peak memory per training mode, plus the ZeRO benchmark on the full suite."""
+    def memory(self, train: dict, baselines: dict[str, dict]) -> dict:
+        """Peak memory per training mode (both baselines too), plus the ZeRO benchmark on the
+        full suite."""
         per_mode = {
             "cached_train": train["cached"]["memory"],
             "end_to_end_train": train["end_to_end"]["memory"],
         }
-        if baseline is not None:
-            per_mode["hf_trainer_baseline_train"] = baseline["memory"]
+        for name, result in baselines.items():
+            per_mode[f"{name}_baseline_train"] = result["memory"]
         result = {
             "benchmark": "memory",
             "per_mode": per_mode,
@@ -277,6 +296,8 @@ class Suite:
             self.skipped["memory_zero"] = (
                 "perf/bench_memory.py (the ZeRO memory benchmark, issue 5) is not in this checkout"
             )
+        elif "memory_zero" in self.args.skip:
+            pass  # recorded as skipped from --skip already
         elif self.args.suite == "quick":
             self.skipped["memory_zero"] = (
                 "quick suite: the ZeRO benchmark launches several processes; run --suite full"

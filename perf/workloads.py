@@ -38,7 +38,8 @@ STEPS = {
 }
 
 # Encoders the suite can build from a config alone (random init): `tiny` for the quick
-# suite; `qwen2-1b` a Qwen2-shaped decoder of ~1.2B parameters for GPU runs.
+# suite; `qwen2-1b` a Qwen2-shaped decoder of ~1.07B parameters (with MiniLM's 30,522-token
+# vocabulary) for GPU runs.
 ENCODERS = {
     "tiny": {
         "family": "bert",
@@ -140,9 +141,9 @@ def quick_workload(work: Path, overrides: list[str]) -> Workload:
         },
         "peft": {"method": "lora", "r": 4, "alpha": 8},
         "stages": {"adapt": {"enabled": False}, "baselines": []},
-        "train": {"batch_size": 16, "precision": "auto"},
+        "train": {"batch_size": 16, "precision": "auto", "report_to": []},
         "eval": {"batch_size": 64},
-        "output": {"dir": str(work / "run"), "tensorboard": False},
+        "output": {"dir": str(work / "run")},
     }
     for item in overrides:
         apply_override(tree, item)
@@ -156,7 +157,7 @@ def full_workload(work: Path, overrides: list[str], encoder: str | None) -> Work
 
     extra = [
         f"output.dir={work / 'run'}",
-        "output.tensorboard=false",
+        "train.report_to=[]",
         f"train.batch_size={FULL_BATCH}",
     ]
     if encoder is not None:

@@ -64,8 +64,11 @@ def synth_dir() -> Path:
     return out
 
 
-def tiny_run_config(synth_dir: Path, out: Path, **sections) -> dict:
-    """A run config over the two tiny synthetic domains with the real MiniLM encoder."""
+def tiny_run_config(
+    synth_dir: Path, out: Path, report_to: list[str] | None = None, **sections
+) -> dict:
+    """A run config over the two tiny synthetic domains with the real MiniLM encoder;
+    `report_to`: train.report_to (None: the default, TensorBoard)."""
     cfg = {
         "seed": 0,
         "cache_dir": str(CACHE / "features"),
@@ -84,8 +87,10 @@ def tiny_run_config(synth_dir: Path, out: Path, **sections) -> dict:
         "stages": {"pretrain": {"epochs": 2}, "adapt": {"epochs": 2}, "id_baseline_epochs": 2},
         "train": {"batch_size": 32, "precision": "fp32"},
         "eval": {"batch_size": 64},
-        "output": {"dir": str(out), "tensorboard": True},
+        "output": {"dir": str(out)},
     }
+    if report_to is not None:
+        cfg["train"]["report_to"] = report_to
     for key, value in sections.items():
         cfg[key] = {**cfg.get(key, {}), **value}
     return cfg

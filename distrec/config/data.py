@@ -34,7 +34,13 @@ class ColumnMap(Section):
     )
     timestamp: str = Field(
         default="timestamp",
-        description="Column of the interaction log holding timestamps (orders each user's history).",
+        description=(
+            "Column of the interaction log holding timestamps (orders each user's history): "
+            "numbers (unix seconds) or ISO-8601 times such as 2024-03-01T12:00:00Z, "
+            "2024-03-01 12:00:00.5+02:00 or 2024-03-01 (Parquet: also timestamp and date "
+            "types), one kind per column. Times with an offset or zone are converted to UTC; "
+            "times without one are read as UTC."
+        ),
     )
     rating: str | None = Field(
         default="rating",

@@ -11,7 +11,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from distrec.config.errors import ConfigError
-from distrec.config.schema import RunConfig
+from distrec.config.schema import DATA_ONLY, RunConfig
+
+DATA_SECTIONS = ("data",)  # what `distrec data prepare` reads of a run config
 
 
 class _Loader(yaml.SafeLoader):
@@ -86,21 +88,47 @@ def _index(node: list, part: str, key: str) -> int:
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read, override and validate; raises ConfigError with one line per problem."""
-    tree = read_yaml(path) if path is not None else {}
-    for override in overrides or []:
-        apply_override(tree, override)
+    tree = _read_tree(path, overrides)
     return config_from_dict(tree, source=str(path) if path else "<overrides>")
 
 
-def config_from_dict(tree: dict[str, Any], source: str = "<dict>") -> RunConfig:
-    """Validate a run-config tree; raises ConfigError naming `source`, one line per problem."""
+def load_data_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """`load_config` for `distrec data prepare`, which reads only the sections in
+    `DATA_SECTIONS`: those are validated (with their own checks), the other sections are
+    left at their defaults unread and the checks across sections are skipped, so a config
+    whose stages need domains it lacks still prepares its data (`train` and
+    `config validate` refuse it). Unknown top-level keys are still errors."""
+    tree = _read_tree(path, overrides)
+    source = str(path) if path else "<overrides>"
+    unknown = [key for key in tree if key not in RunConfig.model_fields]
+    if unknown:
+        raise _invalid(
+            source, [_describe({"loc": (k,), "type": "extra_forbidden"}) for k in unknown]
+        )
+    sections = {key: value for key, value in tree.items() if key in DATA_SECTIONS}
+    return config_from_dict(sections, source, data_only=True)
+
+
+def _read_tree(path: str | Path | None, overrides: list[str] | None) -> dict[str, Any]:
+    tree = read_yaml(path) if path is not None else {}
+    for override in overrides or []:
+        apply_override(tree, override)
+    return tree
+
+
+def config_from_dict(
+    tree: dict[str, Any], source: str = "<dict>", *, data_only: bool = False
+) -> RunConfig:
+    """Validate a run-config tree; raises ConfigError naming `source`, one line per problem.
+    `data_only` skips the checks across sections (see `load_data_config`)."""
     try:
-        return RunConfig.model_validate(tree)
+        return RunConfig.model_validate(tree, context={DATA_ONLY: data_only})
     except ValidationError as err:
-        lines = [_describe(e) for e in err.errors()]
-        raise ConfigError(
-            f"{source}: invalid config\n" + "\n".join(f"  - {ln}" for ln in lines)
-        ) from None
+        raise _invalid(source, [_describe(e) for e in err.errors()]) from None
+
+
+def _invalid(source: str, problems: list[str]) -> ConfigError:
+    return ConfigError(f"{source}: invalid config\n" + "\n".join(f"  - {ln}" for ln in problems))
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -125,6 +125,21 @@ class ModelConfig(Section):
             "this many groups, each padded only to its own longest text (1 = one padded batch)."
         ),
     )
+    packing: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description=(
+            "End-to-end mode: `on` packs a batch's distinct item texts end to end into rows of "
+            "2 x max_text_tokens tokens (a block-diagonal attention mask, causal within a text "
+            "for decoder LMs; positions restart per text) instead of padding them; `off` keeps "
+            "the length_buckets padding; `auto` packs a batch when its packed rows cost less "
+            "than its length groups, cost = rows x width x (1 + width / (6 x hidden)) (linears "
+            "plus attention span, distrec.models.packing). Either way the LM is called "
+            "length_buckets times per batch (ZeRO-3/FSDP need the same calls on every rank). "
+            "Measured, MiniLM forward+backward, bf16, 2 CPU threads, ~850 titles of 6-32 tokens: "
+            "length groups 15925 positions (18.6% padding) 24.8 s/step; packed in rows of 64 (2 x 32) "
+            "13184 positions (1.7%) 12.0 s/step (a shared CPU: times are rough)."
+        ),
+    )
     lm_dropout: float | None = Field(
         default=None,
         ge=0.0,
@@ -132,6 +147,15 @@ class ModelConfig(Section):
         description=(
             "End-to-end mode: replaces the LM checkpoint's own dropout probabilities (null keeps "
             "them). 0 is common for LoRA fine-tuning, which has its own peft.dropout."
+        ),
+    )
+    activation_checkpointing: bool = Field(
+        default=False,
+        description=(
+            "End-to-end mode: activation (gradient) checkpointing of the LM's layers, recomputed "
+            "in the backward (non-reentrant, so the LoRA weights of the frozen LM get gradients): "
+            "less activation memory for one more LM forward per step (MiniLM at batch 64 on "
+            "CPU: 1.6x the step time, 0.4x the peak memory; perf/step_options.py)."
         ),
     )
     heads: dict[str, float] = Field(
@@ -230,6 +254,16 @@ class ModelConfig(Section):
         description=(
             "Score offset = learned weight x standardised log training popularity of the item in "
             "its own domain; learned on sources, it transfers with the target's counts."
+        ),
+    )
+    attention: Literal["auto", "eager", "sdpa"] = Field(
+        default="auto",
+        description=(
+            "The LM's attention implementation (transformers' attn_implementation). `auto`: "
+            "`eager` in end-to-end mode on CPU, where torch's fused CPU attention backward took "
+            "39% of the LoRA step and plain matmul attention runs the step's LM part 2.3x as "
+            "fast (perf/results/cpu/step_options.md); `sdpa` everywhere else (GPU kernels; "
+            "cached mode only runs forwards)."
         ),
     )
     trust_remote_code: bool = Field(

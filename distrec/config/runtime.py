@@ -117,4 +117,3 @@ class OutputConfig(Section):
     keep_last: int = Field(
         default=2, ge=1, description="Checkpoints kept per stage (older are deleted)."
     )
-    tensorboard: bool = Field(default=True, description="Write TensorBoard logs into `dir`.")

@@ -9,7 +9,10 @@ live in distrec/config/environment.py, the launcher's in distrec/distributed/.
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+import warnings
+from typing import Any
+
+from pydantic import Field, ValidationInfo, model_validator
 
 from distrec.config.base import Section
 from distrec.config.consistency import check_consistency
@@ -62,6 +65,9 @@ __all__ = [
 ]
 
 
+DATA_ONLY = "data_only"  # validation context key: skip the checks across sections
+
+
 class RunConfig(Section):
     """One run: data, model, adapters, stages, optimization, evaluation, launch, sweep, output."""
 
@@ -81,11 +87,19 @@ class RunConfig(Section):
     tune: TuneConfig = Field(default=TuneConfig(), description="`distrec tune` sweeps.")
     output: OutputConfig = Field(default=OutputConfig(), description="The run folder.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return moved_tensorboard(data)
+
     @model_validator(mode="after")
-    def _consistent(self) -> RunConfig:
-        check_consistency(
-            data=self.data, model=self.model, peft=self.peft, stages=self.stages, tune=self.tune
-        )
+    def _consistent(self, info: ValidationInfo) -> RunConfig:
+        # `load_data_config` (data prepare) validates the data section only: the checks
+        # across sections are the run's, and its other sections are defaults there.
+        if not (info.context or {}).get(DATA_ONLY):
+            check_consistency(
+                data=self.data, model=self.model, peft=self.peft, stages=self.stages, tune=self.tune
+            )
         return self
 
     def domain(self, name: str) -> DomainConfig:
@@ -95,3 +109,31 @@ class RunConfig(Section):
                 return d
         known = [d.name for d in self.data.domains]
         raise KeyError(f"domain {name!r} is not in data.domains (known: {known})")
+
+
+def moved_tensorboard(tree: Any) -> Any:
+    """The config tree with the old `output.tensorboard: true|false` turned into
+    `train.report_to: [tensorboard] | []` (with a FutureWarning naming the new key), so
+    configs and stored runs written before train.report_to still run."""
+    output = tree.get("output") if isinstance(tree, dict) else None
+    if not isinstance(output, dict) or "tensorboard" not in output:
+        return tree
+    value = output["tensorboard"]
+    train = tree.get("train") if isinstance(tree.get("train"), dict) else {}
+    if not isinstance(value, bool) or "report_to" in train:
+        raise ValueError(
+            f"output.tensorboard={value!r} was replaced by train.report_to; remove it and "
+            f"write train.report_to: [tensorboard] (or [] for no tracker)"
+        )
+    warnings.warn(
+        f"output.tensorboard is deprecated: write train.report_to: "
+        f"{'[tensorboard]' if value else '[]'} instead",
+        FutureWarning,
+        stacklevel=2,
+    )
+    rest = {k: v for k, v in output.items() if k != "tensorboard"}
+    return {
+        **tree,
+        "output": rest,
+        "train": {**train, "report_to": ["tensorboard"] if value else []},
+    }

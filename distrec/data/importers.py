@@ -17,6 +17,7 @@ import numpy as np
 
 from distrec.data.formats import FORMATS
 from distrec.data.table import BadRows, DataError, Policy, Table
+from distrec.data.times import ACCEPTED, parse_times
 
 __all__ = [
     "BadRows",
@@ -31,6 +32,7 @@ __all__ = [
     "parse_items",
     "read_table",
     "report_bad_number",
+    "report_bad_time",
     "report_empty_id",
     "report_unknown_item",
     "split_line_table",
@@ -163,22 +165,28 @@ class Interactions:
 def parse_interactions(
     table: Table, user: str, item: str, timestamp: str, rating: str | None, bad: BadRows
 ) -> Interactions:
-    """Type a log's rows (ids, numeric timestamp and rating); bad rows go to `bad`."""
+    """Type a log's rows (ids, timestamp and rating); bad rows go to `bad`.
+
+    Timestamps become float64 unix seconds: a column of numbers (unix seconds) or of
+    ISO-8601 times, offsets converted to UTC and times without one read as UTC
+    (distrec/data/times.py); a value of the other kind or of neither is a bad row.
+    """
     user_col = table.column(user, "user")
     item_col = table.column(item, "item")
     time_col = table.column(timestamp, "timestamp")
     rating_col = table.column(rating, "rating") if rating and rating in table.header else None
-    users, items, stamps, rates, lines = [], [], [], [], []
-    for row, number in zip(table.rows, table.lines, strict=True):
+    times = parse_times([row[time_col] for row in table.rows])
+    first_line = None if times.first is None else table.lines[times.first]
+    bad_time = times.bad.tolist()  # Python bools: numpy scalar indexing per row is slow
+    users, items, rates, kept = [], [], [], []
+    for pos, (row, number) in enumerate(zip(table.rows, table.lines, strict=True)):
         where = f"{table.path}:{number}"
         if not row[user_col].strip() or not row[item_col].strip():
             empty = table.header[user_col] if not row[user_col].strip() else table.header[item_col]
             report_empty_id(bad, where, empty)
             continue
-        try:
-            stamp = float(row[time_col])
-        except ValueError:
-            report_bad_number(bad, where, "timestamp", timestamp, row[time_col])
+        if bad_time[pos]:
+            report_bad_time(bad, where, timestamp, times.why_bad(pos, row[time_col], first_line))
             continue
         if rating_col is not None:
             try:
@@ -188,21 +196,15 @@ def parse_interactions(
                 continue
         users.append(row[user_col])
         items.append(row[item_col])
-        stamps.append(stamp)
-        lines.append(number)
+        kept.append(pos)
+    keep = np.array(kept, dtype=np.int64)
     return Interactions(
         users=np.array(users, dtype=object),
         items=np.array(items, dtype=object),
-        timestamps=np.array(stamps, dtype=np.float64),
+        timestamps=times.seconds[keep],
         ratings=np.array(rates, dtype=np.float32) if rating_col is not None else None,
-        lines=np.array(lines, dtype=np.int64),
+        lines=np.array(table.lines, dtype=np.int64)[keep],
     )
-
-
-_NUMBER_FIXES = {
-    "timestamp": "timestamps must be numeric (e.g. unix seconds)",
-    "rating": "ratings must be numeric",
-}
 
 
 def report_empty_id(bad: BadRows, where: str, column: str) -> None:
@@ -211,10 +213,17 @@ def report_empty_id(bad: BadRows, where: str, column: str) -> None:
 
 
 def report_bad_number(bad: BadRows, where: str, role: str, column: str, value: str) -> None:
-    """Report a log row whose `role` ("timestamp" or "rating") value is not a number."""
+    """Report a log row whose `role` value (a rating) is not a number."""
     bad.report(
-        f"{where} column {column!r}", f"{role} {value!r} is not a number", _NUMBER_FIXES[role]
+        f"{where} column {column!r}",
+        f"{role} {value!r} is not a number",
+        f"{role}s must be numeric",
     )
+
+
+def report_bad_time(bad: BadRows, where: str, column: str, reason: str) -> None:
+    """Report a log row whose timestamp is bad for `reason` (`ParsedTimes.why_bad`)."""
+    bad.report(f"{where} column {column!r}", reason, ACCEPTED)
 
 
 def report_unknown_item(bad: BadRows, where: str, item: str) -> None:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distrec.data.manifest import load_manifest
-from distrec.utils.hashing import sha256_file
-from distrec.utils.progress import progress
+from distrec.data.manifest import damaged_files, load_manifest
 
 
 def inspect_manifest(path: str | Path, verify: bool = True) -> tuple[str, bool]:
@@ -18,19 +16,12 @@ def inspect_manifest(path: str | Path, verify: bool = True) -> tuple[str, bool]:
     lines.append(f"  {'shards':28s} {len(m.shards)}")
     ok = True
     if verify:
-        problems = []
-        for shard in progress(m.shards, f"{m.domain}: verifying shards"):
-            file = m.root / "shards" / shard.name
-            if not file.exists():
-                problems.append(f"{shard.name}: missing")
-            elif sha256_file(file) != shard.sha256:
-                problems.append(f"{shard.name}: sha256 mismatch (corrupt or modified)")
-        catalog = m.data["catalog"]
-        if sha256_file(m.root / catalog["file"]) != catalog["sha256"]:
-            problems.append(f"{catalog['file']}: sha256 mismatch")
-        features = m.data.get("features")
-        if features and sha256_file(m.root / features["file"]) != features["sha256"]:
-            problems.append(f"{features['file']}: sha256 mismatch")
+        problems = [
+            f"{d.name}: missing"
+            if d.actual is None
+            else f"{d.name}: sha256 mismatch (corrupt or modified)"
+            for d in damaged_files(m)
+        ]
         ok = not problems
         lines.append("  integrity: ok" if ok else "  integrity: FAILED")
         lines.extend(f"    - {p}" for p in problems)

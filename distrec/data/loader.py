@@ -201,6 +201,11 @@ class MixtureLoader:
         """Next-item targets one epoch of every domain trains on (the run log states it)."""
         return sum(loader.stream.targets_per_epoch() for loader in self.loaders.values())
 
+    def epoch_complete(self) -> bool:
+        """Whether every batch of the current epoch has been yielded (the next `iter()`
+        starts the next epoch)."""
+        return self.total is not None and self.step >= self.total
+
     def batches_left(self) -> int:
         """Batches the next `iter()` yields (a finished epoch rolls over to the next)."""
         if self.total is not None and self.step >= self.total:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from distrec.config.errors import ConfigError
+from distrec.utils.hashing import Mismatch, mismatches
 
 SCHEMA_VERSION = 3  # 2: packed binary samples (seq.bin) in USTAR tars; 3: per-user lengths
 MANIFEST = "manifest.json"
 CATALOG = "catalog.parquet"
 FEATURES = "features.safetensors"  # generated item features [N, D] (synth --feature-dim)
+# What a domain or shard name in a manifest may be: a plain file name (no path, no shell).
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -62,11 +66,20 @@ class Manifest:
         """Where to read each shard: local files by default, or `template` with {root}
         (this folder), {domain} and {shard} filled in, e.g.
         `pipe:aws s3 cp s3://bucket/prepared/{domain}/shards/{shard} -` (read via webdataset's gopen)."""
+        names = [s.name for s in self.shards]
+        unsafe = [n for n in [self.domain, *names] if not SAFE_NAME.fullmatch(n)]
+        if unsafe:
+            # A manifest is data, not configuration: its names fill a `pipe:` template that
+            # webdataset hands to a shell, and must not be able to add a command (or leave
+            # the domain folder). Only the run config's data.shard_url may say what runs.
+            raise ConfigError(
+                f"{self.root / MANIFEST}: names {unsafe[:3]} are not plain file names "
+                f"(letters, digits, '.', '_', '-'); refusing to build shard URLs from them. "
+                f"{REPREPARE}"
+            )
         if template is None:
-            return [str(self.root / "shards" / s.name) for s in self.shards]
-        return [
-            template.format(root=self.root, domain=self.domain, shard=s.name) for s in self.shards
-        ]
+            return [str(self.root / "shards" / n) for n in names]
+        return [template.format(root=self.root, domain=self.domain, shard=n) for n in names]
 
     @property
     def catalog_path(self) -> Path:
@@ -84,6 +97,47 @@ class Manifest:
         """The generated item features' safetensors file ([N, D] float32), or None."""
         entry = self.data.get("features")
         return self.root / entry["file"] if entry else None
+
+
+REPREPARE = "re-run `distrec data prepare --overwrite` (`distrec data synth --overwrite` for a synthetic domain)"
+
+
+def recorded_hashes(m: Manifest, *, shards: bool = True) -> dict[str, str]:
+    """Path under the domain folder -> the sha256 its manifest records, for the catalog, the
+    generated features (if any) and, with `shards`, every shard. A manifest that records no
+    hash for one of them is a ConfigError: its data cannot be verified."""
+    entries = [m.data["catalog"], *([m.data["features"]] if m.data.get("features") else [])]
+    named = {e.get("file", "?"): e for e in entries}
+    if shards:
+        named |= {f"shards/{s.get('name', '?')}": s for s in m.data["shards"]}
+    unhashed = [name for name, entry in named.items() if not entry.get("sha256")]
+    if unhashed:
+        raise ConfigError(
+            f"{m.root / MANIFEST}: no sha256 recorded for {unhashed[:3]}"
+            f"{' and more' if len(unhashed) > 3 else ''}, so the data cannot be verified "
+            f"(prepared by another tool or edited by hand); {REPREPARE}"
+        )
+    return {name: entry["sha256"] for name, entry in named.items()}
+
+
+def damaged_files(m: Manifest, *, shards: bool = True) -> list[Mismatch]:
+    """The domain's files (see `recorded_hashes`) that are missing or whose sha256 is not
+    the recorded one."""
+    return mismatches(m.root, recorded_hashes(m, shards=shards))
+
+
+def damage_report(m: Manifest, damaged: list[Mismatch]) -> str:
+    """What is wrong with `damaged` files of the domain and what to do, in one message."""
+    lines = [
+        f"{m.root / d.name}: missing"
+        if d.actual is None
+        else f"{m.root / d.name}: sha256 {d.actual}, the manifest records {d.expected}"
+        for d in damaged
+    ]
+    return (
+        f"domain {m.domain!r}: {len(damaged)} prepared file(s) corrupt or modified since "
+        f"they were written: {'; '.join(lines)}; {REPREPARE} to rewrite the domain"
+    )
 
 
 def load_manifest(path: str | Path) -> Manifest:

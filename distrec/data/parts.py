@@ -27,9 +27,18 @@ from distrec.data.importers import (
     Table,
     parse_interactions,
     report_bad_number,
+    report_bad_time,
     report_empty_id,
     report_unknown_item,
     split_line_table,
+)
+from distrec.data.times import (
+    ISO_TIME,
+    NUMBER,
+    ParsedTimes,
+    TimeKind,
+    parse_times,
+    ticks_to_seconds,
 )
 from distrec.utils.hashing import sha256_json
 
@@ -237,9 +246,9 @@ def _type_parquet(chunk: Chunk, columns: LogColumns, report: ChunkReport) -> pa.
     users, items = _as_text(user), _as_text(item)
     empty_user = _is_blank(users)
     empty_item = _is_blank(items)
-    stamps, bad_stamp = _as_number(stamp)
+    times, kind_line = _as_times(stamp, chunk, columns.timestamp)
     ratings, bad_rating = _as_number(rating) if rating is not None else (None, None)
-    bad = empty_user | empty_item | bad_stamp
+    bad = empty_user | empty_item | times.bad
     if bad_rating is not None:
         bad |= bad_rating
     lines = np.arange(chunk.first_line, chunk.first_line + data.num_rows, dtype=np.int64)
@@ -248,8 +257,9 @@ def _type_parquet(chunk: Chunk, columns: LogColumns, report: ChunkReport) -> pa.
         where = f"{chunk.label}:{lines[pos]}"
         if empty_user[pos] or empty_item[pos]:
             report_empty_id(type_bad, where, columns.user if empty_user[pos] else columns.item)
-        elif bad_stamp[pos]:
-            report_bad_number(type_bad, where, "timestamp", columns.timestamp, _text(stamp, pos))
+        elif times.bad[pos]:
+            reason = times.why_bad(pos, _text(stamp, pos), kind_line)
+            report_bad_time(type_bad, where, columns.timestamp, reason)
         else:
             assert rating is not None and columns.rating is not None
             report_bad_number(type_bad, where, "rating", columns.rating, _text(rating, pos))
@@ -258,11 +268,51 @@ def _type_parquet(chunk: Chunk, columns: LogColumns, report: ChunkReport) -> pa.
     return _typed_table(
         users.filter(mask),
         items.filter(mask),
-        stamps[keep],
+        times.seconds[keep],
         None if ratings is None else ratings[keep],
         lines[keep],
         chunk.part,
     )
+
+
+def _as_times(column: pa.ChunkedArray, chunk: Chunk, name: str) -> tuple[ParsedTimes, int | None]:
+    """The timestamp column typed as `parse_interactions` types `read_parquet`'s text of it,
+    with the line of the value that set its kind: numbers, timestamps and dates by type
+    (their ticks are exact; a zone-less timestamp is UTC), text by `parse_times`."""
+    kind = column.type
+    if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
+        days = pa.types.is_date32(kind)  # date32 counts days, date64 milliseconds
+        raw = column.cast(pa.int32() if days else pa.int64()).cast(pa.int64())
+        ticks = pc.fill_null(raw, 0).to_numpy() * (86400 if days else 1)
+        unit = "s" if days else "ms" if pa.types.is_date64(kind) else kind.unit
+        bad = column.is_null().to_numpy(zero_copy_only=False)
+        seconds = np.where(bad, np.nan, ticks_to_seconds(ticks, unit))
+        return ParsedTimes(seconds, bad, ~bad, ISO_TIME, None), None
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        seconds, bad = _as_number(column)
+        return ParsedTimes(seconds, bad, ~bad, NUMBER, None), None
+    text = _as_text(column).to_numpy(zero_copy_only=False)
+    forced, kind_line = _part_time_kind(chunk, name) if chunk.first_line > 1 else (None, None)
+    times = parse_times(text, forced)
+    if forced is None and times.first is not None:
+        kind_line = chunk.first_line + times.first
+    return times, kind_line
+
+
+def _part_time_kind(chunk: Chunk, name: str) -> tuple[TimeKind | None, int | None]:
+    """The kind of a text timestamp column and the line that set it, from the part's first
+    readable value: a chunk after the first types the column as the whole part is typed."""
+    fs, path = _filesystem(chunk.label)
+    parquet = pq.ParquetFile(path, filesystem=fs)
+    line = 1
+    for group in range(parquet.num_row_groups):
+        text = _as_text(parquet.read_row_group(group, columns=[name]).column(0))
+        for start in range(0, len(text), 1024):
+            times = parse_times(text[start : start + 1024].to_numpy(zero_copy_only=False))
+            if times.first is not None:
+                return times.kind, line + start + times.first
+        line += len(text)
+    return None, None
 
 
 def _text(column: pa.ChunkedArray, pos: int) -> str:

@@ -9,7 +9,6 @@ is never replaced without `overwrite`.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -26,6 +25,7 @@ from distrec import __version__
 from distrec.config.errors import ConfigError
 from distrec.data.manifest import CATALOG, FEATURES, MANIFEST, SCHEMA_VERSION
 from distrec.data.shards import UserSequence, write_shards
+from distrec.utils.files import folder_bytes, no_space_cause, out_of_space_error, swap_into_place
 from distrec.utils.hashing import sha256_file
 from distrec.utils.progress import log
 
@@ -126,11 +126,27 @@ def write_staged(root: Path, dataset: DomainDataset, write_shards_into: ShardWri
         }
         # The manifest is written last: its presence marks a complete dataset.
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        _swap_into_place(staging, root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        swap_into_place(staging, root)
+    except BaseException as err:
+        _discard(staging, root, err)
         raise
     return root / MANIFEST
+
+
+def _discard(staging: Path, root: Path, err: BaseException) -> None:
+    """Remove the partial `staging` folder of a failed write of `root`; a full disk is
+    raised as OutOfSpace naming the folder and the space it needs."""
+    full = no_space_cause(err)
+    written = folder_bytes(staging) if full is not None else 0
+    shutil.rmtree(staging, ignore_errors=True)
+    if full is not None:
+        raise out_of_space_error(
+            full,
+            root,
+            written=written,
+            previous=root if root.exists() else None,
+            elsewhere="set data.prepared_dir (or synth --out) to a disk with room",
+        ) from err
 
 
 def _write_features(staging: Path, dataset: DomainDataset) -> dict[str, Any] | None:
@@ -167,13 +183,3 @@ def _counting(sequences: Iterable[UserSequence], counts: np.ndarray) -> Iterator
     for seq in sequences:
         np.add.at(counts, train_part(seq.items), 1)
         yield seq
-
-
-def _swap_into_place(staging: Path, root: Path) -> None:
-    if root.exists():
-        retired = root.with_name(f".{root.name}.old-{os.getpid()}")
-        os.replace(root, retired)
-        os.replace(staging, root)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(staging, root)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import timedelta
 
 import torch
@@ -31,9 +32,10 @@ def resolve_precision(precision: str) -> str:
     return "bf16" if cpu_supports_fast_bf16() else "fp32"
 
 
-def build_accelerator(cfg: RunConfig, log_dir: str | None = None):
+def build_accelerator(cfg: RunConfig, trackers: Sequence = ()):
     """(Accelerator, resolved precision) for this launch: the backend is the launch
-    template's, checked against distributed.strategy; `log_dir`: TensorBoard logs there."""
+    template's, checked against distributed.strategy; `trackers`: unstarted Accelerate
+    trackers that `accelerator.log` feeds once `init_trackers` has started them."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
@@ -60,8 +62,7 @@ def build_accelerator(cfg: RunConfig, log_dir: str | None = None):
         # group; under DeepSpeed cpu=True would silently drop DeepSpeed.
         cpu=not torch.cuda.is_available() and not deepspeed,
         kwargs_handlers=handlers,
-        log_with="tensorboard" if log_dir else None,
-        project_dir=log_dir,
+        log_with=list(trackers) or None,
     )
     if deepspeed:
         # We stream our own batches instead of handing Accelerate a DataLoader, so

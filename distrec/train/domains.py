@@ -5,6 +5,8 @@ carries instead: `distrec data synth --feature-dim`)."""
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -16,7 +18,13 @@ from safetensors.torch import load_file
 
 from distrec.config import ConfigError, RunConfig
 from distrec.data.kg import ItemGraph, build_graph
-from distrec.data.manifest import Manifest, load_manifest, manifest_path
+from distrec.data.manifest import (
+    Manifest,
+    damage_report,
+    damaged_files,
+    load_manifest,
+    manifest_path,
+)
 from distrec.data.shards import read_sequences, stream_sequences
 from distrec.data.tokens import TokenTable
 from distrec.eval.beyond import ItemProfile, multi_hot
@@ -26,6 +34,8 @@ from distrec.models.features import TextEncoding, cached_catalog_features, encod
 from distrec.models.io import RatingTotals
 from distrec.utils.progress import log
 from distrec.utils.sharding import Shard
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -168,6 +178,7 @@ def read_domain(cfg: RunConfig, name: str) -> DomainData:
             f"`distrec data prepare --config <this config>` first"
         )
     m = load_manifest(path)
+    verify_domain(cfg, m)
     check_ratings_for_heads(cfg, name, bool(m.data.get("has_ratings")))
     catalog = pd.read_parquet(m.catalog_path)
     category = cfg.domain(name).category_field
@@ -178,6 +189,24 @@ def read_domain(cfg: RunConfig, name: str) -> DomainData:
             f"its fields are {fields}"
         )
     return DomainData(name, m, catalog, shard_url=cfg.data.shard_url, category_field=category)
+
+
+def verify_domain(cfg: RunConfig, m: Manifest) -> None:
+    """Check the prepared files a run reads against the sha256 their manifest records: a
+    damaged file is a ConfigError naming it, both hashes and the fix. Shards are checked
+    when they are read from prepared_dir (not with data.shard_url); damaged ones are only
+    a warning under data.corrupt_shards=skip (the stream skips those it cannot read)."""
+    started = time.perf_counter()
+    damaged = damaged_files(m, shards=cfg.data.shard_url is None)
+    tolerated = cfg.data.corrupt_shards == "skip" and all(
+        d.name.startswith("shards/") for d in damaged
+    )
+    if damaged and not tolerated:
+        raise ConfigError(damage_report(m, damaged))
+    if damaged:
+        logger.warning("%s (data.corrupt_shards=skip: training goes on)", damage_report(m, damaged))
+    else:
+        log(f"{m.domain}: prepared files verified (sha256) in {time.perf_counter() - started:.2f}s")
 
 
 def domain_heads(cfg: RunConfig, name: str) -> dict[str, str]:

@@ -31,10 +31,9 @@ def run_training(
     from distrec.distributed.accelerator import build_accelerator
     from distrec.distributed.collectives import destroy_process_group
     from distrec.train.checkpoint import Preempted
+    from distrec.train.trackers import build_trackers
 
-    accelerator, precision = build_accelerator(
-        cfg, log_dir=cfg.output.dir if cfg.output.tensorboard else None
-    )
+    accelerator, precision = build_accelerator(cfg, trackers=build_trackers(cfg))
     try:
         return train_and_report(cfg, accelerator, precision, resume is not None, hooks, start)
     except Preempted as err:
@@ -65,12 +64,12 @@ def train_and_report(
     from distrec.train.checkpoint import install_preemption_handler
     from distrec.train.outputs import write_metrics, write_report
     from distrec.train.stages.runner import run_stages
+    from distrec.train.trackers import start_trackers
     from distrec.train.workspace import Workspace, prepare_output_dir
     from distrec.utils.progress import log
 
     out = prepare_output_dir(cfg, resume)
-    if cfg.output.tensorboard:
-        accelerator.init_trackers("events")
+    start_trackers(accelerator, cfg)
     install_preemption_handler()
     ws = Workspace.open(cfg, accelerator, precision, out=out, resume=resume)
     strategy = live_strategy(accelerator)

@@ -1,12 +1,16 @@
 """Everything checkable about a run before it starts: files, launcher, registered names.
 
-One function for every entry (`distrec train`, `config validate`, `data prepare`, `tune`,
-the demo, perf drivers), so a config that one of them refuses none of them accepts.
+One function for every entry that runs (`distrec train`, `config validate`, `tune`, the
+demo, perf drivers), so a config that one of them refuses none of them accepts;
+`data prepare`, which reads only the data section, runs its data half (`preflight_data`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from distrec.config import ConfigError, RunConfig, check_environment
+from distrec.config.environment import check_data_files
 from distrec.config.metric_names import RANKING_KINDS, parse_metric
 from distrec.data.prepare import check_data_names
 from distrec.distributed.launcher import check_launcher
@@ -15,6 +19,7 @@ from distrec.heads.base import reporting_head, target_heads
 from distrec.models.registry import MODELS
 from distrec.train.stages.registry import planned_stages
 from distrec.train.stages.runner import run_stages  # noqa: F401  (registers the built-in stages)
+from distrec.train.trackers import check_trackers
 from distrec.utils.plugins import load_plugins
 
 
@@ -53,11 +58,20 @@ def check_metric_is_reported(cfg: RunConfig) -> None:
 
 
 def preflight(cfg: RunConfig) -> list[str]:
-    """Load DISTREC_PLUGINS, then check data files, item encoder, launcher, dataset formats
-    and registered names; raises ConfigError, returns notes worth printing."""
+    """Load DISTREC_PLUGINS, then check data files, item encoder, launcher, dataset formats,
+    registered names and tracker packages; raises ConfigError, returns notes worth printing."""
     load_plugins()  # every process imports the user's registrations itself
     notes = check_environment(cfg)
+    check_trackers(cfg)
     check_launcher(cfg)
     check_data_names(cfg)
     check_registered(cfg)
     return notes
+
+
+def preflight_data(cfg: RunConfig) -> None:
+    """`preflight`'s checks for `distrec data prepare` (a config from `load_data_config`):
+    load DISTREC_PLUGINS, then check the data files and dataset formats; raises ConfigError."""
+    load_plugins()
+    check_data_files(cfg, Path.cwd())
+    check_data_names(cfg)

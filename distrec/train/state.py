@@ -10,6 +10,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from distrec.config import RunConfig
 from distrec.data.loader import MixtureLoader
+from distrec.distributed.collectives import sum_over_ranks, world_size
 from distrec.heads.base import better
 from distrec.utils.progress import log
 
@@ -55,11 +56,16 @@ class TrainState:
     result: FitResult = field(default_factory=FitResult)
     epoch: int = 0  # completed epochs
     epoch_batches: int = 0  # batches done in the current epoch
-    epoch_loss: float = 0.0
+    epoch_loss: float = 0.0  # flushed losses summed over the epoch's steps and every rank
     epoch_wait_s: float = 0.0
     epoch_train_s: float = 0.0
     global_batches: int = 0
     bad_epochs: int = 0
+    # This rank's losses since the last flush_loss, summed where they were computed, in
+    # float64: float32 losses then add up exactly, so where the flushes fall (log points, a
+    # preemption's checkpoint) cannot change a bit of the epoch's loss, and a resumed run's
+    # history equals the uninterrupted one's.
+    pending_loss: torch.Tensor | None = None
 
     COUNTERS = (
         "epoch",
@@ -71,6 +77,30 @@ class TrainState:
         "bad_epochs",
     )
 
+    def add_loss(self, loss: torch.Tensor) -> None:
+        """Add a step's loss to the pending sum without reading it (no host sync)."""
+        loss = loss.detach().to(_exact_sum_dtype(loss.device))
+        self.pending_loss = loss if self.pending_loss is None else self.pending_loss + loss
+
+    def flush_loss(self) -> None:
+        """Move the pending sum, summed over ranks, into `epoch_loss` (a collective: every
+        rank calls it at the same points, which are data-independent)."""
+        pending = self.pending_loss
+        if pending is None:
+            pending = torch.zeros((), dtype=torch.float64)
+        # Summed over ranks so the curve means the global batch (and is the same on every
+        # rank, which is what rank 0's checkpoint records for all of them).
+        self.epoch_loss += sum_over_ranks(pending).item()
+        self.pending_loss = None
+
+    def loss_sum(self) -> float:
+        """The flushed steps' rank-mean losses, summed."""
+        return self.epoch_loss / world_size()
+
+    def running_loss(self) -> float:
+        """The epoch's mean loss over its flushed steps (and every rank)."""
+        return self.loss_sum() / max(1, self.epoch_batches)
+
     def end_epoch(self, valid: dict, rule: EarlyStopping, total_steps: int) -> bool:
         """Record the finished epoch; True when training should stop (patience or step budget)."""
         r, score = self.result, valid[rule.metric]
@@ -80,7 +110,7 @@ class TrainState:
         r.history.append(
             {
                 "epoch": self.epoch,
-                "loss": self.epoch_loss / max(1, self.epoch_batches),
+                "loss": self.running_loss(),
                 "valid_ndcg@10": valid["ndcg@10"],
                 "valid_metric": score,
                 "steps": r.steps,
@@ -130,3 +160,8 @@ class TrainState:
         self.scheduler.load_state_dict(saved["scheduler"])
         self.result = FitResult(**saved["result"])
         loader.load_state_dict(data)
+
+
+def _exact_sum_dtype(device: torch.device) -> torch.dtype:
+    # MPS has no float64; there the sum is float32 and a resume may differ in the last bit.
+    return torch.float32 if device.type == "mps" else torch.float64

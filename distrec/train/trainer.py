@@ -24,14 +24,16 @@ from distrec.data.loader import MixtureLoader, StreamLoader
 from distrec.data.stream import StreamSpec
 from distrec.data.tokens import AttachTokens
 from distrec.distributed.accelerator import live_strategy
-from distrec.distributed.collectives import barrier, mean_over_ranks
+from distrec.distributed.collectives import barrier
 from distrec.distributed.unshard import PlainCopy
 from distrec.heads import LossContext, NegativeSampling
 from distrec.models.io import TrainBatch, TrainOutputs
 from distrec.train.batches import is_sampled, train_batch
 from distrec.train.checkpoint import Preempted, StageCheckpoints, preemption_requested
+from distrec.train.compile import prepare_execution
 from distrec.train.evaluation import Evaluator, reads_text
 from distrec.train.losses import JointLoss, freeze_other_heads
+from distrec.train.precision import FrozenLmStorage
 from distrec.train.sampling import NegativeSampler, catalog_sampling, uses_sampled_softmax
 from distrec.train.state import EarlyStopping, FitResult, TrainState
 from distrec.train.workspace import Workspace
@@ -82,6 +84,13 @@ class TrainHook:
 
     def close(self, trainer: Trainer) -> None:
         """When the stage's training has ended (also after early stopping)."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors a resumed run needs to continue exactly (saved in every checkpoint)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Back to what `state_dict` returned when the checkpoint was written."""
 
 
 class LossTerm(TrainHook):
@@ -172,9 +181,21 @@ class Trainer:
         self.scheduler = get_cosine_schedule_with_warmup(
             optimizer, int(cfg.train.warmup_ratio * self.total_steps), self.total_steps
         )
-        self._plain = PlainCopy(live_strategy(self.accelerator), model)
+        strategy = live_strategy(self.accelerator)
+        self.storage = FrozenLmStorage.store(
+            model, ws.precision, strategy, cfg.train.frozen_lm_storage
+        )
+        self._plain = PlainCopy(strategy, model)
+        # After the plain copy (a deep copy must not share compiled calls), before prepare.
+        self.execution = prepare_execution(model, cfg)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        self.checkpoints = StageCheckpoints(ws.out, plan.name, cfg.output.keep_last)
+        self.checkpoints = StageCheckpoints(
+            ws.out,
+            plan.name,
+            cfg.output.keep_last,
+            batch_size=cfg.train.batch_size,
+            grad_accum=cfg.train.grad_accum,
+        )
         self.best_dir = ws.out / "checkpoints" / plan.name / "best"
         self.state = TrainState(
             gen=torch.Generator().manual_seed(cfg.seed), scheduler=self.scheduler
@@ -219,6 +240,10 @@ class Trainer:
         checkpoint every `train.checkpoint_every_steps` optimizer steps. Returns True when
         a preemption was requested (checked after whole steps)."""
         state, every = self.state, self.ws.cfg.train.checkpoint_every_steps
+        if state.epoch_batches and self.loader.epoch_complete():
+            # Resumed from a checkpoint written after the epoch's last batch (a preemption
+            # there): only its evaluation is left; the loader would start the next epoch.
+            return False
         self.model.train()
         epoch_start = time.perf_counter()
         batches = iter(self.loader)
@@ -228,9 +253,9 @@ class Trainer:
             batch = next(batches)
             state.epoch_wait_s += time.perf_counter() - wait_start
             loss, stepped = self.train_step(batch)
-            # Averaged over ranks so the curve means the global batch (and is the same on
-            # every rank, which is what rank 0's checkpoint records for all of them).
-            state.epoch_loss += mean_over_ranks(loss).item()
+            # Summed where it was computed and read at log points, checkpoints and the
+            # epoch's end only: a read per step would stall a GPU's queue every step.
+            state.add_loss(loss)
             state.epoch_batches += 1
             state.global_batches += 1
             self.log_step(stepped)
@@ -239,6 +264,7 @@ class Trainer:
                 break
             if every and stepped and state.result.steps % every == 0:
                 self.checkpoint()
+        state.flush_loss()
         state.epoch_train_s += time.perf_counter() - epoch_start
         del batches
         return preempted
@@ -281,11 +307,17 @@ class Trainer:
 
     def checkpoint(self) -> None:
         """A complete, resumable checkpoint of model, optimizer, RNGs, counters and streams."""
+        self.state.flush_loss()
         self.checkpoints.save(
             self.accelerator,
             f"step-{self.state.global_batches:08d}",
             self.state.to_json(self.clock_start),
             self.loader.state_dict(),
+            {
+                f"{i}/{key}": t.detach().cpu().contiguous()
+                for i, hook in enumerate(self.hooks)
+                for key, t in hook.state_dict().items()
+            },
         )
 
     # --- the steps' parts -----------------------------------------------------------------
@@ -337,6 +369,10 @@ class Trainer:
         if latest is None:
             return
         self.state.restore(*self.checkpoints.restore(self.accelerator, latest), self.loader)
+        saved = self.checkpoints.hook_tensors(latest)
+        for i, hook in enumerate(self.hooks):
+            mine = {k.split("/", 1)[1]: t for k, t in saved.items() if k.split("/", 1)[0] == str(i)}
+            hook.load_state_dict(mine)
         log(
             f"{self.plan.name}: resumed from {latest.name} (epoch {self.state.epoch + 1}, "
             f"{self.state.epoch_batches} batches into it)"
@@ -359,7 +395,8 @@ class Trainer:
         """Every `train.log_every` optimizer steps: the epoch's running loss to the trackers."""
         steps, state = self.state.result.steps, self.state
         if stepped and steps % self.ws.cfg.train.log_every == 0:
-            running = state.epoch_loss / max(1, state.epoch_batches)
+            state.flush_loss()
+            running = state.running_loss()
             self.accelerator.log({f"{self.plan.name}/train_loss": running}, step=steps)
 
     def record_epoch(self, valid: dict[str, float]) -> dict:
@@ -392,7 +429,9 @@ class Trainer:
         result = self.state.result
         result.wall_s = time.perf_counter() - self.clock_start
         result.data_wait_fraction = result.data_wait_s / max(result.train_s, 1e-9)
+        self.execution.restore()
         model = self._plain.trained(self.accelerator, self.model)
+        self.storage.restore(model)
         self.accelerator.free_memory()
         for hook in self.hooks:
             hook.close(self)

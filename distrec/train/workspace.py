@@ -20,7 +20,7 @@ from distrec.config import ConfigError, RunConfig, dump_config
 from distrec.data.kg import ItemGraph
 from distrec.distributed.collectives import barrier, gather_tensors
 from distrec.distributed.env import rank_and_world
-from distrec.models.encoder import hidden_size, load_encoder
+from distrec.models.encoder import attention_for, hidden_size, load_encoder
 from distrec.train.domains import (
     DomainData,
     ItemText,
@@ -124,7 +124,10 @@ def load_item_text(cfg: RunConfig, device: torch.device, precision: str) -> Item
     """The item encoder and tokenizer, on `device`."""
     m = cfg.model
     lm, tokenizer = load_encoder(
-        m.item_encoder, trust_remote_code=m.trust_remote_code, dropout=m.lm_dropout
+        m.item_encoder,
+        trust_remote_code=m.trust_remote_code,
+        dropout=m.lm_dropout,
+        attention=attention_for(m.attention, m.mode, device),
     )
     return ItemText(lm.to(device), tokenizer, hidden_size(lm), precision)
 

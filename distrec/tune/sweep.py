@@ -17,6 +17,7 @@ from typing import Any
 from distrec.config import ConfigError, RunConfig
 from distrec.config.load import apply_override, config_from_dict, read_yaml
 from distrec.config.metric_names import reported_metrics
+from distrec.tune.resume import check_resumable, restore_tuner
 from distrec.tune.space import Param, check_searcher, parse_space, ray_space, validate_space
 from distrec.tune.trainable import TrialSpec
 from distrec.utils.progress import log
@@ -196,6 +197,7 @@ def resume_sweep(out: str, verbose: bool = False) -> int:
             f"--resume {out}: no {SWEEP_FILE} there, so it is not a sweep started by distrec tune"
         )
     state = json.loads((out_dir / SWEEP_FILE).read_text())
+    check_resumable(out_dir, state)
     cfg = config_from_dict(state["tree"], source=str(out_dir / SWEEP_FILE))
     params = parse_space(cfg.tune.search_space)
     return _run(out_dir, state, params, cfg, restore=True, verbose=verbose)
@@ -289,21 +291,6 @@ def build_trainable(spec: TrialSpec, cfg: RunConfig):
         else {"cpu": 0, "memory": 1}
     )
     return tune.with_resources(tune.with_parameters(fn, spec=spec), resources)
-
-
-def restore_tuner(trainable, out_dir: Path, state: dict):
-    """The interrupted sweep's Tuner: finished and failed trials stay as they are; running
-    and pending ones continue (a running one from its last checkpoint)."""
-    from ray import tune
-
-    path = f"{state['storage'].rstrip('/')}/{state['experiment']}"
-    if not tune.Tuner.can_restore(path):
-        raise ConfigError(f"--resume {out_dir}: no Ray experiment to restore at {path}")
-    log(f"resuming sweep from {path}")
-    # The progress callback comes back with the pickled RunConfig.
-    return tune.Tuner.restore(
-        path, trainable=trainable, resume_unfinished=True, resume_errored=False
-    )
 
 
 def grid_size(params: list[Param]) -> int:

@@ -12,13 +12,15 @@ so it never starts again from scratch; it reports `restores`, how often that hap
 Fault injection (tests only): `DISTREC_TUNE_CRASH="I@E[,I@E...]"` makes trial number I
 (Ray's creation order from 0; random search, whose trial ids carry it) raise right after
 reporting epoch E on its first attempt; `I@E*` makes it raise on every attempt, after the
-first epoch >= E it reports.
+first epoch >= E it reports; `I@E!` kills a process instead (SIGKILL, first attempt): the
+trial's, or in a multi-worker trial its last worker's, the others left mid-collective.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,22 +72,37 @@ def epoch_metrics(history_entry: dict, last: bool, restores: int) -> dict[str, A
     return out
 
 
-def crash_plan(trial: int | None) -> tuple[int, bool] | None:
-    """(epoch, every attempt?) after which trial `trial` must crash, if the env asks for it."""
+@dataclass(frozen=True)
+class CrashPlan:
+    """When the test-only fault injection fires for one trial, and how."""
+
+    epoch: int
+    every_attempt: bool = False  # `*`: at every epoch >= `epoch`, on every attempt
+    kill: bool = False  # `!`: SIGKILL a process rather than raise
+
+    def fires(self, epoch: int, restores: int) -> bool:
+        """Whether it fires after reporting `epoch` (`restores`: the attempt's restores so far)."""
+        return (
+            epoch >= self.epoch if self.every_attempt else (epoch == self.epoch and restores == 0)
+        )
+
+
+def crash_plan(trial: int | None) -> CrashPlan | None:
+    """The crash trial number `trial` must suffer, if the env asks for one."""
     for part in filter(None, os.environ.get(CRASH_ENV, "").split(",")):
         index, _, epoch = part.partition("@")
         if trial is not None and int(index) == trial:
-            return int(epoch.rstrip("*")), epoch.endswith("*")
+            return CrashPlan(int(epoch.rstrip("*!")), epoch.endswith("*"), epoch.endswith("!"))
     return None
 
 
-def should_crash(plan: tuple[int, bool] | None, epoch: int, restores: int) -> bool:
-    """Whether fault injection (`crash_plan`'s `plan`) fires after reporting `epoch`: at
-    epoch E on the first attempt, or at every epoch >= E with `*`."""
-    if plan is None:
-        return False
-    at, always = plan
-    return epoch >= at if always else (epoch == at and restores == 0)
+def inject_crash(plan: CrashPlan, epoch: int, rank: int, world: int) -> None:
+    """Carry out `plan` after reporting `epoch` on this process (rank `rank` of `world`)."""
+    if not plan.kill:
+        raise InjectedCrash(f"{CRASH_ENV}: injected crash after epoch {epoch}")
+    if rank == world - 1:
+        print(f"[distrec] {CRASH_ENV}: killing rank {rank} after epoch {epoch}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def prepare_run_dir(run_dir: Path, checkpoint) -> tuple[str | None, int]:
@@ -130,6 +147,8 @@ class TrialRun:
     trial: int | None  # trial_index's answer (fault injection)
     resume: str | None  # prepare_run_dir's answer: distrec's resume mode ...
     restores: int  # ... and how often this trial's run has been restored
+    rank: int = 0  # this worker's rank in a multi-worker trial (fault injection)
+    world: int = 1
 
     @property
     def run_dir(self) -> Path:
@@ -152,9 +171,9 @@ def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
     train_one(params, spec, run, report)
 
 
-def train_one(params: dict[str, Any], spec: TrialSpec, run: TrialRun, report) -> None:
+def train_one(params: dict[str, Any], spec: TrialSpec, run: TrialRun, report, settle=None) -> None:
     """The distrec run of one trial (or of one worker of a multi-worker trial); `report`
-    takes each epoch's metrics."""
+    takes each epoch's metrics; `settle` (if given) runs before an injected crash."""
     from distrec.train.entry import run_training
     from distrec.train.hooks import EpochReport
 
@@ -165,8 +184,10 @@ def train_one(params: dict[str, Any], spec: TrialSpec, run: TrialRun, report) ->
         if stage != spec.stage:
             return
         report(epoch_metrics(entry, last, run.restores))
-        if should_crash(crash, entry["epoch"], run.restores):
-            raise InjectedCrash(f"{CRASH_ENV}: injected crash after epoch {entry['epoch']}")
+        if crash is not None and crash.fires(entry["epoch"], run.restores):
+            if settle is not None:
+                settle()
+            inject_crash(crash, entry["epoch"], run.rank, run.world)
 
     code = run_training(str(config), resume=run.resume, hooks=[EpochReport(on_epoch)])
     if code != 0:
@@ -226,7 +247,7 @@ def _worker_loop(config: dict) -> None:
     # cluster, as for any multi-process distrec run): rank 0 restores it, the others wait.
     restored = prepare_run_dir(folder / "run", ray.train.get_checkpoint()) if rank == 0 else None
     resume, restores = broadcast_object(restored, src=0)
-    run = TrialRun(folder, config["trial"], resume, restores)
+    run = TrialRun(folder, config["trial"], resume, restores, rank, world_size())
 
     def report(metrics: dict) -> None:
         ckpt = ray.train.Checkpoint.from_directory(str(run.run_dir)) if rank == 0 else None
@@ -234,4 +255,20 @@ def _worker_loop(config: dict) -> None:
         metrics["world_size"] = world_size()
         ray.train.report(metrics, checkpoint=ckpt)
 
-    train_one(config["params"], spec, run, report)
+    train_one(config["params"], spec, run, report, settle=_reports_taken)
+
+
+def _reports_taken() -> None:
+    """Wait until Ray Train's controller has taken every worker's reports (fault injection).
+
+    The controller takes one report per worker and poll (every 2 s), and drops those still
+    queued once a worker fails: a crash right after a report would lose that epoch's
+    checkpoint on some runs and not on others. Ray's internal queue (Ray 2.60): the
+    controller marks each report it takes done, so `join` returns once it took them all.
+    """
+    from ray.train.v2._internal.execution.context import get_train_context
+
+    from distrec.distributed.collectives import barrier
+
+    get_train_context().execution_context.result_queue.join()
+    barrier()

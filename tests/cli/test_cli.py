@@ -1,3 +1,4 @@
+import json
 import subprocess
 
 import pytest
@@ -82,3 +83,58 @@ def test_config_validate_runs_every_preflight_check(capsys, monkeypatch):
     ):
         assert main(["config", "validate", "configs/demo.yaml", override]) == 2
         assert message in capsys.readouterr().err
+
+
+SINGLE_DOMAIN = """\
+data:
+  prepared_dir: {out}
+  domains:
+    - name: shop
+      format: csv
+      interactions: {inter}
+      items: {items}
+      columns: {{rating: null}}
+      text_fields: [title]
+      template: "{{title}}"
+{extra}"""
+
+
+def _single_domain(tmp_path, extra: str = "") -> str:
+    inter, items = tmp_path / "log.csv", tmp_path / "items.csv"
+    inter.write_text("user_id,item_id,timestamp\nu1,A,2024-03-01\nu1,B,2024-03-02\nu1,A,3\n")
+    items.write_text("item_id,title\nA,Alpha\nB,Beta\n")
+    config = tmp_path / "shop.yaml"
+    config.write_text(
+        SINGLE_DOMAIN.format(out=tmp_path / "out", inter=inter, items=items, extra=extra)
+    )
+    return str(config)
+
+
+def test_data_prepare_validates_only_the_data_section(tmp_path, capsys):
+    """One domain, no sources: the default stages (pretraining) cannot run, the data can be
+    prepared; validate and train still refuse the config with the cross-section message."""
+    config = _single_domain(tmp_path, "train:\n  lr: 0.1\n")
+    refused = "stages.pretrain is enabled but data.sources is empty"
+    for command in (["config", "validate", config], ["train", "--config", config]):
+        assert main(command) == 2
+        assert refused in capsys.readouterr().err
+    assert main(["data", "prepare", "--config", config, "data.domains.0.on_bad_rows=skip"]) == 0
+    assert "prepared " in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "out" / "shop" / "manifest.json").read_text())
+    assert manifest["counts"]["bad_rows_skipped"]["interactions"] == {"mixed timestamp kinds": 1}
+
+
+def test_data_prepare_still_reports_data_errors(tmp_path, capsys):
+    config = _single_domain(tmp_path)
+    assert main(["data", "prepare", "--config", config, "data.domains.0.k_core=-1"]) == 2
+    assert "data.domains.0.k_core=-1: Input should be greater than or equal to 0" in (
+        capsys.readouterr().err
+    )
+    assert main(["data", "prepare", "--config", config]) == 2  # the mixed row, on_bad_rows: fail
+    assert "log.csv:4 column 'timestamp': mixed timestamp kinds: '3' is a number" in (
+        capsys.readouterr().err
+    )
+    assert main(["data", "prepare", "--config", config, "dta.raw_dir=x"]) == 2
+    assert "dta: unknown key (did you mean 'data'?)" in capsys.readouterr().err
+    assert main(["data", "prepare", "--config", config, "data.target=nope"]) == 2
+    assert "data.target: unknown domain 'nope'; known domains: ['shop']" in capsys.readouterr().err

@@ -1,6 +1,9 @@
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from distrec.data.importers import (
@@ -115,6 +118,130 @@ def test_parquet_rows_are_numbered(tmp_path):
     f = tmp_path / "log.parquet"
     pd.DataFrame({"u": ["a", "b"], "i": ["x", "y"], "t": ["1", "oops"]}).to_parquet(f)
     with pytest.raises(DataError, match=r"log\.parquet:2 column 't'"):
+        parse_interactions(
+            read_table(f, "parquet", BadRows("fail")), "u", "i", "t", None, BadRows("fail")
+        )
+
+
+def _csv_times(tmp_path: Path, stamps: list[str], bad: BadRows | None = None):
+    rows = "".join(f"u{k},i{k},{stamp}\n" for k, stamp in enumerate(stamps))
+    f = write(tmp_path / "log.csv", "user,item,when\n" + rows)
+    bad = bad or BadRows("fail")
+    return parse_interactions(read_table(f, "csv", bad), "user", "item", "when", None, bad)
+
+
+NOON = 1_709_294_400.0  # 2024-03-01T12:00:00Z
+
+
+def test_iso_times_are_utc_seconds_with_offsets_applied(tmp_path):
+    stamps = [
+        "2024-03-01T12:00:00Z",
+        "2024-03-01 14:00:00+02:00",  # the same instant
+        "2024-03-01T07:00:00-05:00",  # and again
+        "2024-03-01 12:00:00",  # no offset: UTC
+        "2024-03-01",  # a date: its UTC midnight
+        "2024-03-01T12:00:00.25Z",
+        "2024-03-01T14:00:00.123456+02:00",
+    ]
+    seconds = _csv_times(tmp_path, stamps).timestamps
+    assert seconds.dtype == np.float64
+    assert seconds[:4].tolist() == [NOON] * 4
+    assert seconds[4] == NOON - 12 * 3600
+    assert seconds[5] == NOON + 0.25
+    assert seconds[6] == pytest.approx(NOON + 0.123456, abs=1e-6) and seconds[6] != NOON
+
+
+def test_recbole_atomic_file_reads_iso_times(tmp_path):
+    f = write(tmp_path / "a.inter", INTER + "u1\tA\t4\t2024-03-01T12:00:00Z\n")
+    inter = parse_interactions(
+        read_table(f, "recbole", BadRows("fail")),
+        "user_id",
+        "item_id",
+        "timestamp",
+        "rating",
+        BadRows("fail"),
+    )
+    assert inter.timestamps.tolist() == [NOON]
+
+
+def test_numeric_timestamps_are_read_as_before(tmp_path):
+    seconds = _csv_times(tmp_path, ["1709294400", "1.5", " 7 ", "2024"]).timestamps
+    assert seconds.tolist() == [NOON, 1.5, 7.0, 2024.0]  # 2024 is a number, not a year
+
+
+def test_an_unparsable_time_is_a_located_bad_row(tmp_path):
+    stamps = ["2024-03-01T12:00:00Z", "2024-02-30T12:00:00Z", "2024-03-01T13:00:00Z"]
+    with pytest.raises(
+        DataError,
+        match=r"log\.csv:3 column 'when': unreadable timestamp: '2024-02-30T12:00:00Z' is "
+        r"neither a number nor an ISO-8601 time; timestamps must be numbers \(unix seconds\) "
+        r"or ISO-8601 times .*2024-03-01 12:00:00\+02:00",
+    ):
+        _csv_times(tmp_path, stamps)
+    bad = BadRows("skip")
+    inter = _csv_times(tmp_path, stamps, bad)
+    assert inter.timestamps.tolist() == [NOON, NOON + 3600] and inter.lines.tolist() == [2, 4]
+    assert bad.counts == {"unreadable timestamp": 1}
+
+
+def test_times_in_a_column_of_numbers_are_bad_rows(tmp_path):
+    with pytest.raises(
+        DataError,
+        match=r"log\.csv:3 column 'when': mixed timestamp kinds: '2024-03-01T12:00:00Z' is an "
+        r"ISO-8601 time, but the column holds numbers \(from its first timestamp, line 2\)",
+    ):
+        _csv_times(tmp_path, ["1709294400", "2024-03-01T12:00:00Z"])
+
+
+def test_the_first_readable_value_sets_the_column_kind(tmp_path):
+    stamps = ["oops", "2024-03-01T12:00:00Z", "1709294400", "2024-03-01T13:00:00Z"]
+    bad = BadRows("skip")
+    inter = _csv_times(tmp_path, stamps, bad)
+    assert inter.timestamps.tolist() == [NOON, NOON + 3600] and inter.lines.tolist() == [3, 5]
+    assert bad.counts == {"unreadable timestamp": 1, "mixed timestamp kinds": 1}
+    assert bad.examples[1].endswith(
+        "log.csv:4 column 'when': mixed timestamp kinds: '1709294400' is a number, but the "
+        "column holds ISO-8601 times (from its first timestamp, line 3)"
+    )
+
+
+def _stamp_column(kind: pa.DataType, values: list) -> pa.Table:
+    n = len(values)
+    return pa.table(
+        {
+            "u": [f"u{k}" for k in range(n)],
+            "i": [f"i{k}" for k in range(n)],
+            "t": pa.array(values, kind),
+        }
+    )
+
+
+PARQUET_TIMES = [
+    (pa.timestamp("s"), [1_709_294_400], NOON),
+    (pa.timestamp("ms"), [1_709_294_400_250], NOON + 0.25),
+    (pa.timestamp("us", tz="UTC"), [1_709_294_400_123_456], NOON + 0.123456),
+    (pa.timestamp("ns"), [1_709_294_400_000_000_500], NOON + 5e-7),
+    (pa.timestamp("ms", tz="Europe/Berlin"), [1_709_294_400_000], NOON),  # instants: UTC
+    (pa.date32(), [19_783], NOON - 12 * 3600),
+    (pa.date64(), [1_709_251_200_000], NOON - 12 * 3600),
+]
+
+
+@pytest.mark.parametrize(("kind", "values", "seconds"), PARQUET_TIMES)
+def test_parquet_timestamp_and_date_columns(tmp_path, kind, values, seconds):
+    f = tmp_path / "log.parquet"
+    pq.write_table(_stamp_column(kind, values), f)
+    inter = parse_interactions(
+        read_table(f, "parquet", BadRows("fail")), "u", "i", "t", None, BadRows("fail")
+    )
+    # float64 holds present-day seconds to 2.4e-7: the fraction is kept to that
+    assert inter.timestamps[0] - NOON == pytest.approx(seconds - NOON, abs=2.5e-7)
+
+
+def test_parquet_null_time_is_a_bad_row(tmp_path):
+    f = tmp_path / "log.parquet"
+    pq.write_table(_stamp_column(pa.timestamp("ms", tz="UTC"), [1_709_294_400_000, None]), f)
+    with pytest.raises(DataError, match=r"log\.parquet:2 column 't': unreadable timestamp: ''"):
         parse_interactions(
             read_table(f, "parquet", BadRows("fail")), "u", "i", "t", None, BadRows("fail")
         )

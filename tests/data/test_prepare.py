@@ -1,4 +1,6 @@
+import errno
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -6,10 +8,12 @@ import pytest
 import webdataset as wds
 
 from distrec.config import ConfigError, config_from_dict
-from distrec.data import writer
-from distrec.data.manifest import load_manifest
+from distrec.data import shards, writer
+from distrec.data.manifest import damaged_files, load_manifest
 from distrec.data.prepare import prepare_domains
 from distrec.data.shards import decode_sample
+from distrec.utils.files import OutOfSpace
+from distrec.utils.hashing import sha256_file
 
 
 def test_movielens_counts_match_the_published_files(prepared_dir):
@@ -132,3 +136,69 @@ def test_the_same_files_elsewhere_are_the_same_dataset(tmp_path):
     before = manifest.read_text()
     prepare_domains(again)  # no --overwrite needed: same content
     assert manifest.read_text() == before
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): sha256_file(p) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_full_disk_while_overwriting_leaves_the_prepared_domain_intact(tmp_path, monkeypatch):
+    cfg = _domain_cfg(tmp_path, "u1\tA\t1\nu1\tB\t2\nu1\tC\t3\nu2\tA\t1\nu2\tB\t2\nu2\tC\t3\n")
+    (manifest,) = prepare_domains(cfg)
+    root = manifest.parent
+    before = _snapshot(root)
+    real = shards.write_shard
+    written = {"n": 0}
+
+    def disk_full_after_one_shard(path, chunk):
+        entry = real(path, chunk)
+        if written["n"]:  # the second shard does not fit: 100 of its bytes got onto the disk
+            with open(path, "r+b") as file:
+                file.truncate(100)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        written["n"] += entry["bytes"]
+        return entry
+
+    monkeypatch.setattr(shards, "write_shard", disk_full_after_one_shard)
+    changed = _domain_cfg(tmp_path, "u1\tA\t1\nu1\tB\t2\nu1\tD\t3\nu2\tA\t1\nu2\tB\t2\nu2\tC\t3\n")
+    with pytest.raises(OutOfSpace) as caught:
+        prepare_domains(changed, overwrite=True)
+    message = str(caught.value)
+    assert f"writing {root} (at " in message and "seq-000001.tar" in message
+    assert f"{written['n'] + 100:,} bytes) were written" in message
+    assert f"(the size of {root})" in message and "free there" in message
+    assert "set data.prepared_dir" in message
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["d"]  # no staging debris
+    assert _snapshot(root) == before  # 0 prepared domains damaged
+    assert damaged_files(load_manifest(root)) == []
+
+
+def test_iso_times_order_and_split_as_their_unix_seconds(tmp_path):
+    """The same log with ISO-8601 times (mixed offsets, a naive time, fractions) and with
+    unix seconds prepares the same histories, split and stored timestamps."""
+    iso = [
+        "u1\tC\t2024-03-01T12:00:00.750Z",
+        "u1\tA\t2024-03-01 14:00:00.25+02:00",  # 12:00:00.25 UTC: before C
+        "u1\tB\t2024-03-01 12:00:00",  # naive = UTC: before A
+        "u1\tD\t2024-03-01T06:30:00.75-05:30",  # = C's instant: a tie kept in file order
+        "u2\tA\t2024-03-01",
+        "u2\tB\t2024-02-29T23:59:59.5Z",
+        "u2\tC\t2024-03-01T00:00:00.5+00:00",
+    ]
+    noon = 1_709_294_400
+    numbers = [noon + 0.75, noon + 0.25, noon, noon + 0.75, noon - 43200, noon - 43200.5]
+    numbers.append(noon - 43199.5)
+    unix = [f"{r.rsplit(chr(9), 1)[0]}\t{t!r}" for r, t in zip(iso, numbers, strict=True)]
+    prepared = []
+    for name, rows in (("iso", iso), ("unix", unix)):
+        (tmp_path / name).mkdir()
+        (manifest,) = prepare_domains(_domain_cfg(tmp_path / name, "\n".join(rows) + "\n"))
+        loaded = load_manifest(manifest)
+        prepared.append((loaded.counts, shards.read_sequences(loaded.shard_urls())))
+    (iso_counts, iso_users), (unix_counts, unix_users) = prepared
+    assert iso_counts == unix_counts and iso_counts["eval_users"] == 2
+    assert [list(u["items"]) for u in iso_users] == [[2, 1, 3, 4], [2, 1, 3]]  # B A C D
+    assert list(iso_users[0]["ts"]) == [noon, noon + 0.25, noon + 0.75, noon + 0.75]
+    for a, b in zip(iso_users, unix_users, strict=True):
+        assert list(a["items"]) == list(b["items"])
+        assert list(a["ts"]) == list(b["ts"])

@@ -33,3 +33,22 @@ def even_pair_dir():
     synth_domain(SynthSpec(name="even", **EVEN), out)
     synth_domain(SynthSpec(name="even-tgt", **{**EVEN, "seed": 6}), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def target_dir(even_dir):
+    """`even` plus a small target domain `even-b`: 8 shards x 20 users, batch 16: 4 shards
+    and 5 full batches per reader."""
+    synth_domain(
+        SynthSpec(
+            name="even-b",
+            users=160,
+            items=40,
+            mean_length=8,
+            min_length=3,
+            users_per_shard=20,
+            seed=6,
+        ),
+        CACHE / "synth",
+    )
+    return even_dir

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import yaml
@@ -83,6 +84,27 @@ def run_single(cfg_file: Path, *overrides: str, timeout: int = 600):
     )
 
 
+def start_launch(backend: str, cfg_file: Path, port: int) -> subprocess.Popen:
+    """`run_launch` without waiting: the launcher process, its output piped."""
+    return subprocess.Popen(
+        launch_cmd(backend, cfg_file, port),
+        cwd=ROOT,
+        env=env_for(backend),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    """Poll `predicate` until true; AssertionError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
 def metrics(out: Path) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
@@ -124,7 +146,7 @@ def alive(pid: int) -> bool:
 
 def parity_config(even_dir: Path, out: Path, **sections) -> dict:
     """The `even` domain alone, dropout off, fp32: every backend must reproduce it exactly."""
-    cfg = tiny_run_config(even_dir, out)
+    cfg = tiny_run_config(even_dir, out, report_to=[])
     cfg["data"].update(
         domains=[{"name": "even", "format": "prepared"}],
         sources=["even"],
@@ -140,7 +162,6 @@ def parity_config(even_dir: Path, out: Path, **sections) -> dict:
         "baselines": [],
     }
     cfg["train"].update(batch_size=16, precision="fp32", early_stopping_patience=5)
-    cfg["output"]["tensorboard"] = False
     for key, value in sections.items():
         cfg[key] = {**cfg.get(key, {}), **value}
     return cfg

@@ -55,7 +55,7 @@ def run_dir(synth_dir, tmp_path_factory) -> Path:
         synth_dir,
         tmp / "run",
         stages={"baselines": [], "zero_shot": False},
-        output={"tensorboard": False},
+        report_to=[],
     )
     check(run_single(write_config(tmp / "c.yaml", cfg)))
     return tmp / "run"

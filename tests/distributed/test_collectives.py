@@ -162,7 +162,7 @@ def _any_rank_and_broadcast(rank: int, world: int) -> tuple:
     from distrec.distributed.collectives import (
         any_rank,
         broadcast_object,
-        mean_over_ranks,
+        sum_over_ranks,
         world_size,
     )
 
@@ -172,7 +172,8 @@ def _any_rank_and_broadcast(rank: int, world: int) -> tuple:
     sent = ("auto", 3) if rank == 0 else None
     assert broadcast_object(sent) == ("auto", 3)
     assert broadcast_object({"from": rank}, src=1) == {"from": 1}
-    assert mean_over_ranks(torch.tensor(float(rank + 1))).item() == 1.5
+    total = sum_over_ranks(torch.tensor(float(rank + 1)))
+    assert total.dtype == torch.float64 and total.item() == 3.0
     return decisions
 
 

@@ -8,47 +8,26 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import time
 
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT
 from tests.distributed.launching import (
     alive,
     check,
-    env_for,
-    launch_cmd,
     metrics,
     parity_config,
     rank_pid,
     run_launch,
+    start_launch,
+    wait_for,
     write_config,
 )
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT_S = 10
-
-
-def start(cfg_file, port) -> subprocess.Popen:
-    return subprocess.Popen(
-        launch_cmd("ddp", cfg_file, port),
-        cwd=ROOT,
-        env=env_for("ddp"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def checkpoint_at(out, stage: str, batches: int):
@@ -72,7 +51,7 @@ def test_sigkill_of_one_rank_then_resume_ends_exactly_as_an_uninterrupted_run(
 
     check(run_launch("ddp", config("straight"), 29661))
     cut_cfg, cut = config("cut"), tmp_path / "cut"
-    launcher = start(cut_cfg, 29662)
+    launcher = start_launch("ddp", cut_cfg, 29662)
     try:
         # mid-epoch 2 (10 batches per epoch and rank)
         wait_for(checkpoint_at(cut, "pretrain", 15), 300, "a mid-epoch checkpoint")
@@ -112,7 +91,7 @@ def test_a_dead_or_frozen_rank_never_hangs_the_other(how, port, even_dir, tmp_pa
     )
     cfg["stages"]["pretrain"]["epochs"] = 200
     cfg_file = write_config(tmp_path / "c.yaml", cfg)
-    launcher = start(cfg_file, port)
+    launcher = start_launch("ddp", cfg_file, port)
     victim = None
     try:
         wait_for(checkpoint_at(out, "pretrain", 6), 300, "training to be under way")

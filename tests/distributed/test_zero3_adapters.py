@@ -10,8 +10,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distrec.data.synth import SynthSpec, synth_domain
-from tests.conftest import CACHE
 from tests.distributed.launching import (
     TOL,
     check,
@@ -23,24 +21,6 @@ from tests.distributed.launching import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def target_dir(even_dir):
-    # 8 shards x 20 users, batch 16: 4 shards and 5 full batches per reader.
-    synth_domain(
-        SynthSpec(
-            name="even-b",
-            users=160,
-            items=40,
-            mean_length=8,
-            min_length=3,
-            users_per_shard=20,
-            seed=6,
-        ),
-        CACHE / "synth",
-    )
-    return even_dir
 
 
 def adapt_config(data_dir, out, method: str, **sections) -> dict:

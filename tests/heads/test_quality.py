@@ -50,7 +50,7 @@ def rated_config(prepared: Path, out: Path, **sections) -> dict:
             "sources": ["rated-src"],
             "target": "rated-tgt",
         },
-        output={"tensorboard": False},
+        report_to=[],
         **sections,
     )
 

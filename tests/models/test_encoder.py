@@ -125,3 +125,27 @@ def test_lm_dropout_replaces_every_dropout_of_the_checkpoint():
     rates = {m.p for m in lm.modules() if isinstance(m, torch.nn.Dropout)}
     assert rates <= {0.0}
     assert dropout_overrides(Qwen2Config(), 0.2) == {"attention_dropout": 0.2}
+
+
+def test_attention_auto_is_eager_for_cpu_training_only_and_matches_sdpa():
+    import torch
+
+    from distrec.models.encoder import attention_for, encode_tokens
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert attention_for("auto", "end_to_end", cpu) == "eager"
+    assert attention_for("auto", "cached", cpu) == "sdpa"
+    assert attention_for("auto", "end_to_end", gpu) == "sdpa"
+    assert attention_for("sdpa", "end_to_end", cpu) == "sdpa"
+    eager, tok = load_encoder("embedded:all-MiniLM-L6-v2", dropout=0.0, attention="eager")
+    sdpa, _ = load_encoder("embedded:all-MiniLM-L6-v2", dropout=0.0, attention="sdpa")
+    assert eager.config._attn_implementation == "eager"
+    assert sdpa.config._attn_implementation == "sdpa"
+    batch = tok(
+        ["Toy Story (1995)", "Heat (1995). Genres: Action Crime Thriller"],
+        padding=True,
+        return_tensors="pt",
+    )
+    a = encode_tokens(eager, batch["input_ids"], batch["attention_mask"], "mean")
+    b = encode_tokens(sdpa, batch["input_ids"], batch["attention_mask"], "mean")
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SUMMARY_KEYS = {
     "mfu_e2e": float,
     "speedup_vs_hf_trainer": float,
+    "speedup_vs_hf_trainer_dedup": float,
+    "e2e_peak_memory_gib": float,
     "cached_over_e2e": float,
     "data_wait_fraction_cached": float,
     "device": str,
@@ -74,9 +76,19 @@ def test_quick_suite_writes_well_formed_results(tmp_path):
     assert set(summary["targets"]) == {
         "mfu_e2e",
         "speedup_vs_hf_trainer",
+        "speedup_vs_hf_trainer_dedup",
         "cached_over_e2e",
         "data_wait_fraction_cached",
+        "e2e_peak_memory_gib",
     }
+    assert summary["targets"]["mfu_e2e"]["alternative"]["key"] == "non_matmul_share_e2e"
+    assert set(summary["equal_loss"]["per_baseline"]) == {"hf_trainer", "hf_trainer_dedup"}
+    assert all(v["losses_match"] for v in summary["equal_loss"]["per_baseline"].values())
+    items = summary["dedup_items_per_user"]
+    assert items["hf_trainer_dedup_baseline"] < items["hf_trainer_baseline"]
+    memory = json.loads((out / "memory.json").read_text())["per_mode"]
+    assert {"hf_trainer_baseline_train", "hf_trainer_dedup_baseline_train"} <= set(memory)
+    assert {"baseline_hf_trainer.json", "baseline_hf_trainer_dedup.json"} <= set(summary["files"])
     for name in summary["files"]:
         assert (out / name).stat().st_size > 0, name
         if name.endswith(".json"):

@@ -43,6 +43,7 @@ def _results(**skip: None) -> summary.SuiteResults:
         "data": _load("bench_data.json"),
         "memory": _load("memory.json"),
         "scaling": _load("scaling.json"),
+        "baseline_dedup": _load("baseline_hf_trainer_dedup.json"),
     }
     return summary.SuiteResults(**(parts | skip))
 
@@ -77,3 +78,46 @@ def test_skipped_benchmarks_leave_their_sections_out(stored):
     md = summary.summary_markdown(got | {"failures": {"data": "boom\ntrace"}})
     assert "## Evaluation" not in md and "## Data" not in md
     assert "## Skipped\n\n- baseline: --skip" in md and "- data: boom\n" in md
+
+
+def _with_dedup(users_per_s: float, items_per_user: float) -> dict:
+    dedup = _load("baseline_hf_trainer.json")
+    dedup["median"] = dedup["median"] | {"users_per_s": users_per_s}
+    dedup["best_window"] = dedup["best_window"] | {"users_per_s": users_per_s}
+    return dedup | {"items_encoded_per_user": items_per_user, "dedup": True}
+
+
+def test_the_dedup_baseline_has_its_speedup_target_and_throughput_row(stored):
+    e2e = _load("train.json")["end_to_end"]["median"]["users_per_s"]
+    results = _results(baseline_dedup=_with_dedup(e2e / 2, 13.2))
+    got = _summarize(stored, results)
+    assert got["speedup_vs_hf_trainer_dedup"] == pytest.approx(2.0)
+    assert got["targets"]["speedup_vs_hf_trainer_dedup"]["met"] is True
+    assert got["best_window"]["speedup_vs_hf_trainer_dedup"] > 0
+    assert got["dedup_items_per_user"]["hf_trainer_dedup_baseline"] == 13.2
+    md = summary.summary_markdown(got)
+    assert "| hf_trainer_dedup_baseline | " in md
+    assert "| speedup_vs_hf_trainer_dedup (" in md and "| 2 |" in md
+    assert "HF Trainer dedup baseline 13.2" in md
+
+
+def test_mfu_target_is_met_by_either_number(stored):
+    train = _load("train.json")
+    profiled = train["end_to_end"]["profile"]["shares"]
+    mostly_matmul = profiled | {"matmul and attention kernels": 0.8}
+    train["end_to_end"]["profile"] = train["end_to_end"]["profile"] | {"shares": mostly_matmul}
+    got = _summarize(stored, _results(train=train))
+    target = got["targets"]["mfu_e2e"]
+    assert target["value"] < 0.35 and target["alternative"]["value"] == pytest.approx(0.2)
+    assert target["met"] is True and target["alternative"]["met"] is True
+    del train["end_to_end"]["profile"]  # unprofiled: the MFU alone decides
+    target = _summarize(stored, _results(train=train))["targets"]["mfu_e2e"]
+    assert target["alternative"]["value"] is None and target["met"] is False
+
+
+def test_memory_target_halves_the_recorded_cpu_peak(stored):
+    got = _summarize(stored, _results())
+    t = got["targets"]["e2e_peak_memory_gib"]
+    recorded = _load("memory.json")["per_mode"]["end_to_end_train"]["peak_bytes"] / 2**30
+    assert t["target"] == "<= 4.37" and t["value"] == pytest.approx(recorded)
+    assert t["met"] is (recorded <= 4.37)

@@ -21,7 +21,7 @@ ADAPT = {"pretrain": {"epochs": 1}, "adapt": {"epochs": 1}, "baselines": []}
 
 
 def seed_run(synth_dir, out, **sections) -> None:
-    cfg = tiny_run_config(synth_dir, out, output={"tensorboard": False}, **sections)
+    cfg = tiny_run_config(synth_dir, out, report_to=[], **sections)
     out.parent.mkdir(parents=True, exist_ok=True)
     path = out.parent / f"{out.parent.name}.yaml"
     path.write_text(yaml.safe_dump(cfg))

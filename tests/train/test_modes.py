@@ -133,3 +133,12 @@ def test_a_head_that_needs_ratings_refuses_a_domain_without(synth_dir, tmp_path)
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
         with pytest.raises(ConfigError, match=message):
             run_training(str(tmp_path / f"{name}.yaml"))
+
+
+def test_the_workspace_lm_attention_follows_model_attention(synth_dir, tmp_path):
+    """auto: eager for end-to-end training on CPU (its backward is the fast one there)."""
+    assert make_run(synth_dir, tmp_path, "end_to_end").text.lm.config._attn_implementation == (
+        "eager"
+    )
+    chosen = make_run(synth_dir, tmp_path / "s", "end_to_end", attention="sdpa")
+    assert chosen.text.lm.config._attn_implementation == "sdpa"

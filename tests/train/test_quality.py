@@ -46,7 +46,7 @@ def rule_config(prepared: Path, out: Path, **stages) -> dict:
         },
         stages=stages,
         train={"early_stopping_patience": 3},
-        output={"tensorboard": False},
+        report_to=[],
     )
 
 
@@ -127,7 +127,7 @@ def test_tiny_run_golden_numbers(tmp_path, synth_dir):
             "id_baseline_epochs": 2,
         },
         data={"max_history": 6},
-        output={"tensorboard": False},
+        report_to=[],
     )
     stages = train(tmp_path, cfg)
     got = {

@@ -143,7 +143,7 @@ def id_run(prepared: Path, out: Path, **train) -> dict:
             "id_baseline_lr": 3e-3,
         },
         train={"early_stopping_patience": 3, **train},
-        output={"tensorboard": False},
+        report_to=[],
     )
     path = out.parent / f"{out.name}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -50,7 +50,7 @@ def run_config(prepared: Path, out: Path, domains: list[str], target: str, **sec
         alone = {"pretrain": {"enabled": False}, "zero_shot": False, "adapt": {"enabled": False}}
         sections["stages"] = alone | sections.get("stages", {})
         sections["stages"].setdefault("baselines", ["text_target_only"])
-    return tiny_run_config(prepared, out, data=data, output={"tensorboard": False}, **sections)
+    return tiny_run_config(prepared, out, data=data, report_to=[], **sections)
 
 
 def open_workspace(cfg: dict, out: Path) -> Workspace:

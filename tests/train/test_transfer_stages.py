@@ -32,7 +32,7 @@ KG_DOMAINS = [
 
 
 def run(tmp_path: Path, synth_dir: Path, name: str, **sections) -> dict:
-    cfg = tiny_run_config(synth_dir, tmp_path / name, output={"tensorboard": False}, **sections)
+    cfg = tiny_run_config(synth_dir, tmp_path / name, report_to=[], **sections)
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert run_training(str(path)) == 0

@@ -1,5 +1,7 @@
 """The search space is checked against the run config before Ray starts."""
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -207,15 +209,31 @@ def test_shipped_demo_sweep_is_valid():
 
 
 def test_fault_injection_is_keyed_by_trial_index(monkeypatch):
-    from distrec.tune.trainable import crash_plan, should_crash, trial_index
+    from distrec.tune.trainable import CrashPlan, crash_plan, trial_index
 
     assert trial_index("3f2a1_00004") == 4 and trial_index("0f63799e") is None
-    monkeypatch.setenv("DISTREC_TUNE_CRASH", "1@2,4@3*")
-    assert crash_plan(1) == (2, False) and crash_plan(4) == (3, True)
+    monkeypatch.setenv("DISTREC_TUNE_CRASH", "1@2,4@3*,5@1!")
+    assert crash_plan(1) == CrashPlan(2) and crash_plan(4) == CrashPlan(3, every_attempt=True)
+    assert crash_plan(5) == CrashPlan(1, kill=True)
     assert crash_plan(0) is None and crash_plan(None) is None
-    assert should_crash((2, False), 2, 0) and not should_crash((2, False), 3, 0)
-    assert not should_crash((2, False), 2, 1)  # first attempt only, not once restored
-    assert should_crash((3, True), 5, 2) and not should_crash((3, True), 2, 0)  # every attempt
+    once, always = CrashPlan(2), CrashPlan(3, every_attempt=True)
+    assert once.fires(2, 0) and not once.fires(3, 0)
+    assert not once.fires(2, 1)  # first attempt only, not once restored
+    assert always.fires(5, 2) and not always.fires(2, 0)  # every attempt
+
+
+def test_an_injected_kill_takes_only_the_last_rank(monkeypatch):
+    from distrec.tune import trainable
+
+    killed = []
+    monkeypatch.setattr(trainable.os, "kill", lambda pid, sig: killed.append((pid, sig)))
+    plan = trainable.CrashPlan(2, kill=True)
+    trainable.inject_crash(plan, 2, rank=0, world=2)  # rank 0 goes on, into a dead group
+    assert killed == []
+    trainable.inject_crash(plan, 2, rank=1, world=2)
+    assert killed == [(os.getpid(), signal.SIGKILL)]
+    with pytest.raises(trainable.InjectedCrash, match="after epoch 2"):
+        trainable.inject_crash(trainable.CrashPlan(2), 2, rank=0, world=2)
 
 
 def test_sweeping_the_adapt_stage_of_auto_mode_is_refused():

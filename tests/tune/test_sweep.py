@@ -7,6 +7,7 @@ a real `distrec tune` process, killed with SIGKILL for the resume test.
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,7 +37,7 @@ def sweep_config(tmp_path: Path, synth_dir: Path, epochs: int, **tune) -> Path:
         },
         # Patience beyond the budget: every trial runs its epochs unless the scheduler stops it.
         train={"early_stopping_patience": epochs + 1},
-        output={"tensorboard": False},
+        report_to=[],
     )
     cfg["data"]["sources"] = []
     cfg["tune"] = {
@@ -181,30 +182,155 @@ def test_killed_driver_resumes_unfinished_trials_from_their_checkpoints(tmp_path
             assert all(r["restores"] == 1 for r in after[trial][len(at_kill[trial]) :])
 
 
+def trial_statuses(out: Path) -> dict[str, str]:
+    """Trial id -> status in the newest experiment state Ray saved (what --resume reads)."""
+    states = sorted((out / "trials").glob("experiment_state-*.json"))
+    try:
+        data = json.loads(states[-1].read_text())
+        trials = [json.loads(state) for state, _ in data["trial_data"]]
+    except (IndexError, ValueError, KeyError):  # none yet, or caught mid-write
+        return {}
+    return {t["trial_id"]: t["status"] for t in trials}
+
+
+def tree_snapshot(folder: Path) -> dict[str, float]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def comparable(out: Path) -> dict[str, dict]:
+    """results.csv by trial index, without what differs between sweeps (ids, wall time)."""
+    drop = {"trial_id", "wall_s"}
+    return {
+        r["trial_id"].rsplit("_", 1)[1]: {k: v for k, v in r.items() if k not in drop}
+        for r in rows(out)
+    }
+
+
 @pytest.mark.slow
-def test_a_trial_can_train_with_two_ray_train_workers(tmp_path, synth_dir):
+def test_a_resumed_sweep_ends_with_the_uninterrupted_sweeps_table(tmp_path, synth_dir):
+    # Two trials at once, of 2 and 30 epochs: the driver is killed once the short one has
+    # finished (and Ray has saved that) while the long one is mid-way. An epoch of this tiny
+    # model takes ~0.15 s on an idle machine, and Ray saves its state a moment after a trial
+    # ends: the long trial needs enough epochs left to still be running then.
+    long_epochs = 30
     config = sweep_config(
         tmp_path,
         synth_dir,
-        epochs=2,
+        epochs=long_epochs,
         num_samples=1,
-        max_concurrent=1,
-        workers_per_trial=2,
-        search_space={"train.lr": {"choice": [1e-3]}},
+        max_failures=0,
+        search_space={
+            "train.lr": {"loguniform": [3e-4, 3e-3]},
+            "stages.text_baseline_epochs": {"grid": [2, long_epochs]},
+        },
     )
-    out = tmp_path / "sweep"
-    proc = subprocess.run(
-        tune_cmd("--config", str(config), "--out", str(out)),
+    reference, out = tmp_path / "reference", tmp_path / "sweep"
+    whole = subprocess.run(
+        tune_cmd("--config", str(config), "--out", str(reference)),
         env=env(),
         capture_output=True,
         text=True,
         timeout=240,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (row,) = rows(out)
-    assert row["status"] == "completed" and row["epochs"] == "2"
-    (result,) = (out / "trials").glob("run_trial_workers_*/result.json")
-    reports = [json.loads(line) for line in result.read_text().splitlines() if line]
-    assert [r["epoch"] for r in reports] == [1, 2]
-    assert {r["world_size"] for r in reports} == {2}
+    assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
+
+    proc = subprocess.Popen(
+        tune_cmd("--config", str(config), "--out", str(out)),
+        env=env(),
+        stdout=(tmp_path / "driver.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the kill takes Ray's processes too
+    )
+
+    def short_done_long_running() -> bool:
+        # Ray has saved one trial as ended, its reports agree, and the other has reported.
+        saved_done = [t for t, s in trial_statuses(out).items() if s == "TERMINATED"]
+        reports = list(reports_of(out).values())
+        final = [rs for rs in reports if rs and rs[-1]["final"]]
+        return len(saved_done) == len(final) == 1 and sum(bool(rs) for rs in reports) == 2
+
+    try:
+        _wait_for(short_done_long_running, 150, proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    at_kill = reports_of(out)
+    (short,) = [t for t, rs in at_kill.items() if rs and rs[-1]["final"]]
+    (long,) = [t for t in at_kill if t != short]
+    assert len(at_kill[long]) < long_epochs, at_kill[long]
+    short_files = tree_snapshot(out / "trials" / short)
+
+    resumed = subprocess.run(
+        tune_cmd("--resume", str(out), "--verbose"),
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    # The same trials (configs sampled before the kill), the same final metrics, bit for bit.
+    assert comparable(out) == comparable(reference)
+    assert {r["status"] for r in rows(out)} == {"completed"}
+    # The finished trial was not run again: not a file in its folder written since.
+    assert tree_snapshot(out / "trials" / short) == short_files
+    after = reports_of(out)[long]
+    assert after[: len(at_kill[long])] == at_kill[long]
+    # The rest came from its last checkpoint (at most the epoch running at the kill again).
+    assert after[-1]["epoch"] == long_epochs
+    assert {r["restores"] for r in after[len(at_kill[long]) :]} == {1}
+    assert "baseline_text_target_only: resumed from step-" in resumed.stdout
+    again = subprocess.run(
+        tune_cmd("--resume", str(out)), env=env(), capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 2 and "nothing to resume" in again.stderr
+
+
+def _same_metrics(a: dict, b: dict) -> dict:
+    """The keys whose values differ between two epoch reports (training loss, validation)."""
+    keys = [k for k in a if k == "loss" or k.startswith("valid.")]
+    return {k: (a[k], b[k]) for k in keys if a[k] != b[k]}
+
+
+@pytest.mark.slow
+def test_a_killed_worker_of_a_two_worker_trial_resumes_to_the_uncrashed_metrics(
+    tmp_path, synth_dir
+):
+    epochs = 3
+    # Two trials of one config: trial 0 runs through, trial 1's rank 1 is SIGKILLed after
+    # epoch 2 (rank 0 is then left inside a collective). Half a CPU per worker: both trials'
+    # four workers fit the 2 cores at once.
+    config = sweep_config(
+        tmp_path,
+        synth_dir,
+        epochs=epochs,
+        num_samples=2,
+        max_failures=1,
+        workers_per_trial=2,
+        cpus_per_trial=0.5,
+        search_space={"train.lr": {"choice": [1e-3]}},
+    )
+    out = tmp_path / "sweep"
+    proc = subprocess.run(
+        tune_cmd("--config", str(config), "--out", str(out), "--verbose"),
+        env=env(DISTREC_TUNE_CRASH="1@2!"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    assert all(r["status"] == "completed" and r["epochs"] == str(epochs) for r in rows(out))
+    reports = {t.split("_")[4]: rs for t, rs in reports_of(out).items()}
+    clean, crashed = reports["00000"], reports["00001"]
+    assert [(r["epoch"], r["restores"]) for r in clean] == [(1, 0), (2, 0), (3, 0)]
+    # Restarted by Ray Train from the epoch-2 checkpoint: epoch 3 once, nothing repeated.
+    assert [(r["epoch"], r["restores"]) for r in crashed] == [(1, 0), (2, 0), (3, 1)]
+    # Both trials trained on two Ray Train workers (the crashed one after its restart too).
+    assert {r["world_size"] for r in clean + crashed} == {2}
     assert "Trials ran 2 processes each" in (out / "best.yaml").read_text()
+    assert "DISTREC_TUNE_CRASH: killing rank 1 after epoch 2" in log
+    assert re.search(r"baseline_text_target_only: resumed from step-\d+ \(epoch 3, 0 batches", log)
+    # The restored run is the uncrashed one, bit for bit: weights, optimizer, RNGs and the
+    # data stream's position come back from the checkpoint, the epoch loss is a float64 sum.
+    for a, b in zip(clean, crashed, strict=True):
+        assert _same_metrics(a, b) == {}, (a["epoch"], _same_metrics(a, b))

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
-from safetensors.torch import load_model
 from torch import nn
 
 from distrec.config.schema import ModelConfig
 from distrec.distributed.collectives import barrier
+from distrec.distributed.unshard import with_whole_weights
 from distrec.eval.evaluate import UserRanks
 from distrec.heads.base import head_modules
 from distrec.models.registry import ModelSpec, build_model
@@ -86,9 +86,8 @@ def new_model(
 
 def load_base(ws: Workspace) -> nn.Module:
     """The run's pretrained base, rebuilt and read from export/base/."""
-    model = new_model(ws)
-    load_model(model, str(base_weights(ws.out)))
-    return model
+    # Resumed after pretraining under ZeRO-3, the LM is still partitioned as loaded.
+    return with_whole_weights(new_model(ws), str(base_weights(ws.out)))
 
 
 def ranks_and_head_results(
