@@ -56,7 +56,11 @@ def restore_tuner(trainable, out_dir: Path, state: dict):
     and pending ones continue (a running one from its last checkpoint)."""
     from ray import tune
 
+    from distrec.tune.snapshot import SUFFIX, restore_snapshot
+
     path = f"{state['storage'].rstrip('/')}/{state['experiment']}"
+    if "://" not in path and restore_snapshot(Path(path)):
+        log(f"resume: Ray's state put back from its last consistent copy ({SUFFIX})")
     if not tune.Tuner.can_restore(path):
         raise ConfigError(f"--resume {out_dir}: no Ray experiment to restore at {path}")
     log(f"resuming sweep from {path}")

@@ -307,6 +307,8 @@ def build_tuner(trainable, cfg: RunConfig, params: list[Param], state: dict, pro
     storage, retries and checkpoints kept; `progress` is its callback."""
     from ray import tune
 
+    from distrec.tune.snapshot import StateSnapshot
+
     t = cfg.tune
     local = "://" not in state["storage"]
     scheduler = trial_scheduler(cfg, max_epochs(state["tree"], cfg, params))
@@ -337,7 +339,8 @@ def build_tuner(trainable, cfg: RunConfig, params: list[Param], state: dict, pro
             # state always names the newest or the one before, both on disk.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             sync_config=tune.SyncConfig(sync_period=0 if local else 300),
-            callbacks=[progress],
+            # Local storage: a consistent copy of the state after every step (snapshot.py).
+            callbacks=[progress, StateSnapshot()] if local else [progress],
             verbose=0,
         ),
     )

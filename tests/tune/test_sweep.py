@@ -5,6 +5,7 @@ a real `distrec tune` process, killed with SIGKILL for the resume test.
 """
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from distrec.tune.snapshot import newest_snapshot
 from tests.conftest import ROOT, tiny_run_config
 
 pytestmark = pytest.mark.integration
@@ -67,18 +69,32 @@ def rows(out: Path) -> list[dict]:
     return list(csv.DictReader((out / "results.csv").open()))
 
 
-def reports_of(out: Path) -> dict[str, list[dict]]:
+def reports_in(experiment: Path | None) -> dict[str, list[dict]]:
     """Every result each trial reported to Ray, in order, across drivers and retries, keyed
     by the trial's folder name (`run_trial_<id>_<index>_<params>_<date>`)."""
     found = {}
-    for result in sorted((out / "trials").glob("run_trial_*/result.json")):
+    for result in sorted(experiment.glob("run_trial_*/result.json") if experiment else []):
         lines = result.read_text().splitlines()
         found[result.parent.name] = [json.loads(line) for line in lines if line.strip()]
     return found
 
 
-def reported_epochs(out: Path) -> dict[str, list[int]]:
-    return {t: [r["epoch"] for r in rs] for t, rs in reports_of(out).items()}
+def reports_of(out: Path) -> dict[str, list[dict]]:
+    return reports_in(out / "trials")
+
+
+def saved_state(out: Path) -> Path | None:
+    """The consistent copy of Ray's state that --resume starts from (tune/snapshot.py).
+    Ray's own copy in trials/ can be torn by the kill; the tests reason about this one."""
+    return newest_snapshot(out / "trials")
+
+
+def saved_reports(out: Path) -> dict[str, list[dict]]:
+    return reports_in(saved_state(out))
+
+
+def epochs_of(reports: dict[str, list[dict]]) -> dict[str, list[int]]:
+    return {t: [r["epoch"] for r in rs] for t, rs in reports.items()}
 
 
 def test_crashed_trials_are_retried_from_checkpoints_and_best_yaml_reproduces(tmp_path, synth_dir):
@@ -126,8 +142,11 @@ def test_crashed_trials_are_retried_from_checkpoints_and_best_yaml_reproduces(tm
 def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if predicate():
-            return
+        try:
+            if predicate():
+                return
+        except (OSError, ValueError):  # a file caught mid-write or mid-swap: look again
+            pass
         if proc.poll() is not None:
             raise AssertionError(f"driver exited early with {proc.returncode}")
         time.sleep(0.05)
@@ -150,41 +169,45 @@ def test_killed_driver_resumes_unfinished_trials_from_their_checkpoints(tmp_path
         start_new_session=True,  # its own process group: the kill takes Ray's processes too
     )
     try:
-        # Kill once some trial has reported two epochs: its first checkpoint is then
-        # recorded in the experiment state, and the trial is mid-way.
-        _wait_for(lambda: any(len(v) >= 2 for v in reported_epochs(out).values()), 150, proc)
+        # Kill once the saved state has a trial with two reports: Ray processes a trial's
+        # next result only after recording its checkpoint, so that trial has one.
+        _wait_for(lambda: any(len(v) >= 2 for v in saved_reports(out).values()), 150, proc)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    at_kill = reported_epochs(out)
+    at_kill = epochs_of(saved_reports(out))
     unfinished = [t for t, e in at_kill.items() if len(e) < epochs]
-    assert unfinished, at_kill
+    checkpointed = [t for t in unfinished if len(at_kill[t]) >= 2]
+    assert checkpointed, at_kill
     assert not (out / "results.csv").exists()
 
     resumed = subprocess.run(
         tune_cmd("--resume", str(out)), env=env(), capture_output=True, text=True, timeout=240
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "consistent copy" in resumed.stdout
     table = rows(out)
     assert len(table) == 4
     assert all(r["status"] == "completed" and r["epochs"] == str(epochs) for r in table), table
-    final = reported_epochs(out)
+    after = reports_of(out)
+    final = epochs_of(after)
     for trial, seen in final.items():
-        # No trial started again from scratch: epoch 1 once, then forward only (a resumed
-        # trial may repeat at most the epoch that was running when the driver died).
+        # No trial ran an epoch twice over, except one running at the kill (its checkpoint
+        # came before it); a trial whose first checkpoint Ray had not recorded starts over.
         assert seen.count(1) == 1, (trial, seen)
         assert sorted(set(seen)) == list(range(1, epochs + 1)), (trial, seen)
     assert set(at_kill) <= set(final)  # the same trials, not new ones in their place
-    after = reports_of(out)
-    for trial in unfinished:
-        assert at_kill[trial] == final[trial][: len(at_kill[trial])]
-        if at_kill[trial]:  # it had a checkpoint: what came after was restored from it
-            assert all(r["restores"] == 1 for r in after[trial][len(at_kill[trial]) :])
+    for trial in checkpointed:
+        # It had a checkpoint: what came after was restored from it.
+        pairs = [(r["epoch"], r["restores"]) for r in after[trial]]
+        assert final[trial][: len(at_kill[trial])] == at_kill[trial], (trial, pairs)
+        assert all(n == 1 for _, n in pairs[len(at_kill[trial]) :]), (trial, at_kill, pairs)
 
 
 def trial_statuses(out: Path) -> dict[str, str]:
-    """Trial id -> status in the newest experiment state Ray saved (what --resume reads)."""
-    states = sorted((out / "trials").glob("experiment_state-*.json"))
+    """Trial id -> status in the newest saved experiment state (what --resume reads)."""
+    saved = saved_state(out)
+    states = sorted(saved.glob("experiment_state-*.json")) if saved else []
     try:
         data = json.loads(states[-1].read_text())
         trials = [json.loads(state) for state, _ in data["trial_data"]]
@@ -193,8 +216,13 @@ def trial_statuses(out: Path) -> dict[str, str]:
     return {t["trial_id"]: t["status"] for t in trials}
 
 
-def tree_snapshot(folder: Path) -> dict[str, float]:
-    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+def contents(folder: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under `folder`."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
 
 
 def comparable(out: Path) -> dict[str, dict]:
@@ -245,7 +273,7 @@ def test_a_resumed_sweep_ends_with_the_uninterrupted_sweeps_table(tmp_path, synt
     def short_done_long_running() -> bool:
         # Ray has saved one trial as ended, its reports agree, and the other has reported.
         saved_done = [t for t, s in trial_statuses(out).items() if s == "TERMINATED"]
-        reports = list(reports_of(out).values())
+        reports = list(saved_reports(out).values())
         final = [rs for rs in reports if rs and rs[-1]["final"]]
         return len(saved_done) == len(final) == 1 and sum(bool(rs) for rs in reports) == 2
 
@@ -254,11 +282,12 @@ def test_a_resumed_sweep_ends_with_the_uninterrupted_sweeps_table(tmp_path, synt
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    at_kill = reports_of(out)
+    at_kill = saved_reports(out)
     (short,) = [t for t, rs in at_kill.items() if rs and rs[-1]["final"]]
     (long,) = [t for t in at_kill if t != short]
     assert len(at_kill[long]) < long_epochs, at_kill[long]
-    short_files = tree_snapshot(out / "trials" / short)
+    # What the finished trial's folder holds once --resume has put the saved state back.
+    short_files = {**contents(out / "trials" / short), **contents(saved_state(out) / short)}
 
     resumed = subprocess.run(
         tune_cmd("--resume", str(out), "--verbose"),
@@ -271,8 +300,8 @@ def test_a_resumed_sweep_ends_with_the_uninterrupted_sweeps_table(tmp_path, synt
     # The same trials (configs sampled before the kill), the same final metrics, bit for bit.
     assert comparable(out) == comparable(reference)
     assert {r["status"] for r in rows(out)} == {"completed"}
-    # The finished trial was not run again: not a file in its folder written since.
-    assert tree_snapshot(out / "trials" / short) == short_files
+    # The finished trial was not run again: no file in its folder changed since.
+    assert contents(out / "trials" / short) == short_files
     after = reports_of(out)[long]
     assert after[: len(at_kill[long])] == at_kill[long]
     # The rest came from its last checkpoint (at most the epoch running at the kill again).
