@@ -33,6 +33,7 @@ import yaml
 
 from distrec.data.synth import SynthSpec, synth_domain
 from distrec.utils.progress import log
+from perf.common import rank_pids
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "perf" / "results" / "chaos"
@@ -116,24 +117,6 @@ def batches_logged(log_dir: Path) -> list[dict]:
     return rows
 
 
-def training_pids(cfg_file: Path) -> dict[int, int]:
-    """rank -> pid of the training processes of the launch of `cfg_file`."""
-    found = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes()
-            env = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"chaos_train.py" in cmd and str(cfg_file).encode() in cmd:
-            ranks = [e for e in env if e.startswith(b"RANK=")]
-            if ranks:
-                found.setdefault(int(ranks[0][5:]), int(proc.name))
-    return found
-
-
 def kill_at(proc, cfg_file: Path, log_dir: Path, spec: tuple[int, int, signal.Signals]):
     """Wait until `logged` batches (both ranks, every attempt) are in the log, then send
     `sig` to training rank `rank`; returns what happened (None when the run ended first)."""
@@ -142,7 +125,7 @@ def kill_at(proc, cfg_file: Path, log_dir: Path, spec: tuple[int, int, signal.Si
         if proc.poll() is not None:
             return None
         time.sleep(0.05)
-    pid = training_pids(cfg_file).get(rank)
+    pid = rank_pids("chaos_train.py", cfg_file).get(rank)
     if pid is None:
         return None
     at = len(batches_logged(log_dir))

@@ -174,3 +174,23 @@ def build_run(cfg, out: Path, domains: list[str]):
 
     accelerator, precision = build_accelerator(cfg)
     return Workspace.open(cfg, accelerator, precision, out=out, names=domains)
+
+
+def rank_pids(command_part: str, cfg_file: Path) -> dict[int, int]:
+    """rank -> pid of each training process whose command line holds `command_part` and
+    `cfg_file`: the rank's main process, not its loader workers (which share its command
+    line and environment, and are its children)."""
+    found: dict[int, tuple[int, int]] = {}  # pid -> (parent pid, rank)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes()
+            env = (proc / "environ").read_bytes().split(b"\0")
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        ranks = [e for e in env if e.startswith(b"RANK=")]
+        if ranks and command_part.encode() in cmd and str(cfg_file).encode() in cmd:
+            found[int(proc.name)] = (ppid, int(ranks[0][5:]))
+    return {rank: pid for pid, (ppid, rank) in found.items() if ppid not in found}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from perf.common import rank_pids
 from tests.conftest import ROOT, python, tiny_run_config
 
 # Backends must agree this closely (fp32) on losses and validation metrics.
@@ -114,26 +115,8 @@ def check(proc: subprocess.CompletedProcess) -> None:
 
 
 def rank_pid(cfg_file: Path, rank: int) -> int | None:
-    """The pid of training rank `rank` of the run started with `cfg_file` (not its loader
-    workers, which share its command line and environment)."""
-    found = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes()
-            env = (proc / "environ").read_bytes().split(b"\0")
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if (
-            b"distrec.train" in cmd
-            and str(cfg_file).encode() in cmd
-            and f"RANK={rank}".encode() in env
-        ):
-            found[int(proc.name)] = ppid
-    mains = [pid for pid, ppid in found.items() if ppid not in found]
-    return mains[0] if mains else None
+    """The pid of training rank `rank` of the run started with `cfg_file`."""
+    return rank_pids("distrec.train", cfg_file).get(rank)
 
 
 def alive(pid: int) -> bool:
